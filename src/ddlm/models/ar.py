@@ -1,0 +1,84 @@
+"""Autoregressive (causal) transformer on the same RoPE trunk as the DiT, for likelihood baselines."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+from ._layers import Block, check_tokens, check_trunk_config, count_parameters, init_weights, preset_dims, rotary
+
+
+@dataclass(kw_only=True)
+class ARConfig:
+    """Hyper-parameters of :class:`ARTransformer`.
+
+    Attributes:
+        vocab_size: Number of token ids (inputs and output logit columns).
+        hidden: Width of the residual stream.
+        blocks: Number of transformer blocks.
+        heads: Number of attention heads (``hidden / heads`` must be even).
+        mlp_ratio: MLP width as a multiple of ``hidden``.
+        max_len: Longest sequence accepted.
+        dropout: Dropout probability (attention, MLP and residual branches).
+    """
+
+    vocab_size: int
+    hidden: int
+    blocks: int
+    heads: int
+    mlp_ratio: int = 4
+    max_len: int
+    dropout: float = 0.0
+
+    def __post_init__(self) -> None:
+        if not isinstance(self.vocab_size, int) or self.vocab_size < 1:
+            raise ValueError(f"vocab_size must be a positive int; got {self.vocab_size!r}")
+        check_trunk_config(self.hidden, self.blocks, self.heads, self.mlp_ratio, self.max_len, self.dropout)
+
+    @classmethod
+    def preset(cls, name: str, vocab_size: int, max_len: int, **overrides: Any) -> ARConfig:
+        """Config for a named size (``tiny``/``small``/``medium``, as for the DiT); ``overrides`` replace fields."""
+        return cls(**(preset_dims(name) | {"vocab_size": vocab_size, "max_len": max_len} | overrides))
+
+
+class ARTransformer(nn.Module):
+    """Causal transformer: token embedding, pre-norm RoPE blocks, final LayerNorm and linear head."""
+
+    def __init__(self, config: ARConfig) -> None:
+        super().__init__()
+        self.config = cfg = config
+        self.embed = nn.Embedding(cfg.vocab_size, cfg.hidden)
+        self.blocks = nn.ModuleList(
+            Block(cfg.hidden, cfg.heads, cfg.mlp_ratio, cfg.dropout, causal=True) for _ in range(cfg.blocks))
+        self.final_norm = nn.LayerNorm(cfg.hidden)
+        self.head = nn.Linear(cfg.hidden, cfg.vocab_size, bias=False)
+        self.apply(init_weights)
+
+    def num_parameters(self, exclude_embeddings: bool = False) -> int:
+        """Parameter count; ``exclude_embeddings`` drops the embedding table and the output matrix."""
+        return count_parameters(self, self.head, exclude_embeddings)
+
+    def forward(self, x: Tensor) -> Tensor:
+        """Next-token logits.
+
+        Args:
+            x: Tokens (B, L), int64 ids in [0, vocab_size), L <= max_len.
+
+        Returns:
+            Float32 logits (B, L, vocab_size); position j scores token j + 1 given x[:, : j + 1].
+        """
+        cfg = self.config
+        _, length = check_tokens("x", x, cfg.vocab_size, cfg.max_len)
+        cos, sin = rotary(length, cfg.hidden // cfg.heads, x.device)
+        h = self.embed(x)
+        for block in self.blocks:
+            h = block(h, cos, sin)
+        return self.head(self.final_norm(h)).float()
+
+    def nll(self, x: Tensor) -> Tensor:
+        """Summed negative log-likelihood (nats) of x[:, 1:] given its prefix, per sequence: shape (B,)."""
+        logits = self(x)[:, :-1]
+        return F.cross_entropy(logits.transpose(1, 2), x[:, 1:], reduction="none").sum(dim=-1)

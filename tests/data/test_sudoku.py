@@ -1,0 +1,217 @@
+"""Tests for ddlm.data.sudoku: solver, generator, constraint counting, tokens and the dataset."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+
+from ddlm.data.sudoku import (
+    SudokuDataset, format_grid, from_tokens, generate, is_valid_solution, solve, to_tokens, violations,
+)
+
+# A 22-clue puzzle from our own generator (generate(6, clues=22, seed=7)[0][4]); unique solution.
+HARD = "604900000000000800003010700000008400007100006106020005002600000030001000000085000"
+HARD_SOLUTION = "684957123715342869293816754329568471857194236146723985472639518538471692961285347"
+
+
+def digits(s: str) -> np.ndarray:
+    return np.array([int(ch) for ch in s], dtype=np.int64)
+
+
+def test_solver_solves_hard_puzzle():
+    puzzle = digits(HARD)
+    n, sol = solve(puzzle)
+    assert n == 1
+    np.testing.assert_array_equal(sol, digits(HARD_SOLUTION))
+    assert violations(sol) == 0
+    clue = puzzle != 0
+    np.testing.assert_array_equal(sol[clue], puzzle[clue])
+    # same answer for a (9, 9) array and a plain list
+    assert solve(puzzle.reshape(9, 9))[1].tolist() == solve(puzzle.tolist())[1].tolist()
+
+
+def test_solver_counts_two_solutions_for_swappable_rectangle():
+    sol = digits(HARD_SOLUTION).reshape(9, 9)
+    found = None
+    for r1 in range(9):
+        for r2 in range(r1 + 1, 9):
+            for c1 in range(9):
+                for c2 in range(c1 + 1, 9):
+                    two_boxes = r1 // 3 == r2 // 3 or c1 // 3 == c2 // 3
+                    if two_boxes and sol[r1, c1] == sol[r2, c2] and sol[r1, c2] == sol[r2, c1]:
+                        found = (r1, r2, c1, c2)
+    assert found is not None
+    r1, r2, c1, c2 = found
+    grid = sol.copy()
+    grid[[r1, r1, r2, r2], [c1, c2, c1, c2]] = 0
+    n, first = solve(grid, limit=10)
+    assert n == 2 and violations(first) == 0
+    assert solve(np.zeros(81, dtype=np.int64), limit=2)[0] == 2
+    assert solve(grid, limit=1)[0] == 1
+
+
+def test_solver_unsolvable_grid_gives_zero():
+    grid = np.zeros((9, 9), dtype=np.int64)
+    grid[0, :8] = np.arange(1, 9)
+    grid[1, 8] = 9  # (0, 8) must be 9 but its column already holds 9
+    assert solve(grid) == (0, None)
+
+
+@pytest.mark.parametrize(
+    "grid, match",
+    [
+        (np.zeros(80, dtype=np.int64), r"grid must have shape .*got shape \(80,\)"),
+        (np.full(81, 10), r"grid holds value 10 at cell 0, expected 0..9"),
+        ([-1] + [0] * 80, r"grid holds value -1"),
+        ([5, 5] + [0] * 79, r"grid has conflicting clues: digit 5 repeated in row 0"),
+        ([0.5] * 81, r"grid must hold integers"),
+    ],
+)
+def test_solver_rejects_bad_grids(grid, match):
+    with pytest.raises(ValueError, match=match):
+        solve(grid)
+
+
+def test_solver_rejects_bad_limit():
+    with pytest.raises(ValueError, match=r"limit must be an integer >= 1, got 0"):
+        solve([0] * 81, limit=0)
+
+
+@pytest.mark.parametrize("clues", [30, 35, 40])
+def test_generate_unique_puzzles_with_exact_clues(clues):
+    puzzles, solutions = generate(8, clues=clues, seed=3)
+    assert puzzles.shape == solutions.shape == (8, 81)
+    assert puzzles.dtype == solutions.dtype == np.int64
+    assert ((puzzles != 0).sum(axis=1) == clues).all()
+    assert is_valid_solution(solutions).all()
+    clue = puzzles != 0
+    np.testing.assert_array_equal(puzzles[clue], solutions[clue])
+    for p, s in zip(puzzles, solutions):
+        n, sol = solve(p)
+        assert n == 1
+        np.testing.assert_array_equal(sol, s)
+
+
+def test_generate_is_deterministic_in_seed():
+    a = generate(4, clues=35, seed=11)
+    b = generate(4, clues=35, seed=11)
+    c = generate(4, clues=35, seed=12)
+    np.testing.assert_array_equal(a[0], b[0])
+    np.testing.assert_array_equal(a[1], b[1])
+    assert not np.array_equal(a[0], c[0])
+    assert len({p.tobytes() for p in a[0]}) == 4  # puzzles differ within a batch
+
+
+@pytest.mark.parametrize(
+    "kwargs, match",
+    [
+        ({"num_puzzles": 0}, r"num_puzzles must be an integer >= 1, got 0"),
+        ({"num_puzzles": 1, "clues": 16}, r"clues must be an integer in \[17, 81\], got 16"),
+        ({"num_puzzles": 1, "clues": 82}, r"clues must be an integer in \[17, 81\], got 82"),
+        ({"num_puzzles": 1.5}, r"num_puzzles"),
+    ],
+)
+def test_generate_rejects_bad_arguments(kwargs, match):
+    with pytest.raises(ValueError, match=match):
+        generate(**kwargs)
+
+
+def test_generate_raises_when_clue_count_is_unreachable():
+    with pytest.raises(RuntimeError, match=r"clues=17 in max_attempts=2"):
+        generate(1, clues=17, seed=0, max_attempts=2)
+
+
+def test_violations_hand_made_grids():
+    sol = digits(HARD_SOLUTION)
+    assert violations(sol) == 0 and violations(sol[None]).tolist() == [0]
+    # Swap cells (0, 0) and (0, 8) of row 0 (different boxes): the row keeps 9 distinct digits,
+    # columns 0 and 8 each lose one distinct digit, boxes 0 and 2 each lose one: 0 + 2 + 2 = 4.
+    far = sol.copy()
+    far[[0, 8]] = far[[8, 0]]
+    # Swap cells (0, 0) and (0, 1) (same box): only columns 0 and 1 lose one each: 2.
+    near = sol.copy()
+    near[[0, 1]] = near[[1, 0]]
+    # A grid of all ones: each of the 27 units has 1 distinct digit: 27 * 8 = 216.
+    ones = np.ones(81, dtype=np.int64)
+    batch = np.stack([sol, far, near, ones])
+    assert violations(batch).tolist() == [0, 4, 2, 216]
+    assert violations(torch.from_numpy(batch - 1), tokens=True).tolist() == [0, 4, 2, 216]
+    assert is_valid_solution(batch).tolist() == [True, False, False, False]
+
+
+def test_violations_rejects_bad_input():
+    with pytest.raises(ValueError, match=r"grids holds value 0, expected values in \[1, 9\]"):
+        violations(np.zeros((2, 81), dtype=np.int64))
+    with pytest.raises(ValueError, match=r"grids must be an integer array of shape \(\.\.\., 81\)"):
+        violations(np.ones((2, 80), dtype=np.int64))
+
+
+def test_tokens_round_trip():
+    puzzles, solutions = generate(3, clues=35, seed=5)
+    x0, mask = to_tokens(puzzles, solutions)
+    assert x0.dtype == torch.int64 and mask.dtype == torch.bool and x0.shape == mask.shape == (3, 81)
+    assert int(x0.min()) >= 0 and int(x0.max()) <= 8
+    assert mask.sum(dim=1).tolist() == [35, 35, 35]
+    np.testing.assert_array_equal(from_tokens(x0), solutions)
+    np.testing.assert_array_equal(mask.numpy(), puzzles != 0)
+    assert is_valid_solution(x0, tokens=True).all()
+
+
+def test_tokens_reject_bad_input():
+    puzzles, solutions = generate(1, clues=35, seed=5)
+    with pytest.raises(ValueError, match=r"puzzles has shape"):
+        to_tokens(puzzles, np.concatenate([solutions, solutions]))
+    wrong = solutions.copy()
+    idx = int(np.flatnonzero(puzzles[0])[0])
+    wrong[0, idx] = wrong[0, idx] % 9 + 1
+    with pytest.raises(ValueError, match=r"puzzles has clues that disagree with solutions"):
+        to_tokens(puzzles, wrong)
+    with pytest.raises(ValueError, match=r"solutions holds value 0"):
+        to_tokens(puzzles, puzzles)
+    with pytest.raises(ValueError, match=r"x holds value 9, expected values in \[0, 8\]"):
+        from_tokens(torch.full((81,), 9))
+
+
+def test_format_grid():
+    text = format_grid(digits(HARD))
+    lines = text.splitlines()
+    assert len(lines) == 11
+    assert lines[0] == "6 . 4 | 9 . . | . . ."
+    assert lines[3] == "------+-------+------"
+    assert format_grid(digits(HARD).reshape(9, 9)) == text
+
+
+def test_dataset_items_and_save_load(tmp_path):
+    ds = SudokuDataset(5, clues=35, seed=2)
+    assert len(ds) == 5
+    item = ds[0]
+    assert set(item) == {"x0", "prompt_mask"}
+    assert item["x0"].dtype == torch.int64 and item["x0"].shape == (81,)
+    assert item["prompt_mask"].dtype == torch.bool and int(item["prompt_mask"].sum()) == 35
+    path = tmp_path / "sudoku.npz"
+    ds.save(path)
+    back = SudokuDataset.load(path)
+    assert (back.clues, back.seed, len(back)) == (35, 2, 5)
+    assert torch.equal(back.x0, ds.x0) and torch.equal(back.prompt_mask, ds.prompt_mask)
+    np.testing.assert_array_equal(back.puzzles, ds.puzzles)
+    batch = next(iter(torch.utils.data.DataLoader(ds, batch_size=5)))
+    assert batch["x0"].shape == (5, 81)
+
+
+def test_dataset_load_errors(tmp_path):
+    with pytest.raises(FileNotFoundError, match=r"does not exist"):
+        SudokuDataset.load(tmp_path / "missing.npz")
+    corrupt = tmp_path / "corrupt.npz"
+    corrupt.write_bytes(b"this is not an npz file")
+    with pytest.raises(ValueError, match=r"is not a valid SudokuDataset file"):
+        SudokuDataset.load(corrupt)
+    ds = SudokuDataset(2, clues=35, seed=0)
+    bad = tmp_path / "bad.npz"
+    np.savez(bad, puzzles=ds.puzzles, solutions=np.ones_like(ds.solutions), clues=35, seed=0)
+    with pytest.raises(ValueError, match=r"is not a valid SudokuDataset file: solutions must be valid"):
+        SudokuDataset.load(bad)
+    nokey = tmp_path / "nokey.npz"
+    np.savez(nokey, puzzles=ds.puzzles)
+    with pytest.raises(ValueError, match=r"is not a valid SudokuDataset file: KeyError"):
+        SudokuDataset.load(nokey)
