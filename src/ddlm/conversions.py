@@ -24,6 +24,8 @@ that information return a point mass / NaN there rather than an invented answer.
 
 from __future__ import annotations
 
+import math
+
 import torch
 from torch import Tensor
 
@@ -79,7 +81,8 @@ def _score_to_loo(logs: Tensor, xt: Tensor, alpha: Tensor) -> Tensor:
     gap = torch.log1p(-a) - log_xbar  # log((1 - alpha) / xbar(y)); r(y) > 0 iff gap < 0
     safe_gap = torch.where(gap < 0, gap, torch.full_like(gap, -1.0))
     log_r = log_xbar + torch.log(-torch.expm1(safe_gap))
-    log_r = torch.where(gap < 0, log_r, torch.full_like(log_r, float("-inf")))
+    # clipped entries get probability finfo.tiny rather than exactly 0 (-inf logs make NaN gradients)
+    log_r = torch.where(gap < 0, log_r, torch.full_like(log_r, math.log(torch.finfo(logs.dtype).tiny)))
     return torch.log_softmax(log_r, dim=-1)
 
 

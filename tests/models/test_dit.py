@@ -7,6 +7,10 @@ import torch
 import torch.nn.functional as F
 
 from ddlm.models import DiT, DiTConfig
+
+@pytest.fixture(autouse=True)
+def _one_thread():
+    n = torch.get_num_threads(); torch.set_num_threads(1); yield; torch.set_num_threads(n)
 from ddlm.models._layers import apply_rotary, rotary
 
 K, MASK, L = 10, 10, 12  # data tokens, mask id, sequence length
@@ -111,8 +115,7 @@ def test_audm_uses_noise_tokens_and_active_flag() -> None:
     model = randomise(make(audm=True)).eval()
     xt, sigma = batch()
     xt = xt % K
-    noise = torch.randint(0, K, xt.shape, generator=torch.Generator().manual_seed(4))
-    other = (noise + 1) % K
+    noise, other = (xt + 1) % K, (xt + 2) % K  # both differ from xt everywhere: only the noise table differs
     assert (model(xt, sigma, noise) - model(xt, sigma, other)).abs().max() > 1e-3
     # with the noise table silenced, the only path left is the learned embedding of xt == noise
     with torch.no_grad():
@@ -120,7 +123,7 @@ def test_audm_uses_noise_tokens_and_active_flag() -> None:
     assert (model(xt, sigma, xt) - model(xt, sigma, (xt + 1) % K)).abs().max() > 1e-3
     with pytest.raises(ValueError, match="noise"):
         model(xt, sigma)
-    with pytest.raises(ValueError, match=r"noise ids must lie in \[0, 10\); got min 0, max 10"):
+    with pytest.raises(ValueError, match=r"noise ids must lie in \[0, 10\); got min 10, max 10"):
         model(xt, sigma, torch.full_like(xt, K))
     with pytest.raises(ValueError, match="noise shape"):
         model(xt, sigma, noise[:, :-1])
@@ -161,7 +164,7 @@ def test_overfits_one_batch() -> None:
     model = make(hidden=64, heads=4)
     x0, xt, masked = masked_batch()
     sigma = torch.full((8,), 0.7)
-    opt = torch.optim.Adam(model.parameters(), lr=3e-3)
+    opt = torch.optim.Adam(model.parameters(), lr=1e-2)
     losses = []
     for _ in range(50):
         loss = F.cross_entropy(model(xt, sigma)[masked], x0[masked])

@@ -1,0 +1,52 @@
+"""A short demonstration of the exact oracle: the three views of a uniform model and the bounds."""
+
+from __future__ import annotations
+
+import torch
+
+from . import exact, losses
+from .conversions import loo_to_denoiser
+
+
+def _row(values) -> str:
+    return "  ".join(f"{v:7.4f}" for v in values)
+
+
+def run(vocab_size: int = 3, length: int = 3, alpha: float = 0.5, seed: int = 0, out=print) -> dict:
+    """Print, for a random toy law, the exact denoiser, LOO and score at one noisy sequence, and the
+    exact NLL bounds of each objective next to the entropy of p_0. Returns the numbers printed."""
+    law = exact.random_law(vocab_size, length, seed=seed)
+    g = torch.Generator().manual_seed(seed)
+    xt = torch.randint(vocab_size, (1, length), generator=g)
+    d = exact.denoiser(law, xt, alpha)[0]
+    r = exact.loo(law, xt, alpha)[0]
+    s = exact.score(law, xt, alpha)[0]
+    out(f"Toy law: K = {vocab_size} tokens, L = {length} positions, Dirichlet(1) over {law.num_states} "
+        f"sequences (seed {seed}); H(p_0) = {law.entropy():.4f} nats.")
+    out(f"Noisy sequence x_t = {xt[0].tolist()} at alpha_t = {alpha} (uniform diffusion).\n")
+    out(f"{'position':>8}  {'view':<26}" + "".join(f"{'y=' + str(y):>9}" for y in range(vocab_size)))
+    for i in range(length):
+        out(f"{i:>8}  {'denoiser p(x0^i=y | x_t)':<26} " + _row(d[i].exp().tolist()))
+        out(f"{'':>8}  {'LOO p(x0^i=y | x_t^-i)':<26} " + _row(r[i].exp().tolist()))
+        out(f"{'':>8}  {'score p_t(x^(i<-y))/p_t(x)':<26} " + _row(s[i].exp().tolist()))
+    err = float((loo_to_denoiser(r[None], xt, alpha)[0] - d).abs().max())
+    out(f"\nLOO -> denoiser conversion vs the oracle: max |error| = {err:.1e}\n")
+
+    h = law.entropy()
+    rows = [
+        ("UDM plug-in ELBO, fed the LOO", exact.elbo(law, "udm", losses.udm_elbo, "loo")),
+        ("UDM plug-in ELBO, fed the denoiser", exact.elbo(law, "udm", losses.udm_elbo, "denoiser")),
+        ("maximal-coupling ELBO, denoiser", exact.elbo(law, "udm", losses.max_coupling_elbo, "denoiser")),
+        ("MDM ELBO, denoiser", exact.elbo(law, "mdm", losses.mdm_elbo)),
+        ("AUDM ELBO, posterior", exact.elbo(law, "audm", losses.audm_elbo)),
+    ]
+    out("Exact NLL bounds (integrated over t by quadrature, nats per sequence), E_{x_0 ~ p_0}:")
+    out(f"  {'-log p_0 (entropy H)':<38} {h:8.5f}")
+    result = {"entropy": h, "conversion_error": err}
+    for name, bound in rows:
+        value = float((law.p0 * bound).sum())
+        out(f"  {name:<38} {value:8.5f}   gap {value - h:+.1e}")
+        result[name] = value
+    out("\nThe plug-in ELBO is tight only with the LOO posterior; the denoiser double-counts the")
+    out("evidence of each position's own token. The maximal-coupling bound is valid but loose.")
+    return result

@@ -1,0 +1,193 @@
+import pytest
+import torch
+
+from conftest import ALPHAS
+from ddlm import conversions as C
+from ddlm import exact, losses
+from ddlm.schedules import CosineSchedule
+
+
+def _nll(law):
+    return -law.p0.log()
+
+
+# ---- tightness and looseness of the integrated bounds ----------------------------------------
+
+def test_udm_plugin_elbo_with_exact_loo_is_tight(law):
+    bound = exact.elbo(law, "udm", losses.udm_elbo, prediction="loo")
+    assert torch.allclose(bound, _nll(law), atol=1e-6, rtol=0)
+
+
+def test_udm_plugin_elbo_tight_under_cosine_schedule():
+    law = exact.random_law(3, 2, seed=9)
+    bound = exact.elbo(law, "udm", losses.udm_elbo, schedule=CosineSchedule(eps=0.0))
+    assert torch.allclose(bound, _nll(law), atol=1e-6, rtol=0)
+
+
+def test_udm_plugin_elbo_with_exact_denoiser_is_strictly_looser(law):
+    bound = exact.elbo(law, "udm", losses.udm_elbo, prediction="denoiser")
+    gap = float((law.p0 * bound).sum()) - law.entropy()
+    assert gap > 0.05  # strictly larger than H(p_0) in expectation
+    # per sequence it can be on either side of -log p_0: it is not a bound for each x_0
+    assert bool(((bound - _nll(law)) < 0).any())
+
+
+def test_mdm_elbo_with_exact_denoiser_is_tight(law):
+    bound = exact.elbo(law, "mdm", losses.mdm_elbo)
+    assert torch.allclose(bound, _nll(law), atol=1e-6, rtol=0)
+
+
+def test_max_coupling_elbo_is_valid_but_not_tight(law):
+    bound = exact.elbo(law, "udm", losses.max_coupling_elbo, prediction="denoiser")
+    assert float((law.p0 * bound).sum()) > law.entropy() + 0.05
+    assert bool((bound > _nll(law)).all())
+
+
+@pytest.mark.parametrize("shape", [(2, 3), (3, 2), (3, 3)])
+def test_audm_elbo_averaged_over_noise_is_tight(shape):
+    law = exact.random_law(*shape, seed=sum(shape))
+    bound = exact.elbo(law, "audm", losses.audm_elbo)
+    assert torch.allclose(bound, _nll(law), atol=1e-6, rtol=0)
+
+
+# ---- minimisers over free logits ---------------------------------------------------------------
+
+def _posterior_over_x0(law, xt, alpha, process="udm"):
+    a = torch.tensor([alpha], dtype=torch.float64)
+    ll = exact.token_loglik(process, xt[None], law.sequences, a, law.vocab_size).sum(-1)[0]
+    w = law.p0.log() + ll
+    return (w - torch.logsumexp(w, 0)).exp()  # (K^L,)
+
+
+def _minimise(objective, law, xt, alpha, process="udm"):
+    """argmin over free per-position logits of E_{x_0 | x_t} sum_i l(logits, x_0, x_t)."""
+    post = _posterior_over_x0(law, xt, alpha, process)
+    x0 = law.sequences
+    n = x0.shape[0]
+    theta = torch.zeros(law.length, law.vocab_size, dtype=torch.float64, requires_grad=True)
+    opt = torch.optim.LBFGS([theta], lr=1, max_iter=500, tolerance_grad=1e-14, tolerance_change=1e-16,
+                            history_size=50, line_search_fn="strong_wolfe")
+
+    def closure():
+        opt.zero_grad()
+        logits = theta[None].expand(n, -1, -1)
+        l = objective(logits, x0, xt[None].expand(n, -1)).sum(-1)
+        f = (post * l).sum()
+        f.backward()
+        return f
+
+    for _ in range(3):
+        opt.step(closure)
+    return theta.detach().log_softmax(-1)
+
+
+@pytest.mark.parametrize("alpha", [0.1, 0.5, 0.9])
+def test_minimisers(alpha):
+    law = exact.random_law(3, 3, seed=11)
+    xt = torch.tensor([2, 0, 1])
+    dalpha = -1.0
+    r = exact.loo(law, xt[None], alpha)[0]
+    d = exact.denoiser(law, xt[None], alpha)[0]
+    got = _minimise(lambda lp, x0, x: losses.udm_elbo(lp, x0, x, alpha, dalpha), law, xt, alpha)
+    assert torch.allclose(got.exp(), r.exp(), atol=1e-6), "plug-in ELBO is minimised by the LOO"
+    assert not torch.allclose(got.exp(), d.exp(), atol=1e-2)
+    got = _minimise(lambda lp, x0, x: losses.cross_entropy(lp, x0), law, xt, alpha)
+    assert torch.allclose(got.exp(), d.exp(), atol=1e-6), "cross-entropy is minimised by the denoiser"
+    got = _minimise(lambda lp, x0, x: losses.max_coupling_elbo(lp, x0, x, alpha, dalpha), law, xt, alpha)
+    assert torch.allclose(got.exp(), d.exp(), atol=1e-6), "max-coupling ELBO is minimised by the denoiser"
+
+
+def test_mdm_minimiser_is_the_denoiser_on_masked_positions():
+    law = exact.random_law(3, 3, seed=12)
+    xt = torch.tensor([3, 0, 3])
+    got = _minimise(lambda lp, x0, x: losses.mdm_elbo(lp, x0, x, 0.4, -1.0), law, xt, 0.4, process="mdm")
+    d = exact.mdm_denoiser(law, xt[None], 0.4)[0]
+    for i in (0, 2):
+        assert torch.allclose(got[i].exp(), d[i].exp(), atol=1e-6)
+
+
+# ---- parameterisation x objective through the conversions ------------------------------------
+
+def test_compute_converts_between_parameterisations():
+    g = torch.Generator().manual_seed(0)
+    logits = torch.randn(3, 4, 6, generator=g, dtype=torch.float64)
+    x0 = torch.randint(6, (3, 4), generator=g)
+    xt = torch.randint(6, (3, 4), generator=g)
+    alpha, dalpha = torch.full((3, 1), 0.3, dtype=torch.float64), -0.999
+    as_den = C.loo_to_denoiser(logits, xt, alpha)
+    as_loo = C.denoiser_to_loo(logits, xt, alpha)
+    cases = [
+        ("cross_entropy", "loo", losses.cross_entropy(as_den, x0)),
+        ("cross_entropy", "denoiser", losses.cross_entropy(logits, x0)),
+        ("udm_elbo", "denoiser", losses.udm_elbo(as_loo, x0, xt, alpha, dalpha)),
+        ("udm_elbo", "loo", losses.udm_elbo(logits, x0, xt, alpha, dalpha)),
+        ("max_coupling_elbo", "loo", losses.max_coupling_elbo(as_den, x0, xt, alpha, dalpha)),
+    ]
+    for objective, output, want in cases:
+        got = losses.compute(objective, logits, output=output, x0=x0, xt=xt, alpha=alpha, dalpha=dalpha)
+        assert torch.allclose(got, want, atol=1e-12), (objective, output)
+    # the conversion matters: the LOO-output CE differs from feeding the logits directly
+    ce_loo = losses.compute("cross_entropy", logits, output="loo", x0=x0, xt=xt, alpha=alpha, dalpha=dalpha)
+    assert not torch.allclose(ce_loo, losses.cross_entropy(logits, x0))
+    with pytest.raises(ValueError, match="output 'loo' cannot be trained with objective 'audm_elbo'"):
+        losses.compute("audm_elbo", logits, output="loo", x0=x0, xt=xt, alpha=alpha, dalpha=dalpha, noise=xt)
+    with pytest.raises(ValueError, match="objective must be one of"):
+        losses.compute("score_entropy", logits, output="loo", x0=x0, xt=xt, alpha=alpha, dalpha=dalpha)
+
+
+# ---- numerics -------------------------------------------------------------------------------
+
+def _all_losses(logits, x0, xt, noise, alpha, dalpha, k):
+    xt_m = torch.where(noise % 2 == 0, torch.full_like(xt, k), x0)
+    return {
+        "udm": losses.udm_elbo(logits, x0, xt, alpha, dalpha),
+        "mdm": losses.mdm_elbo(logits, x0, xt_m, alpha, dalpha),
+        "mc": losses.max_coupling_elbo(logits, x0, xt, alpha, dalpha),
+        "audm": losses.audm_elbo(logits, x0, torch.where(noise % 3 == 0, noise, x0), noise, alpha, dalpha),
+        "ce": losses.cross_entropy(logits, x0),
+    }
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
+@pytest.mark.parametrize("alpha", [1e-6, 1e-3, 0.5, 1 - 1e-3, 1 - 1e-6])
+def test_finite_nonnegative_with_finite_gradients(dtype, alpha):
+    k = 30
+    g = torch.Generator().manual_seed(0)
+    logits = (3 * torch.randn(8, 16, k, generator=g)).to(dtype).requires_grad_(True)
+    x0, xt, noise = (torch.randint(k, (8, 16), generator=g) for _ in range(3))
+    a = torch.full((8, 1), alpha, dtype=dtype)
+    out = _all_losses(logits, x0, xt, noise, a, torch.tensor(-1.0, dtype=dtype), k)
+    total = 0
+    for name, l in out.items():
+        assert l.dtype == dtype and l.shape == (8, 16), name
+        assert torch.isfinite(l).all() and (l >= 0).all(), name
+        total = total + l.sum()
+    total.backward()
+    assert torch.isfinite(logits.grad).all()
+
+
+def test_udm_elbo_is_zero_at_the_truth_when_clean():
+    """With r_theta = one-hot x_0 (smoothed) and x_t = x_0 the integrand vanishes as r_theta -> e_x0."""
+    k = 5
+    x0 = torch.tensor([[1, 3]])
+    logits = torch.full((1, 2, k), -60.0, dtype=torch.float64).scatter(-1, x0[..., None], 0.0)
+    assert losses.udm_elbo(logits, x0, x0, 0.5, -1.0).max().item() < 1e-20
+
+
+def test_bad_inputs():
+    logp = torch.zeros(2, 3, 4)
+    x = torch.zeros(2, 3, dtype=torch.long)
+    with pytest.raises(ValueError, match=r"x0 has shape \(2, 2\), expected the shape of xt \(2, 3\)"):
+        losses.udm_elbo(logp, x[:, :2], x, 0.5, -1.0)
+    with pytest.raises(ValueError, match=r"x0 holds token id 4, expected ids in \[0, 3\]"):
+        losses.max_coupling_elbo(logp, x + 4, x, 0.5, -1.0)
+    with pytest.raises(ValueError, match=r"xt holds token id 5, expected ids in \[0, 4\]"):
+        losses.mdm_elbo(logp, x, x + 5, 0.5, -1.0)  # mask id 4 is allowed, 5 is not
+    with pytest.raises(ValueError, match="alpha must lie in"):
+        losses.udm_elbo(logp, x, x, -0.5, -1.0)
+    with pytest.raises(ValueError, match="dalpha must be <= 0"):
+        losses.udm_elbo(logp, x, x, 0.5, 1.0)
+    with pytest.raises(ValueError, match="noise has shape"):
+        losses.audm_elbo(logp, x, x, x[:, :1], 0.5, -1.0)
+    with pytest.raises(ValueError, match="logp has shape"):
+        losses.cross_entropy(logp, x[:, :2])
