@@ -34,3 +34,9 @@ def test_bad_inputs():
         LinearSchedule(eps=1.0)
     with pytest.raises(ValueError, match="schedule must be one of"):
         get_schedule("quadratic")
+
+
+@pytest.mark.parametrize("schedule", [LinearSchedule(), CosineSchedule(0.01)])
+def test_inverse(schedule):
+    t = torch.linspace(0, 1, 11, dtype=torch.float64)
+    assert torch.allclose(schedule.t_of_alpha(schedule.alpha(t)), t, atol=1e-7)

@@ -130,14 +130,18 @@ _TO_LOO = {"loo": lambda lp, x, a: torch.log_softmax(lp, -1), "denoiser": _denoi
 _FROM_LOO = {"loo": lambda lr, x, a: lr, "denoiser": _loo_to_denoiser, "score": _loo_to_score}
 
 
-def convert(logp: Tensor, xt: Tensor, alpha, source: str, target: str) -> Tensor:
-    """Convert between any two views ("denoiser", "loo", "score") of a uniform-diffusion model."""
-    for name, value in (("source", source), ("target", target)):
-        if value not in VIEWS:
-            raise ValueError(f"{name} must be one of {VIEWS}, got {value!r}")
-    a = _prepare(logp, xt, alpha)
+def _convert(logp: Tensor, xt: Tensor, a: Tensor, source: str, target: str) -> Tensor:
+    """Unchecked ``convert`` (alpha already a tensor broadcastable to xt's shape)."""
     if source == target:
         return logp if source == "score" else torch.log_softmax(logp, dim=-1)
     if source == "denoiser" and target == "loo":
         return _denoiser_to_loo(logp, xt, a)
     return _FROM_LOO[target](_TO_LOO[source](logp, xt, a), xt, a)
+
+
+def convert(logp: Tensor, xt: Tensor, alpha, source: str, target: str) -> Tensor:
+    """Convert between any two views ("denoiser", "loo", "score") of a uniform-diffusion model."""
+    for name, value in (("source", source), ("target", target)):
+        if value not in VIEWS:
+            raise ValueError(f"{name} must be one of {VIEWS}, got {value!r}")
+    return _convert(logp, xt, _prepare(logp, xt, alpha), source, target)

@@ -40,6 +40,10 @@ class LinearSchedule:
         t = _check_t(t)
         return torch.full_like(t, -(1.0 - self.eps))
 
+    def t_of_alpha(self, alpha) -> Tensor:
+        """Inverse: the time at which alpha_t = alpha."""
+        return (1.0 - torch.as_tensor(alpha)) / (1.0 - self.eps)
+
     def __repr__(self) -> str:
         return f"LinearSchedule(eps={self.eps})"
 
@@ -57,6 +61,11 @@ class CosineSchedule:
     def dalpha(self, t) -> Tensor:
         t = _check_t(t)
         return -(1.0 - self.eps) * 0.5 * math.pi * torch.sin(0.5 * math.pi * t)
+
+    def t_of_alpha(self, alpha) -> Tensor:
+        """Inverse: the time at which alpha_t = alpha."""
+        c = ((torch.as_tensor(alpha) - self.eps) / (1.0 - self.eps)).clamp(-1.0, 1.0)
+        return torch.acos(c) * (2.0 / math.pi)
 
     def __repr__(self) -> str:
         return f"CosineSchedule(eps={self.eps})"

@@ -7,10 +7,6 @@ import torch
 import torch.nn.functional as F
 
 from ddlm.models import DiT, DiTConfig
-
-@pytest.fixture(autouse=True)
-def _one_thread():
-    n = torch.get_num_threads(); torch.set_num_threads(1); yield; torch.set_num_threads(n)
 from ddlm.models._layers import apply_rotary, rotary
 
 K, MASK, L = 10, 10, 12  # data tokens, mask id, sequence length
