@@ -242,10 +242,29 @@ def model(law: ToyLaw, process, prediction: str | None = None) -> Callable:
     f = predictor(law, name, prediction or process.default_prediction)
 
     def oracle(xt: Tensor, t: Tensor, noise: Tensor | None = None) -> Tensor:
-        alpha = process.alpha(torch.as_tensor(t, dtype=_F64))
-        return f(xt, alpha, noise)
+        alpha = process.alpha(torch.as_tensor(t, dtype=_F64)).expand(xt.shape[:-1]).reshape(-1)
+        flat = xt.reshape(-1, xt.shape[-1])
+        u = None if noise is None else noise.reshape(-1, xt.shape[-1])
+        if flat.shape[0] > 1 and bool((alpha == alpha[0]).all()):
+            # a batch holds at most a few thousand distinct rows: evaluate each (x_t, u) once
+            cols = flat if u is None else torch.cat([flat, u], -1)
+            base = int(cols.max()) + 1
+            key = (cols * base ** torch.arange(cols.shape[-1], device=cols.device)).sum(-1)
+            _, first, inverse = _unique_first(key)
+            out = f(flat[first], alpha[first], None if u is None else u[first])[inverse]
+        else:
+            out = f(flat, alpha, u)
+        return out.reshape(*xt.shape, law.vocab_size)
 
     return oracle
+
+
+def _unique_first(key: Tensor):
+    """Unique values of a 1-D key, the index of one occurrence of each, and the inverse map."""
+    uniq, inverse = torch.unique(key, return_inverse=True)
+    first = torch.empty(uniq.shape[0], dtype=torch.long, device=key.device)
+    first.scatter_(0, inverse, torch.arange(key.shape[0], device=key.device))
+    return uniq, first, inverse
 
 
 # ---- exact ELBO ----------------------------------------------------------------------------------
