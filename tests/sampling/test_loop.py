@@ -100,10 +100,10 @@ def test_temperature_on_loo_and_on_denoiser():
     logd = exact.denoiser(LAW, x, 0.4)
     T = 0.5
     # temperature on the LOO, consumed as LOO
-    assert torch.allclose(_view(logd, x, 0.4, "denoiser", "loo", T, "loo", 1.0), (logr / T).log_softmax(-1), atol=1e-12)
+    assert torch.allclose(_view(logd, x, 0.4, "denoiser", "loo", T, "loo", 1.0).log_probs(), (logr / T).log_softmax(-1), atol=1e-12)
     # temperature on the denoiser, consumed as LOO: temper d, then convert
     want = C.denoiser_to_loo((logd / T).log_softmax(-1), x, 0.4)
-    got = _view(logr, x, 0.4, "loo", "loo", T, "denoiser", 1.0)
+    got = _view(logr, x, 0.4, "loo", "loo", T, "denoiser", 1.0).log_probs()
     assert torch.allclose(got, want, atol=1e-12)
     assert not torch.allclose(got, (logr / T).log_softmax(-1), atol=1e-3)
     # and the option reaches the samples

@@ -8,7 +8,7 @@ from dataclasses import dataclass
 import torch
 from torch import Tensor
 
-from .kernels import _mixture, uniform
+from .kernels import _mixture, as_prediction, uniform
 
 SELECTIONS = ("random", "lowest_maxprob", "lowest_current_prob", "lowest_log_margin")
 
@@ -41,23 +41,23 @@ class GibbsCorrector:
         if not (self.tau > 0 and math.isfinite(self.tau)):
             raise ValueError(f"tau must be a positive finite number, got {self.tau!r}")
 
-    def scores(self, x: Tensor, logr: Tensor, alpha_s: float) -> Tensor:
-        """Selection scores (B, L) from the LOO; higher means resampled first."""
+    def scores(self, x: Tensor, logr, alpha_s: float) -> Tensor:
+        """Selection scores (B, L) from the LOO (a ``Prediction`` or (B, L, K) log-probabilities);
+        higher means resampled first."""
         if self.selection == "random":
             return torch.zeros(x.shape, dtype=torch.float64, device=x.device)
-        k = logr.shape[-1]
-        floor = (1.0 - alpha_s) / k
+        pred = as_prediction(logr, x)
+        floor = (1.0 - alpha_s) / pred.k
 
-        def log_c(lr):  # log(alpha_s r + (1 - alpha_s)/K), elementwise on a small tensor
-            return torch.log(alpha_s * lr.double().exp() + floor)
+        def log_c(log_r):  # log(alpha_s r + (1 - alpha_s)/K), on (B, L) values
+            return torch.log(alpha_s * log_r.exp() + floor)
 
-        cur = log_c(logr.gather(-1, x.unsqueeze(-1)).squeeze(-1))
+        cur = log_c(pred.log_prob_at(x))
         if self.selection == "lowest_current_prob":
             return -cur
-        top2, arg2 = logr.topk(2, dim=-1)
+        _, best, best_other = pred.top2()
         if self.selection == "lowest_maxprob":
-            return -log_c(top2[..., 0])
-        best_other = torch.where(arg2[..., 0] == x, top2[..., 1], top2[..., 0])
+            return -log_c(best)
         return -(cur - log_c(best_other))
 
     def select(self, scores: Tensor, allowed: Tensor, generator) -> Tensor:
@@ -69,8 +69,9 @@ class GibbsCorrector:
         chosen = torch.zeros_like(allowed).scatter_(-1, idx, True)
         return chosen & allowed
 
-    def step(self, x: Tensor, logr: Tensor, alpha_s: float, allowed: Tensor, generator) -> Tensor:
+    def step(self, x: Tensor, logr, alpha_s: float, allowed: Tensor, generator) -> Tensor:
         """One sweep given the LOO at (x, s): resample the selected positions from c_i."""
+        logr = as_prediction(logr, x)
         chosen = self.select(self.scores(x, logr, alpha_s), allowed, generator)
         # c_i is a mixture: w.p. alpha_s draw from r, else a uniform token
         p_draw = torch.where(chosen, alpha_s, 0.0)

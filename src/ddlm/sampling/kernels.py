@@ -1,8 +1,8 @@
 """Reverse steps t -> s < t, one function per sampler (MATH.md section 5).
 
-Each kernel is a pure function of the current state, the prediction it consumes (log-probabilities
-over the K data tokens, (B, L, K)), alpha_t, alpha_s and a ``torch.Generator``; it returns the new
-state. Tokens are updated independently given the prediction (factorised steps).
+Each kernel is a pure function of the current state, the prediction it consumes (a lazy
+``Prediction`` view of the network output, or a (B, L, K) tensor of log-probabilities over the K
+data tokens), alpha_t, alpha_s and a ``torch.Generator``; it returns the new state. Tokens are updated independently given the prediction (factorised steps).
 
 Draws are exact in float64 but cheap: every kernel is a mixture of "stay", "uniform token" and
 "draw from the prediction"; the component is chosen per position with one float64 uniform, and
@@ -15,51 +15,34 @@ from __future__ import annotations
 import torch
 from torch import Tensor
 
-from ..conversions import _denoiser_to_loo
+from .prediction import Prediction, categorical  # noqa: F401  (categorical re-exported)
 
 
 # ---- exact draws -------------------------------------------------------------------------------
+
+def as_prediction(pred, x: Tensor) -> Prediction:
+    """Accept a ``Prediction`` or a (B, L, K) tensor of log-probabilities/logits."""
+    return pred if isinstance(pred, Prediction) else Prediction.from_logp(pred, x)
+
 
 def uniform(shape, generator, device) -> Tensor:
     """Float64 uniforms on [0, 1)."""
     return torch.rand(shape, generator=generator, device=device, dtype=torch.float64)
 
 
-def categorical(logp: Tensor, generator) -> Tensor:
-    """One exact draw per row of ``logp`` (M, K) by float64 inverse CDF; returns (M,) int64."""
-    if logp.shape[0] == 0:
-        return torch.zeros(0, dtype=torch.long, device=logp.device)
-    cdf = torch.softmax(logp.double(), dim=-1).cumsum_(-1)
-    u = uniform((logp.shape[0], 1), generator, logp.device) * cdf[:, -1:]
-    return torch.searchsorted(cdf, u, right=True).squeeze(-1).clamp_(max=logp.shape[-1] - 1)
-
-
-def draw_at(logp: Tensor, where: Tensor, generator) -> Tensor:
-    """Tokens drawn from ``logp`` (B, L, K) at positions ``where`` (B, L); 0 elsewhere."""
-    out = torch.zeros(where.shape, dtype=torch.long, device=where.device)
-    idx = where.nonzero(as_tuple=True)
-    if idx[0].numel():
-        out[idx] = categorical(logp[idx], generator)
-    return out
-
-
 def random_tokens(shape, k: int, generator, device) -> Tensor:
     return torch.randint(k, shape, generator=generator, device=device)
 
 
-def _mixture(x: Tensor, p_draw: Tensor, p_uniform, logp: Tensor, generator) -> Tensor:
-    """Per position: draw from logp w.p. p_draw, a uniform token w.p. p_uniform, else stay at x."""
+def _mixture(x: Tensor, p_draw, p_uniform, pred: Prediction, generator) -> Tensor:
+    """Per position: draw from pred w.p. p_draw, a uniform token w.p. p_uniform, else stay at x."""
     u = uniform(x.shape, generator, x.device)
     draw = u < p_draw
     unif = (~draw) & (u < p_draw + p_uniform)
-    out = torch.where(draw, draw_at(logp, draw, generator), x)
+    out = torch.where(draw, pred.draw(draw, generator), x)
     if bool(unif.any()):
-        out = torch.where(unif, random_tokens(x.shape, logp.shape[-1], generator, x.device), out)
+        out = torch.where(unif, random_tokens(x.shape, pred.k, generator, x.device), out)
     return out
-
-
-def _gather(logp: Tensor, x: Tensor) -> Tensor:
-    return logp.gather(-1, x.unsqueeze(-1)).squeeze(-1)
 
 
 # ---- masked diffusion ----------------------------------------------------------------------------
@@ -70,7 +53,7 @@ def mdm_ancestral(x: Tensor, logd: Tensor, at: float, as_: float, generator, mas
     masked = x == mask_id
     p = (as_ - at) / (1.0 - at)
     unmask = masked & (uniform(x.shape, generator, x.device) < p)
-    return torch.where(unmask, draw_at(logd, unmask, generator), x)
+    return torch.where(unmask, as_prediction(logd, x).draw(unmask, generator), x)
 
 
 def remdm(x: Tensor, logd: Tensor, at: float, as_: float, generator, mask_id: int, sigma: float) -> Tensor:
@@ -81,7 +64,7 @@ def remdm(x: Tensor, logd: Tensor, at: float, as_: float, generator, mask_id: in
     p_unmask = 1.0 - (1.0 - as_ - sigma * at) / (1.0 - at)
     unmask = masked & (u < p_unmask)
     remask = (~masked) & (u < sigma)
-    out = torch.where(unmask, draw_at(logd, unmask, generator), x)
+    out = torch.where(unmask, as_prediction(logd, x).draw(unmask, generator), x)
     return torch.where(remask, torch.full_like(x, mask_id), out)
 
 
@@ -93,13 +76,13 @@ def udm_bridge(x: Tensor, logr: Tensor, at: float, as_: float, generator) -> Ten
     With rho = alpha_t/alpha_s the weights are (alpha_s - alpha_t) r(z) + (1 - rho)(1 - alpha_s)/K
     + 1[z = x] (K alpha_t r(x) + rho - alpha_t): "draw from r", "uniform" and "stay" components.
     """
-    k = logr.shape[-1]
+    pred = as_prediction(logr, x)
     rho = at / as_
     a = as_ - at
     b = (1.0 - rho) * (1.0 - as_)
-    c = k * at * _gather(logr, x).double().exp() + rho - at
+    c = pred.k * at * pred.log_prob_at(x).exp() + rho - at
     total = a + b + c
-    return _mixture(x, a / total, b / total, logr, generator)
+    return _mixture(x, a / total, b / total, pred, generator)
 
 
 def udm_x0(x: Tensor, logd: Tensor, at: float, as_: float, generator) -> Tensor:
@@ -109,7 +92,7 @@ def udm_x0(x: Tensor, logd: Tensor, at: float, as_: float, generator) -> Tensor:
     conversion, so this is the bridge applied to the converted LOO; temperature and top-p given to
     this sampler act on the denoiser.
     """
-    return udm_bridge(x, _denoiser_to_loo(logd, x, torch.tensor(at, dtype=logd.dtype)), at, as_, generator)
+    return udm_bridge(x, as_prediction(logd, x).convert("denoiser", "loo", at), at, as_, generator)
 
 
 def udm_bridge_raw_denoiser(x: Tensor, logd: Tensor, at: float, as_: float, generator) -> Tensor:
@@ -123,7 +106,7 @@ def udm_bridge_raw_denoiser(x: Tensor, logd: Tensor, at: float, as_: float, gene
 
 def max_coupling(x: Tensor, logd: Tensor, at: float, as_: float, generator) -> Tensor:
     """Maximal coupling: stay w.p. (1 - alpha_s)/(1 - alpha_t), else draw from the denoiser."""
-    return _mixture(x, (as_ - at) / (1.0 - at), 0.0, logd, generator)
+    return _mixture(x, (as_ - at) / (1.0 - at), 0.0, as_prediction(logd, x), generator)
 
 
 # ---- absorbing-uniform diffusion -------------------------------------------------------------------
@@ -133,16 +116,17 @@ def audm_carry_over(x: Tensor, noise: Tensor, logp: Tensor, at: float, as_: floa
     inactive positions are certainly clean and carried over. The noise u is unchanged."""
     active = x == noise
     move = active & (uniform(x.shape, generator, x.device) < (as_ - at) / (1.0 - at))
-    return torch.where(move, draw_at(logp, move, generator), x), noise
+    return torch.where(move, as_prediction(logp, x).draw(move, generator), x), noise
 
 
 def reaudm(x: Tensor, noise: Tensor, logp: Tensor, at: float, as_: float, generator):
     """ReAUDM renoising: x0hat ~ p (carried over where inactive); x_s from the UDM bridge with
     one-hot x0hat; then u_s = x_s if x_s != x0hat, else u_s = x_s w.p. 1/(1 + (K - 1) alpha_s) and
     uniform over the other K - 1 tokens otherwise. Keeps (x_s, u_s) on the AUDM law."""
-    k = logp.shape[-1]
+    pred = as_prediction(logp, x)
+    k = pred.k
     active = x == noise
-    x0hat = torch.where(active, draw_at(logp, active, generator), x)
+    x0hat = torch.where(active, pred.draw(active, generator), x)
     rho = at / as_
     a = as_ - at
     b = (1.0 - rho) * (1.0 - as_)
@@ -161,13 +145,13 @@ def reaudm(x: Tensor, noise: Tensor, logp: Tensor, at: float, as_: float, genera
 
 # ---- confidence (greedy) ---------------------------------------------------------------------------
 
-def confidence(x: Tensor, logd: Tensor, eligible: Tensor, count: Tensor) -> Tensor:
+def confidence(x: Tensor, logd, eligible: Tensor, count: Tensor) -> Tensor:
     """Set, in each row, the ``count`` eligible positions with the largest margin
-    max_y log d(y) - log d(x^i) to argmax d (deterministic; ``count`` is (B,) int64)."""
-    best, arg = logd.max(dim=-1)
-    cur = logd.gather(-1, x.clamp(max=logd.shape[-1] - 1).unsqueeze(-1)).squeeze(-1)
-    # a masked position (id K, MDM) has no current token: its margin is its confidence max log d
-    cur = torch.where(x < logd.shape[-1], cur, torch.zeros_like(cur))
+    max_y log d(y) - log d(x^i) to argmax d (deterministic; ``count`` is (B,) int64). A masked
+    position (MDM, id K) has no current token: its margin is its confidence max_y log d(y)."""
+    pred = as_prediction(logd, x)
+    arg, best, _ = pred.top2()
+    cur = torch.where(x < pred.k, pred.log_prob_at(x), torch.zeros_like(best))
     margin = torch.where(eligible, best - cur, torch.full_like(best, float("-inf")))
     order = margin.argsort(dim=-1, descending=True, stable=True)
     rank = torch.empty_like(order).scatter_(-1, order, torch.arange(x.shape[-1], device=x.device).expand_as(order))

@@ -8,11 +8,11 @@ from dataclasses import dataclass
 import torch
 from torch import Tensor
 
-from .. import conversions as conv
 from .._checks import check_tokens
 from ..processes import AbsorbingUniformDiffusion, MaskedDiffusion, UniformDiffusion
 from . import kernels as K
 from .correctors import GibbsCorrector
+from .prediction import Prediction
 from .remasking import RemaskingSchedule
 
 #: sampler name -> (processes it runs on, prediction view it consumes)
@@ -153,7 +153,7 @@ class _Model:
             raise ValueError(
                 f"model output has shape {got}, expected logits of shape ({want[0]}, {want[1]}, V) with V >= K = {self.k}"
             )
-        logp = torch.log_softmax(out[..., : self.k], dim=-1)
+        logp = out[..., : self.k]  # raw logits of the data tokens; normalised lazily by Prediction
         if rows is not None:
             logp = self._last[2].clone().index_copy_(0, rows, logp.to(self._last[2].dtype))
         if self.cache:
@@ -161,18 +161,17 @@ class _Model:
         return logp
 
 
-def _view(logp, x, at, have, want, temperature, temperature_on, top_p):
-    """Convert the model's prediction to the view a kernel consumes, applying temperature on the
-    chosen view and top-p on the consumed one."""
-    a = torch.tensor(at, dtype=logp.dtype)
+def _view(logits, x, at, have, want, temperature, temperature_on, top_p) -> Prediction:
+    """The view a kernel consumes, from the model's logits: temperature on the chosen view, then
+    conversion to the consumed one, then top-p (which materialises the full distribution)."""
+    pred = Prediction(logits, x)
     if temperature != 1.0:
-        if have != temperature_on:
-            logp = conv._convert(logp, x, a, have, temperature_on)
-            have = temperature_on
-        logp = temper(logp, temperature)
-    if have != want:
-        logp = conv._convert(logp, x, a, have, want)
-    return top_p_filter(logp, top_p)
+        pred = pred.convert(have, temperature_on, at).temper(temperature)
+        have = temperature_on
+    pred = pred.convert(have, want, at)
+    if top_p < 1.0:
+        pred = Prediction.from_logp(top_p_filter(pred.log_probs(), top_p), x)
+    return pred
 
 
 def sample(
