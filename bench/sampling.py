@@ -44,7 +44,7 @@ def make_process(kind: str, vocab: int):
 
 
 def stub_model(batch: int, length: int, vocab: int):
-    logits = torch.randn(batch, length, vocab, generator=torch.Generator().manual_seed(0))
+    logits = torch.empty(batch, length, vocab).normal_(generator=torch.Generator().manual_seed(0))
 
     def model(xt, t, noise=None):
         return logits if xt.shape[0] == batch else logits[: xt.shape[0]]
@@ -59,6 +59,7 @@ def time_config(cfg, batch, length, vocab, steps, repeats):
     corrector = ddlm.GibbsCorrector(sweeps=2, k=12) if corr else None
     nfe = steps if corrector is None else steps + 2 * (steps - 1)
     times = []
+    ddlm.sample(model, proc, batch, length, 2, prediction=pred, sampler=sampler)  # warm-up
     for r in range(repeats):
         g = torch.Generator().manual_seed(r)
         start = time.perf_counter()

@@ -119,27 +119,38 @@ def audm_carry_over(x: Tensor, noise: Tensor, logp: Tensor, at: float, as_: floa
     return torch.where(move, as_prediction(logp, x).draw(move, generator), x), noise
 
 
-def reaudm(x: Tensor, noise: Tensor, logp: Tensor, at: float, as_: float, generator):
+def reaudm(x: Tensor, noise: Tensor, logp, at: float, as_: float, generator):
     """ReAUDM renoising: x0hat ~ p (carried over where inactive); x_s from the UDM bridge with
     one-hot x0hat; then u_s = x_s if x_s != x0hat, else u_s = x_s w.p. 1/(1 + (K - 1) alpha_s) and
-    uniform over the other K - 1 tokens otherwise. Keeps (x_s, u_s) on the AUDM law."""
+    uniform over the other K - 1 tokens otherwise. Keeps (x_s, u_s) on the AUDM law.
+
+    x0hat is drawn lazily: first whether it equals x (probability p(x)); its identity is drawn only
+    where the bridge moves to it, and whether a uniform draw z hits it has probability
+    p(z)/(1 - p(x)). Only those positions touch the vocabulary.
+    """
     pred = as_prediction(logp, x)
     k = pred.k
     active = x == noise
-    x0hat = torch.where(active, pred.draw(active, generator), x)
+    p_x = pred.log_prob_at(x).exp()
+    same = ~active | (uniform(x.shape, generator, x.device) < p_x)  # x0hat == x
     rho = at / as_
     a = as_ - at
     b = (1.0 - rho) * (1.0 - as_)
-    c = k * at * (x == x0hat).double() + rho - at
+    c = k * at * same.double() + rho - at
     total = a + b + c
     u = uniform(x.shape, generator, x.device)
     to_hat = u < a / total
     unif = (~to_hat) & (u < (a + b) / total)
-    xs = torch.where(to_hat, x0hat, x)
-    xs = torch.where(unif, random_tokens(x.shape, k, generator, x.device), xs)
+    hat = pred.draw(to_hat & ~same, generator, exclude_current=True)
+    z = random_tokens(x.shape, k, generator, x.device)
+    xs = torch.where(to_hat, torch.where(same, x, hat), torch.where(unif, z, x))
+    # is x_s == x0hat?
+    p_z = pred.log_prob_at(z).exp()
+    hit_z = torch.where(same, z == x, (z != x) & (uniform(x.shape, generator, x.device) < p_z / (1.0 - p_x)))
+    equal = torch.where(to_hat, torch.ones_like(same), torch.where(unif, hit_z, same))
     keep_u = uniform(x.shape, generator, x.device) < 1.0 / (1.0 + (k - 1) * as_)
     other = (xs + torch.randint(1, k, x.shape, generator=generator, device=x.device)) % k
-    us = torch.where((xs != x0hat) | keep_u, xs, other)
+    us = torch.where(~equal | keep_u, xs, other)
     return xs, us
 
 

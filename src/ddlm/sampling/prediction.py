@@ -24,19 +24,31 @@ _CHUNK = 1 << 21
 
 
 def _rest_logsumexp(logits: Tensor, x: Tensor, temperature: float) -> tuple[Tensor, Tensor]:
-    """Per position: log sum_{y != x} exp(logits(y)/T) and logits(x), both float64, shape (B, L)."""
+    """Per position: log sum_{y != x} exp(logits(y)/T) and logits(x), both float64, shape (B, L).
+
+    Computed exactly (no cancellation when x holds almost all the mass) in chunks of rows. At T = 1
+    the current tokens' logits are set to -inf in place and restored afterwards, so no copy of the
+    logits is made.
+    """
     k = logits.shape[-1]
-    flat = logits.reshape(-1, k)
+    flat = logits.reshape(-1, k)  # a view whenever the logits are contiguous over the K columns
     xf = x.reshape(-1, 1)
+    lx = flat.gather(-1, xf)
     rest = torch.empty(flat.shape[0], dtype=torch.float64, device=logits.device)
     rows = max(1, _CHUNK // k)
-    for start in range(0, flat.shape[0], rows):
-        chunk = flat[start : start + rows]
-        z = chunk / temperature if temperature != 1.0 else chunk.clone()
-        z.scatter_(-1, xf[start : start + rows], float("-inf"))
-        rest[start : start + rows] = torch.logsumexp(z, dim=-1).double()
-    lx = flat.gather(-1, xf).squeeze(-1).double()
-    return rest.reshape(x.shape), lx.reshape(x.shape)
+    with torch.no_grad():
+        for start in range(0, flat.shape[0], rows):
+            stop = start + rows
+            if temperature == 1.0:
+                z = flat[start:stop]
+                z.scatter_(-1, xf[start:stop], float("-inf"))
+                rest[start:stop] = torch.logsumexp(z, dim=-1)
+                z.scatter_(-1, xf[start:stop], lx[start:stop])  # restore
+            else:
+                z = flat[start:stop] / temperature
+                z.scatter_(-1, xf[start:stop], float("-inf"))
+                rest[start:stop] = torch.logsumexp(z, dim=-1)
+    return rest.reshape(x.shape), lx.squeeze(-1).double().reshape(x.shape)
 
 
 class Prediction:
@@ -115,30 +127,45 @@ class Prediction:
         best = torch.where(best_is_x, self.xi, other_id)
         return best, torch.maximum(own, other) - log_z, other - log_z
 
-    def rows(self, idx) -> Tensor:
-        """Float64 log-probabilities of the positions ``idx`` (a tuple from ``nonzero``): (M, K)."""
+    def rows(self, idx, exclude_current: bool = False) -> Tensor:
+        """Unnormalised float64 log-probabilities of the positions ``idx`` (a tuple from
+        ``nonzero``): (M, K); with ``exclude_current`` the current token gets probability 0."""
         s = self.logits[idx].double()
-        s = s.scatter_add(-1, self.xi[idx].unsqueeze(-1), self.c[idx].unsqueeze(-1)) / self.temperature
-        return torch.log_softmax(s, dim=-1)
+        s.scatter_add_(-1, self.xi[idx].unsqueeze(-1), self.c[idx].unsqueeze(-1))
+        if self.temperature != 1.0:
+            s.div_(self.temperature)
+        if exclude_current:
+            s.scatter_(-1, self.xi[idx].unsqueeze(-1), float("-inf"))
+        return s
 
     def log_probs(self) -> Tensor:
         """All log-probabilities (B, L, K), in the logits' dtype (materialises the full tensor)."""
         s = self.logits.scatter_add(-1, self.xi.unsqueeze(-1), self.c.to(self.logits.dtype).unsqueeze(-1))
         return torch.log_softmax(s / self.temperature, dim=-1)
 
-    def draw(self, where: Tensor, generator) -> Tensor:
-        """Exact draws at the positions ``where`` (B, L); 0 elsewhere."""
+    def draw(self, where: Tensor, generator, exclude_current: bool = False) -> Tensor:
+        """Exact draws at the positions ``where`` (B, L); 0 elsewhere. With ``exclude_current`` the
+        draw is conditioned on differing from the current token."""
         out = torch.zeros(where.shape, dtype=torch.long, device=where.device)
         idx = where.nonzero(as_tuple=True)
-        if idx[0].numel():
-            out[idx] = categorical(self.rows(idx), generator)
+        n = idx[0].numel()
+        rows = max(1, _CHUNK // self.k)
+        for start in range(0, n, rows):  # bounded float64 memory however many positions draw
+            part = tuple(i[start : start + rows] for i in idx)
+            out[part] = _categorical_(self.rows(part, exclude_current), generator)
         return out
 
 
 def categorical(logp: Tensor, generator) -> Tensor:
-    """One exact draw per row of ``logp`` (M, K) by float64 inverse CDF; returns (M,) int64."""
-    if logp.shape[0] == 0:
-        return torch.zeros(0, dtype=torch.long, device=logp.device)
-    cdf = torch.softmax(logp.double(), dim=-1).cumsum_(-1)
-    u = torch.rand((logp.shape[0], 1), generator=generator, device=logp.device, dtype=torch.float64) * cdf[:, -1:]
-    return torch.searchsorted(cdf, u, right=True).squeeze(-1).clamp_(max=logp.shape[-1] - 1)
+    """One exact draw per row of unnormalised log-probabilities ``logp`` (M, K), by float64 inverse
+    CDF; returns (M,) int64."""
+    return _categorical_(logp.double().clone() if logp.dtype == torch.float64 else logp.double(), generator)
+
+
+def _categorical_(s: Tensor, generator) -> Tensor:
+    """``categorical`` on a float64 tensor the caller owns (overwritten)."""
+    if s.shape[0] == 0:
+        return torch.zeros(0, dtype=torch.long, device=s.device)
+    cdf = s.sub_(s.max(dim=-1, keepdim=True).values).exp_().cumsum_(-1)
+    u = torch.rand((s.shape[0], 1), generator=generator, device=s.device, dtype=torch.float64) * cdf[:, -1:]
+    return torch.searchsorted(cdf, u, right=True).squeeze(-1).clamp_(max=s.shape[-1] - 1)
