@@ -7,8 +7,8 @@ as a fraction of one forward pass of the DiT `small` preset at the same shape.
     .venv/bin/python bench/sampling.py                  # GPT-2 vocabulary, L = 128, batch 16
     .venv/bin/python bench/sampling.py --vocab 1000 --steps 8 --no-dit   # a quick look
 
-Peak memory is measured in a fresh subprocess per configuration (ru_maxrss above the baseline
-after the logits exist), as a multiple of the logits' size.
+Peak memory is measured in a fresh subprocess per configuration: the logits (1x) plus the rise
+of ru_maxrss above the baseline taken once the logits exist, as a multiple of the logits' size.
 """
 
 from __future__ import annotations
@@ -70,7 +70,7 @@ def time_config(cfg, batch, length, vocab, steps, repeats):
 
 
 def peak_memory(index, batch, length, vocab, steps) -> float:
-    """Run one configuration in a subprocess; return the peak extra RSS as a multiple of the logits."""
+    """Run one configuration in a subprocess; return the step's peak memory (logits included) as a multiple of the logits."""
     code = (
         "import sys, json; sys.path.insert(0, 'bench'); import sampling as b; "
         f"print(json.dumps(b._memory_child({index}, {batch}, {length}, {vocab}, {steps})))"
@@ -91,7 +91,8 @@ def _memory_child(index, batch, length, vocab, steps):
     ddlm.sample(model, proc, batch, length, steps, prediction=pred, sampler=sampler, corrector=corrector,
                 generator=torch.Generator().manual_seed(0))
     peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
-    return (peak - base) / (logits.numel() * logits.element_size())
+    # the step's peak: the logits the model returned plus everything the sampler allocates
+    return 1.0 + (peak - base) / (logits.numel() * logits.element_size())
 
 
 def dit_forward_time(batch, length, vocab, repeats) -> float:
@@ -126,14 +127,14 @@ def main(argv=None) -> int:
     dit = None if args.no_dit else dit_forward_time(args.batch, args.length, args.vocab, args.repeats)
     if dit is not None:
         print(f"DiT small forward pass: {dit * 1e3:.0f} ms")
-    header = f"| {'sampler':<32} | {'ms / step':>9} | {'% of DiT small':>14} | {'peak mem / logits':>17} |"
+    header = f"| {'sampler':<32} | {'ms / step':>9} | {'% of DiT small':>14} | {'step peak / logits':>18} |"
     print(header)
     print("|" + "|".join("-" * (len(c)) for c in header.split("|")[1:-1]) + "|")
     for i, cfg in enumerate(CONFIGS):
         t = time_config(cfg, args.batch, args.length, args.vocab, args.steps, args.repeats)
         frac = f"{100 * t / dit:.1f}%" if dit else "-"
         mem = "-" if args.no_memory else f"{peak_memory(i, args.batch, args.length, args.vocab, min(args.steps, 4)):.2f}x"
-        print(f"| {cfg[0]:<32} | {t * 1e3:9.1f} | {frac:>14} | {mem:>17} |", flush=True)
+        print(f"| {cfg[0]:<32} | {t * 1e3:9.1f} | {frac:>14} | {mem:>18} |", flush=True)
     return 0
 
 

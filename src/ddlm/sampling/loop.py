@@ -174,6 +174,7 @@ def _view(logits, x, at, have, want, temperature, temperature_on, top_p) -> Pred
     return pred
 
 
+@torch.no_grad()
 def sample(
     model,
     process,

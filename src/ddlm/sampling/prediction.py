@@ -116,15 +116,22 @@ class Prediction:
         return s - self.log_z()
 
     def top2(self):
-        """Best token, its log-prob, and the best log-prob among the other tokens than x (B, L)."""
-        vals, idx = self.logits.topk(2, dim=-1)
-        vals = vals.double() / self.temperature
+        """Best token, its log-prob, and the best log-prob among the tokens other than x (B, L).
+
+        Two max reductions over the vocabulary (much faster than ``topk`` on CPU): the best token's
+        logit is set to -inf in place for the second one and restored.
+        """
+        v1, i1 = self.logits.max(dim=-1)
+        with torch.no_grad():
+            self.logits.scatter_(-1, i1.unsqueeze(-1), float("-inf"))
+            v2, i2 = self.logits.max(dim=-1)
+            self.logits.scatter_(-1, i1.unsqueeze(-1), v1.unsqueeze(-1))
+        v1, v2 = v1.double() / self.temperature, v2.double() / self.temperature
         own = self._own()
-        other = torch.where(idx[..., 0] == self.xi, vals[..., 1], vals[..., 0])  # best y != x
-        other_id = torch.where(idx[..., 0] == self.xi, idx[..., 1], idx[..., 0])
-        best_is_x = own >= other
+        other = torch.where(i1 == self.xi, v2, v1)  # best y != x
+        other_id = torch.where(i1 == self.xi, i2, i1)
         log_z = self.log_z()
-        best = torch.where(best_is_x, self.xi, other_id)
+        best = torch.where(own >= other, self.xi, other_id)
         return best, torch.maximum(own, other) - log_z, other - log_z
 
     def rows(self, idx, exclude_current: bool = False) -> Tensor:
