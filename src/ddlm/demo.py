@@ -6,15 +6,20 @@ import torch
 
 from . import exact, losses
 from .conversions import loo_to_denoiser
+from .processes import AbsorbingUniformDiffusion, MaskedDiffusion, UniformDiffusion
+from .sampling import sample
+from .schedules import LinearSchedule
 
 
 def _row(values) -> str:
     return "  ".join(f"{v:7.4f}" for v in values)
 
 
-def run(vocab_size: int = 3, length: int = 3, alpha: float = 0.5, seed: int = 0, out=print) -> dict:
-    """Print, for a random toy law, the exact denoiser, LOO and score at one noisy sequence, and the
-    exact NLL bounds of each objective next to the entropy of p_0. Returns the numbers printed."""
+def run(vocab_size: int = 3, length: int = 3, alpha: float = 0.5, seed: int = 0, out=print,
+        progress: bool = True) -> dict:
+    """Print, for a random toy law, the exact denoiser, LOO and score at one noisy sequence, the
+    exact NLL bounds of each objective next to the entropy of p_0, and the TV distance to p_0 of
+    samplers driven by the exact oracle. Returns the numbers printed."""
     law = exact.random_law(vocab_size, length, seed=seed)
     g = torch.Generator().manual_seed(seed)
     xt = torch.randint(vocab_size, (1, length), generator=g)
@@ -49,4 +54,35 @@ def run(vocab_size: int = 3, length: int = 3, alpha: float = 0.5, seed: int = 0,
         result[name] = value
     out("\nThe plug-in ELBO is tight only with the LOO posterior; the denoiser double-counts the")
     out("evidence of each position's own token. The maximal-coupling bound is valid but loose.")
+    result["sampling"] = sample_demo(law, seed=seed, out=out, progress=progress)
+    return result
+
+
+def sample_demo(law, seed: int = 0, num_samples: int = 20_000, nfes=(4, 16, 64), out=print, progress=True) -> dict:
+    """Sample with the exact oracle as the model; print the TV distance to p_0 per sampler and NFE."""
+    k = law.vocab_size
+    sch = LinearSchedule(eps=0.0)
+    cases = [
+        ("MDM ancestral", MaskedDiffusion(k, sch), "denoiser", "ancestral"),
+        ("UDM ancestral (bridge, LOO)", UniformDiffusion(k, sch), "loo", "ancestral"),
+        ("UDM maximal coupling", UniformDiffusion(k, sch), "denoiser", "max_coupling"),
+        ("AUDM carry-over", AbsorbingUniformDiffusion(k, sch), "posterior", "ancestral"),
+        ("AUDM ReAUDM", AbsorbingUniformDiffusion(k, sch), "posterior", "reaudm"),
+        ("ablation: bridge fed the denoiser", UniformDiffusion(k, sch), "denoiser", "bridge_raw_denoiser"),
+    ]
+    floor = exact.tv_distance(law, law.sample(num_samples, generator=torch.Generator().manual_seed(seed + 1)))
+    out(f"\nSampling with the exact oracle as the model: TV distance of {num_samples} samples to p_0")
+    out(f"(the TV of {num_samples} iid draws from p_0 itself is {floor:.4f}):")
+    out(f"  {'sampler':<36}" + "".join(f"{'nfe ' + str(n):>10}" for n in nfes))
+    result = {"floor": floor}
+    for name, proc, prediction, sampler in cases:
+        model = exact.model(law, proc, "loo" if prediction == "loo" else None if proc.name != "udm" else "denoiser")
+        tvs = []
+        for nfe in nfes:
+            x = sample(model, proc, num_samples, law.length, nfe, prediction=prediction, sampler=sampler,
+                       generator=torch.Generator().manual_seed(seed), progress=progress)
+            tvs.append(exact.tv_distance(law, x))
+        out(f"  {name:<36}" + "".join(f"{v:10.4f}" for v in tvs))
+        result[name] = tvs
+    out("Every exact sampler approaches the noise level as nfe grows; the ablation does not.")
     return result

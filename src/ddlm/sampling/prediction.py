@@ -23,32 +23,39 @@ from ..conversions import self_evidence
 _CHUNK = 1 << 21
 
 
-def _rest_logsumexp(logits: Tensor, x: Tensor, temperature: float) -> tuple[Tensor, Tensor]:
-    """Per position: log sum_{y != x} exp(logits(y)/T) and logits(x), both float64, shape (B, L).
+def _vocab_pass(logits: Tensor, x: Tensor, temperature: float):
+    """One chunked pass over the vocabulary. Per position, in float64, shape (B, L):
 
-    Computed exactly (no cancellation when x holds almost all the mass) in chunks of rows. At T = 1
-    the current tokens' logits are set to -inf in place and restored afterwards, so no copy of the
-    logits is made.
+    - rest: log sum_{y != x} exp(logits(y)/T), exact even when x holds almost all the mass;
+    - own: logits(x);
+    - other, other_id: max_{y != x} logits(y)/T and its token.
+
+    At T = 1 the current tokens' logits are set to -inf in place and restored afterwards, so the
+    logits are never copied; temporaries are bounded by the chunk size.
     """
     k = logits.shape[-1]
     flat = logits.reshape(-1, k)  # a view whenever the logits are contiguous over the K columns
     xf = x.reshape(-1, 1)
-    lx = flat.gather(-1, xf)
-    rest = torch.empty(flat.shape[0], dtype=torch.float64, device=logits.device)
+    own = flat.gather(-1, xf)
+    n = flat.shape[0]
+    rest = torch.empty(n, dtype=torch.float64, device=logits.device)
+    other = torch.empty(n, dtype=torch.float64, device=logits.device)
+    other_id = torch.empty(n, dtype=torch.long, device=logits.device)
     rows = max(1, _CHUNK // k)
     with torch.no_grad():
-        for start in range(0, flat.shape[0], rows):
-            stop = start + rows
+        for start in range(0, n, rows):
+            sl = slice(start, start + rows)
+            z = flat[sl] if temperature == 1.0 else flat[sl] / temperature
+            z.scatter_(-1, xf[sl], float("-inf"))
+            m, j = z.max(dim=-1)
+            m_safe = torch.where(torch.isfinite(m), m, torch.zeros_like(m))
+            total = (z - m_safe.unsqueeze(-1)).exp_().sum(-1)
+            rest[sl] = m_safe.double() + total.double().log()
+            other[sl], other_id[sl] = m.double(), j
             if temperature == 1.0:
-                z = flat[start:stop]
-                z.scatter_(-1, xf[start:stop], float("-inf"))
-                rest[start:stop] = torch.logsumexp(z, dim=-1)
-                z.scatter_(-1, xf[start:stop], lx[start:stop])  # restore
-            else:
-                z = flat[start:stop] / temperature
-                z.scatter_(-1, xf[start:stop], float("-inf"))
-                rest[start:stop] = torch.logsumexp(z, dim=-1)
-    return rest.reshape(x.shape), lx.squeeze(-1).double().reshape(x.shape)
+                z.scatter_(-1, xf[sl], own[sl])  # restore the caller's logits
+    shape = x.shape
+    return rest.reshape(shape), own.squeeze(-1).double().reshape(shape), other.reshape(shape), other_id.reshape(shape)
 
 
 class Prediction:
@@ -60,7 +67,7 @@ class Prediction:
     """
 
     def __init__(self, logits: Tensor, x: Tensor, offset: Tensor | None = None, temperature: float = 1.0,
-                 _rest: tuple[Tensor, Tensor] | None = None):
+                 _rest: tuple | None = None):
         self.logits = logits
         self.k = logits.shape[-1]
         self.x = x
@@ -97,7 +104,7 @@ class Prediction:
     # -- evaluation ------------------------------------------------------------------------------------
     def _base(self):
         if self._rest is None:
-            self._rest = _rest_logsumexp(self.logits, self.xi, self.temperature)
+            self._rest = _vocab_pass(self.logits, self.xi, self.temperature)
         return self._rest
 
     def _own(self) -> Tensor:
@@ -105,7 +112,7 @@ class Prediction:
         return (self._base()[1] + self.c) / self.temperature
 
     def log_z(self) -> Tensor:
-        rest, _ = self._base()
+        rest = self._base()[0]
         return torch.logaddexp(rest, self._own())
 
     def log_prob_at(self, tokens: Tensor) -> Tensor:
@@ -116,20 +123,9 @@ class Prediction:
         return s - self.log_z()
 
     def top2(self):
-        """Best token, its log-prob, and the best log-prob among the tokens other than x (B, L).
-
-        Two max reductions over the vocabulary (much faster than ``topk`` on CPU): the best token's
-        logit is set to -inf in place for the second one and restored.
-        """
-        v1, i1 = self.logits.max(dim=-1)
-        with torch.no_grad():
-            self.logits.scatter_(-1, i1.unsqueeze(-1), float("-inf"))
-            v2, i2 = self.logits.max(dim=-1)
-            self.logits.scatter_(-1, i1.unsqueeze(-1), v1.unsqueeze(-1))
-        v1, v2 = v1.double() / self.temperature, v2.double() / self.temperature
+        """Best token, its log-prob, and the best log-prob among the tokens other than x (B, L)."""
+        _, _, other, other_id = self._base()
         own = self._own()
-        other = torch.where(i1 == self.xi, v2, v1)  # best y != x
-        other_id = torch.where(i1 == self.xi, i2, i1)
         log_z = self.log_z()
         best = torch.where(own >= other, self.xi, other_id)
         return best, torch.maximum(own, other) - log_z, other - log_z
