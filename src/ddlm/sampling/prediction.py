@@ -20,7 +20,7 @@ from torch import Tensor
 from ..conversions import self_evidence
 
 #: elements per chunk in the pass over the vocabulary (bounds the temporary memory)
-_CHUNK = 1 << 21
+_CHUNK = 1 << 20
 
 
 def _vocab_pass(logits: Tensor, x: Tensor, temperature: float):
@@ -47,10 +47,8 @@ def _vocab_pass(logits: Tensor, x: Tensor, temperature: float):
             sl = slice(start, start + rows)
             z = flat[sl] if temperature == 1.0 else flat[sl] / temperature
             z.scatter_(-1, xf[sl], float("-inf"))
+            rest[sl] = torch.logsumexp(z, dim=-1)
             m, j = z.max(dim=-1)
-            m_safe = torch.where(torch.isfinite(m), m, torch.zeros_like(m))
-            total = (z - m_safe.unsqueeze(-1)).exp_().sum(-1)
-            rest[sl] = m_safe.double() + total.double().log()
             other[sl], other_id[sl] = m.double(), j
             if temperature == 1.0:
                 z.scatter_(-1, xf[sl], own[sl])  # restore the caller's logits
