@@ -52,13 +52,12 @@ class GibbsCorrector:
         def log_c(log_r):  # log(alpha_s r + (1 - alpha_s)/K), on (B, L) values
             return torch.log(alpha_s * log_r.exp() + floor)
 
-        cur = log_c(pred.log_prob_at(x))
         if self.selection == "lowest_current_prob":
-            return -cur
-        _, best, best_other = pred.top2()
+            return -log_c(pred.log_prob_at(x))
+        _, best, best_other = pred.top2()  # first, so that one vocabulary pass serves both
         if self.selection == "lowest_maxprob":
             return -log_c(best)
-        return -(cur - log_c(best_other))
+        return -(log_c(pred.log_prob_at(x)) - log_c(best_other))
 
     def select(self, scores: Tensor, allowed: Tensor, generator) -> Tensor:
         """Gumbel-top-k on scores/tau among allowed positions: a (B, L) bool mask."""

@@ -23,12 +23,12 @@ from ..conversions import self_evidence
 _CHUNK = 1 << 20
 
 
-def _vocab_pass(logits: Tensor, x: Tensor, temperature: float):
+def _vocab_pass(logits: Tensor, x: Tensor, temperature: float, with_max: bool = True):
     """One chunked pass over the vocabulary. Per position, in float64, shape (B, L):
 
     - rest: log sum_{y != x} exp(logits(y)/T), exact even when x holds almost all the mass;
     - own: logits(x);
-    - other, other_id: max_{y != x} logits(y)/T and its token.
+    - other, other_id: max_{y != x} logits(y)/T and its token (None unless ``with_max``).
 
     At T = 1 the current tokens' logits are set to -inf in place and restored afterwards, so the
     logits are never copied; temporaries are bounded by the chunk size.
@@ -48,11 +48,14 @@ def _vocab_pass(logits: Tensor, x: Tensor, temperature: float):
             z = flat[sl] if temperature == 1.0 else flat[sl] / temperature
             z.scatter_(-1, xf[sl], float("-inf"))
             rest[sl] = torch.logsumexp(z, dim=-1)
-            m, j = z.max(dim=-1)
-            other[sl], other_id[sl] = m.double(), j
+            if with_max:
+                m, j = z.max(dim=-1)
+                other[sl], other_id[sl] = m.double(), j
             if temperature == 1.0:
                 z.scatter_(-1, xf[sl], own[sl])  # restore the caller's logits
     shape = x.shape
+    if not with_max:
+        return rest.reshape(shape), own.squeeze(-1).double().reshape(shape), None, None
     return rest.reshape(shape), own.squeeze(-1).double().reshape(shape), other.reshape(shape), other_id.reshape(shape)
 
 
@@ -100,9 +103,10 @@ class Prediction:
         return self if temperature == 1.0 else self._with(self.c, self.temperature * temperature)
 
     # -- evaluation ------------------------------------------------------------------------------------
-    def _base(self):
-        if self._rest is None:
-            self._rest = _vocab_pass(self.logits, self.xi, self.temperature)
+    def _base(self, with_max: bool = False):
+        """The vocabulary pass (cached); the max over y != x is computed only when asked for."""
+        if self._rest is None or (with_max and self._rest[2] is None):
+            self._rest = _vocab_pass(self.logits, self.xi, self.temperature, with_max)
         return self._rest
 
     def _own(self) -> Tensor:
@@ -122,7 +126,7 @@ class Prediction:
 
     def top2(self):
         """Best token, its log-prob, and the best log-prob among the tokens other than x (B, L)."""
-        _, _, other, other_id = self._base()
+        _, _, other, other_id = self._base(with_max=True)
         own = self._own()
         log_z = self.log_z()
         best = torch.where(own >= other, self.xi, other_id)
