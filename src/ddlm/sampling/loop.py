@@ -15,7 +15,7 @@ from .correctors import GibbsCorrector
 from .prediction import Prediction
 from .remasking import RemaskingSchedule
 
-#: sampler name -> (processes it runs on, prediction view it consumes)
+#: process -> sampler name -> the prediction view its kernel consumes
 SAMPLERS = {
     "mdm": {"ancestral": "denoiser", "remdm": "denoiser", "confidence": "denoiser"},
     "udm": {
@@ -80,7 +80,7 @@ def _name(process) -> str:
     )
 
 
-def _check_args(kind, process, num_samples, length, nfe, prediction, sampler, corrector, temperature,
+def _check_args(kind, num_samples, length, nfe, prediction, sampler, corrector, temperature,
                 temperature_on, top_p, remasking):
     for name, value, low in (("num_samples", num_samples, 1), ("length", length, 1), ("nfe", nfe, 1)):
         if isinstance(value, bool) or not isinstance(value, int) or value < low:
@@ -229,7 +229,7 @@ def sample(
         int64 tensor (num_samples, length) of data tokens, or (samples, info).
     """
     kind = _name(process)
-    _check_args(kind, process, num_samples, length, nfe, prediction, sampler, corrector, temperature,
+    _check_args(kind, num_samples, length, nfe, prediction, sampler, corrector, temperature,
                 temperature_on, top_p, remasking)
     k = process.vocab_size
     if device is None:
