@@ -2,6 +2,7 @@ import pytest
 import torch
 
 import ddlm
+from ddlm import conversions as C
 from ddlm import exact
 from ddlm.sampling.correctors import SELECTIONS
 
@@ -112,3 +113,30 @@ def test_bad_arguments():
     with pytest.raises(ValueError, match="tau must be a positive"):
         ddlm.GibbsCorrector(tau=0.0)
     assert set(SELECTIONS) == {"random", "lowest_maxprob", "lowest_current_prob", "lowest_log_margin"}
+
+
+def test_corrector_receives_the_tempered_loo(monkeypatch):
+    """The loop hands the corrector the LOO tempered as asked (on the LOO or on the denoiser)."""
+    law = exact.random_law(3, 3, seed=3)
+    proc = ddlm.UniformDiffusion(3)
+    seen = []
+    original = ddlm.GibbsCorrector.step
+
+    def spy(self, x, logr, alpha_s, allowed, generator):
+        seen.append((x.clone(), logr.log_probs(), alpha_s))
+        return original(self, x, logr, alpha_s, allowed, generator)
+
+    monkeypatch.setattr(ddlm.GibbsCorrector, "step", spy)
+    corr = ddlm.GibbsCorrector(sweeps=1, k=1)
+    for on in ("loo", "denoiser"):
+        seen.clear()
+        ddlm.sample(exact.model(law, proc, "loo"), proc, 50, 3, 7, prediction="loo", corrector=corr,
+                    temperature=0.5, temperature_on=on, generator=torch.Generator().manual_seed(0))
+        assert len(seen) == 3  # split_nfe(7, 1) = (4, 3)
+        for x, got, a in seen:
+            r = exact.loo(law, x, a)
+            if on == "loo":
+                want = (r / 0.5).log_softmax(-1)
+            else:
+                want = C.denoiser_to_loo((C.loo_to_denoiser(r, x, a) / 0.5).log_softmax(-1), x, a)
+            assert torch.allclose(got, want, atol=1e-9)
