@@ -1,0 +1,189 @@
+"""Run configuration: dataclasses loaded from YAML with ``key.sub=value`` overrides, validated on load."""
+
+from __future__ import annotations
+
+import dataclasses
+import typing
+from dataclasses import dataclass, field
+from pathlib import Path
+
+PROCESS_OBJECTIVES = {
+    "mdm": ("mdm_elbo", "cross_entropy"),
+    "udm": ("udm_elbo", "cross_entropy", "max_coupling_elbo"),
+    "audm": ("audm_elbo",),
+}
+
+
+@dataclass
+class ModelConfig:
+    preset: str = "tiny"
+    output: str | None = None  # "denoiser" | "loo" (UDM) | "posterior" (AUDM); default per process
+    time_conditioning: bool = True
+    hidden: int | None = None
+    blocks: int | None = None
+    heads: int | None = None
+    dropout: float = 0.0
+
+
+@dataclass
+class DataConfig:
+    corpus: str = "default"  # "default", a text file, a folder of .txt files, or a .jsonl file
+    tokenizer: str = "char"  # "char", "gpt2", or a tokenizers JSON file
+    block_size: int = 128
+    val_fraction: float = 0.05
+
+
+@dataclass
+class OptimConfig:
+    lr: float = 1e-3
+    weight_decay: float = 0.0
+    beta1: float = 0.9
+    beta2: float = 0.98
+    warmup_steps: int = 100
+    decay: str = "cosine"  # "cosine" | "constant"
+    min_lr_ratio: float = 0.1
+    grad_clip: float = 1.0
+
+
+@dataclass
+class TrainConfig:
+    run_dir: str = "runs/demo"
+    process: str = "mdm"
+    objective: str | None = None  # default: the process's ELBO
+    schedule: str = "linear"
+    eps: float = 1e-3  # alpha_1 = eps
+    t_min: float = 1e-3  # training times t = t_min + (1 - t_min) u
+    model: ModelConfig = field(default_factory=ModelConfig)
+    data: DataConfig = field(default_factory=DataConfig)
+    optim: OptimConfig = field(default_factory=OptimConfig)
+    batch_size: int = 32  # global: across processes and accumulation steps
+    grad_accum: int = 1
+    max_steps: int = 1000
+    max_minutes: float | None = None  # stop (and checkpoint) after this wall time
+    ema: float = 0.999
+    seed: int = 0
+    log_every: int = 10
+    eval_every: int = 200
+    eval_batches: int = 8
+    save_every: int = 200
+    keep_checkpoints: int = 2
+    sample_every: int = 0  # 0: only at the end
+    num_samples: int = 2
+    sample_nfe: int = 64
+    device: str = "auto"  # "auto" | "cpu" | "cuda"
+
+    def validate(self) -> "TrainConfig":
+        def need(cond, key, value, expected):
+            if not cond:
+                raise ValueError(f"config key {key!r} is {value!r}, expected {expected}")
+
+        need(self.process in PROCESS_OBJECTIVES, "process", self.process, f"one of {sorted(PROCESS_OBJECTIVES)}")
+        allowed = PROCESS_OBJECTIVES[self.process]
+        need(self.objective is None or self.objective in allowed, "objective", self.objective,
+             f"one of {allowed} for process {self.process!r}")
+        outputs = {"mdm": ("denoiser",), "udm": ("denoiser", "loo"), "audm": ("posterior",)}[self.process]
+        need(self.model.output is None or self.model.output in outputs, "model.output", self.model.output,
+             f"one of {outputs} for process {self.process!r}")
+        need(self.schedule in ("linear", "cosine"), "schedule", self.schedule, "'linear' or 'cosine'")
+        need(0 <= self.eps < 1, "eps", self.eps, "a number in [0, 1)")
+        need(0 <= self.t_min < 1, "t_min", self.t_min, "a number in [0, 1)")
+        for key in ("batch_size", "grad_accum", "max_steps", "log_every", "eval_every", "eval_batches",
+                    "save_every", "keep_checkpoints", "num_samples", "sample_nfe"):
+            need(getattr(self, key) >= 1, key, getattr(self, key), "an integer >= 1")
+        need(self.sample_every >= 0, "sample_every", self.sample_every, "an integer >= 0")
+        need(self.batch_size % self.grad_accum == 0, "batch_size", self.batch_size,
+             f"a multiple of grad_accum = {self.grad_accum}")
+        need(0 <= self.ema < 1, "ema", self.ema, "a number in [0, 1)")
+        need(self.max_minutes is None or self.max_minutes > 0, "max_minutes", self.max_minutes, "None or > 0")
+        need(self.data.block_size >= 2, "data.block_size", self.data.block_size, "an integer >= 2")
+        need(0 < self.data.val_fraction <= 0.5, "data.val_fraction", self.data.val_fraction, "a number in (0, 0.5]")
+        need(self.optim.lr > 0, "optim.lr", self.optim.lr, "a positive number")
+        need(self.optim.decay in ("cosine", "constant"), "optim.decay", self.optim.decay, "'cosine' or 'constant'")
+        need(self.optim.warmup_steps >= 0, "optim.warmup_steps", self.optim.warmup_steps, "an integer >= 0")
+        need(self.optim.grad_clip > 0, "optim.grad_clip", self.optim.grad_clip, "a positive number")
+        need(self.device in ("auto", "cpu", "cuda"), "device", self.device, "'auto', 'cpu' or 'cuda'")
+        return self
+
+    @property
+    def resolved_objective(self) -> str:
+        return self.objective or PROCESS_OBJECTIVES[self.process][0]
+
+    def to_dict(self) -> dict:
+        return dataclasses.asdict(self)
+
+
+def _coerce(key: str, value, tp):
+    """Check (and gently convert int -> float) a value against a simple annotation."""
+    args = typing.get_args(tp)
+    if value is None:
+        if type(None) in args:
+            return None
+        raise ValueError(f"config key {key!r} is None, expected {tp}")
+    options = [a for a in args if a is not type(None)] or [tp]
+    for opt in options:
+        if opt is float and isinstance(value, (int, float)) and not isinstance(value, bool):
+            return float(value)
+        if opt is float and isinstance(value, str):  # YAML 1.1 reads "3e-4" as a string
+            try:
+                return float(value)
+            except ValueError:
+                pass
+        if opt is int and isinstance(value, int) and not isinstance(value, bool):
+            return value
+        if opt in (str, bool) and isinstance(value, opt):
+            return value
+    raise ValueError(f"config key {key!r} is {value!r} ({type(value).__name__}), expected {tp}")
+
+
+def from_dict(cls, data: dict, prefix: str = ""):
+    """Build a config dataclass from a nested dict; unknown keys and wrong types raise ValueError."""
+    if not isinstance(data, dict):
+        raise ValueError(f"config section {prefix.rstrip('.') or '<root>'!r} must be a mapping, got {data!r}")
+    hints = typing.get_type_hints(cls)
+    names = {f.name for f in dataclasses.fields(cls)}
+    unknown = sorted(set(data) - names)
+    if unknown:
+        raise ValueError(f"unknown config key {prefix + unknown[0]!r}; expected one of {sorted(names)}")
+    kwargs = {}
+    for name, value in data.items():
+        tp = hints[name]
+        if dataclasses.is_dataclass(tp):
+            kwargs[name] = from_dict(tp, value, prefix + name + ".")
+        else:
+            kwargs[name] = _coerce(prefix + name, value, tp)
+    return cls(**kwargs)
+
+
+def apply_overrides(data: dict, overrides: list[str]) -> dict:
+    """Apply ``a.b=value`` overrides (values parsed as YAML scalars) to a nested dict."""
+    import yaml
+
+    for item in overrides:
+        if "=" not in item:
+            raise ValueError(f"override {item!r} must look like key=value (for example optim.lr=3e-4)")
+        key, raw = item.split("=", 1)
+        node = data
+        parts = key.strip().split(".")
+        for part in parts[:-1]:
+            node = node.setdefault(part, {})
+            if not isinstance(node, dict):
+                raise ValueError(f"override {item!r}: {part!r} is not a section")
+        node[parts[-1]] = yaml.safe_load(raw)
+    return data
+
+
+def load_config(path: str | Path | None, overrides: list[str] = ()) -> TrainConfig:
+    """Load a YAML run config (or the defaults when path is None), apply overrides, validate."""
+    import yaml
+
+    data = {}
+    if path is not None:
+        path = Path(path)
+        if not path.is_file():
+            raise FileNotFoundError(f"config file {str(path)!r} does not exist")
+        try:
+            data = yaml.safe_load(path.read_text()) or {}
+        except yaml.YAMLError as e:
+            raise ValueError(f"config file {str(path)!r} is not valid YAML: {e}") from None
+    data = apply_overrides(data, list(overrides))
+    return from_dict(TrainConfig, data).validate()

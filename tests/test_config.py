@@ -1,0 +1,51 @@
+import pytest
+
+from ddlm.config import TrainConfig, load_config
+
+
+def test_defaults_and_overrides(tmp_path):
+    path = tmp_path / "run.yaml"
+    path.write_text("process: udm\nmodel: {preset: tiny, hidden: 64}\noptim: {lr: 0.01}\n")
+    cfg = load_config(path, ["optim.lr=3e-4", "max_steps=7", "model.output=denoiser", "data.block_size=16"])
+    assert isinstance(cfg, TrainConfig)
+    assert cfg.process == "udm" and cfg.model.hidden == 64 and cfg.optim.lr == pytest.approx(3e-4)
+    assert cfg.max_steps == 7 and cfg.model.output == "denoiser" and cfg.data.block_size == 16
+    assert cfg.resolved_objective == "udm_elbo"
+    assert load_config(None).process == "mdm"
+
+
+def test_shipped_configs_load():
+    import pathlib
+
+    files = sorted(pathlib.Path(__file__).parents[1].joinpath("configs").glob("*.yaml"))
+    assert len(files) >= 5
+    for f in files:
+        load_config(f)
+
+
+@pytest.mark.parametrize(
+    "overrides,match",
+    [
+        (["optim.lrr=1"], "unknown config key 'optim.lrr'"),
+        (["process=sedd"], "config key 'process' is 'sedd', expected one of"),
+        (["objective=udm_elbo"], "config key 'objective' is 'udm_elbo', expected one of .* for process 'mdm'"),
+        (["model.output=loo"], "config key 'model.output' is 'loo'"),
+        (["batch_size=0"], "config key 'batch_size' is 0, expected an integer >= 1"),
+        (["batch_size=10", "grad_accum=4"], "config key 'batch_size' is 10, expected a multiple of grad_accum"),
+        (["max_steps=ten"], "config key 'max_steps' is 'ten'"),
+        (["data.val_fraction=0.9"], "data.val_fraction"),
+        (["lr"], "must look like key=value"),
+    ],
+)
+def test_bad_configs(overrides, match):
+    with pytest.raises(ValueError, match=match):
+        load_config(None, overrides)
+
+
+def test_missing_and_corrupt_files(tmp_path):
+    with pytest.raises(FileNotFoundError, match="does not exist"):
+        load_config(tmp_path / "nope.yaml")
+    bad = tmp_path / "bad.yaml"
+    bad.write_text("process: [unclosed\n")
+    with pytest.raises(ValueError, match="is not valid YAML"):
+        load_config(bad)
