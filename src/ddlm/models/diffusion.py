@@ -1,0 +1,54 @@
+"""A DiT bound to its process: the callable ``model(xt, t, noise=None) -> logits`` that training,
+sampling and evaluation use."""
+
+from __future__ import annotations
+
+import torch
+from torch import Tensor, nn
+
+from ..processes import get_process
+from ..schedules import get_schedule
+from .dit import DiT, DiTConfig
+
+OUTPUTS = {"mdm": ("denoiser",), "udm": ("denoiser", "loo"), "audm": ("posterior",)}
+
+
+class DiffusionModel(nn.Module):
+    """A DiT whose time input is t: it conditions on sigma = -log alpha_t of the process's schedule.
+
+    Args:
+        process: the forward process (its vocabulary and schedule).
+        net: the DiT (input vocabulary = process.input_vocab_size, output = K data tokens).
+        output: what the network predicts: "denoiser" or "loo" (UDM), "denoiser" (MDM),
+            "posterior" (AUDM). Passed to ``ddlm.sample`` as ``prediction``.
+    """
+
+    def __init__(self, process, net: DiT, output: str):
+        super().__init__()
+        if output not in OUTPUTS[process.name]:
+            raise ValueError(f"output must be one of {OUTPUTS[process.name]} for {process.name.upper()}, got {output!r}")
+        if net.config.vocab_size != process.input_vocab_size or net.config.output_size != process.vocab_size:
+            raise ValueError(
+                f"net has vocab_size {net.config.vocab_size} and output_size {net.config.output_size}, expected "
+                f"{process.input_vocab_size} and {process.vocab_size} for {process!r}"
+            )
+        self.process, self.net, self.output = process, net, output
+
+    @classmethod
+    def build(cls, process_name: str, vocab_size: int, max_len: int, *, preset: str = "tiny",
+              output: str | None = None, schedule: str = "linear", eps: float = 1e-3,
+              time_conditioning: bool = True, **overrides) -> "DiffusionModel":
+        """Process + DiT preset in one call (``overrides`` replace DiT config fields)."""
+        process = get_process(process_name, vocab_size, get_schedule(schedule, eps=eps))
+        config = DiTConfig.preset(preset, process.input_vocab_size, vocab_size, max_len,
+                                  audm=process.name == "audm", time_conditioning=time_conditioning, **overrides)
+        return cls(process, DiT(config), output or OUTPUTS[process.name][-1 if process.name == "udm" else 0])
+
+    @property
+    def prediction(self) -> str:
+        return self.output
+
+    def forward(self, xt: Tensor, t: Tensor, noise: Tensor | None = None) -> Tensor:
+        alpha = self.process.alpha(t.to(torch.float64)).clamp_min(1e-30)
+        sigma = (-torch.log(alpha)).to(torch.float32)
+        return self.net(xt, sigma, noise)
