@@ -13,6 +13,17 @@ def _demo(args) -> int:
     return 0
 
 
+def _train(args) -> int:
+    from .config import load_config
+    from .train import train
+
+    cfg = load_config(None if args.config == "-" else args.config, args.overrides)
+    metrics = train(cfg, resume=not args.no_resume, progress=not args.no_progress)
+    print(f"finished at step {metrics['step']}: validation bound {metrics.get('val_nll', float('nan')):.4f} "
+          f"nats/token, unigram entropy {metrics['unigram_entropy']:.4f}")
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="ddlm", description="Discrete diffusion language models.")
     sub = parser.add_subparsers(dest="command", required=True)
@@ -22,6 +33,12 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--alpha", type=float, default=0.5, help="clean-signal fraction at the noisy sequence")
     p.add_argument("--seed", type=int, default=0)
     p.set_defaults(func=_demo)
+    p = sub.add_parser("train", help="train a model from a YAML config (resumes the run if it has checkpoints)")
+    p.add_argument("config", help="YAML run config, e.g. configs/demo-mdm.yaml ('-' for the defaults)")
+    p.add_argument("overrides", nargs="*", help="key=value overrides, e.g. optim.lr=3e-4 max_steps=500")
+    p.add_argument("--no-resume", action="store_true", help="start from scratch even if the run has checkpoints")
+    p.add_argument("--no-progress", action="store_true", help="no progress bar")
+    p.set_defaults(func=_train)
     return parser
 
 

@@ -1,0 +1,326 @@
+"""Training: one plain PyTorch loop for every process and objective (MATH.md sections 1 and 4).
+
+Read top to bottom: set up (distributed, data, model, optimiser), resume if a checkpoint exists,
+then for each step draw antithetic times stratified over the global batch, corrupt, predict, take
+the per-token loss through ``ddlm.losses.compute``, step, update the EMA; periodically validate,
+sample, checkpoint. Runs on a CPU as is and under ``torchrun --nproc-per-node N`` (gloo on CPU,
+nccl on GPU). Every random draw of a step comes from a generator seeded by (seed, step, rank), so a
+resumed run continues exactly as an uninterrupted one.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+import torch.distributed as dist
+from torch import Tensor
+
+from . import losses
+from .checkpoint import (capture_rng, checkpoint_name, latest_checkpoint, load_checkpoint, prune_checkpoints,
+                         save_checkpoint, set_latest)
+from .config import TrainConfig
+from .data.corpora import load_corpus, pack, split_documents, unigram_entropy
+from .data.tokenizers import BPETokenizer, CharTokenizer, tokenizer_from_dict
+from .models.diffusion import DiffusionModel
+
+ELBO = {"mdm": "mdm_elbo", "udm": "udm_elbo", "audm": "audm_elbo"}
+
+
+@dataclass
+class Dist:
+    rank: int = 0
+    world: int = 1
+    local_rank: int = 0
+
+    @property
+    def main(self) -> bool:
+        return self.rank == 0
+
+
+def setup_distributed(device: str) -> Dist:
+    """Initialise torch.distributed when launched by torchrun (WORLD_SIZE > 1)."""
+    world = int(os.environ.get("WORLD_SIZE", "1"))
+    if world == 1:
+        return Dist()
+    if not dist.is_initialized():
+        dist.init_process_group("nccl" if device == "cuda" else "gloo")
+    return Dist(dist.get_rank(), dist.get_world_size(), int(os.environ.get("LOCAL_RANK", "0")))
+
+
+def step_generator(seed: int, step: int, rank: int = 0, device="cpu") -> torch.Generator:
+    return torch.Generator(device=device).manual_seed((seed * 1_000_003 + step) * 1_009 + rank)
+
+
+def stratified_times(u0: float, indices: Tensor, global_batch: int, t_min: float) -> Tensor:
+    """Antithetic times u_j = (U + j / B) mod 1 for global row indices j, mapped to [t_min, 1]."""
+    u = torch.remainder(u0 + indices.double() / global_batch, 1.0)
+    return t_min + (1.0 - t_min) * u
+
+
+def lr_lambda(cfg: TrainConfig):
+    o = cfg.optim
+
+    def f(step: int) -> float:
+        if step < o.warmup_steps:
+            return (step + 1) / o.warmup_steps
+        if o.decay == "constant":
+            return 1.0
+        progress = min(1.0, (step - o.warmup_steps) / max(1, cfg.max_steps - o.warmup_steps))
+        return o.min_lr_ratio + (1 - o.min_lr_ratio) * 0.5 * (1 + math.cos(math.pi * progress))
+
+    return f
+
+
+def corrupt(process, x0: Tensor, t: Tensor, generator):
+    """(x_t, noise or None) for clean blocks x0 at times t."""
+    state = process.corrupt(x0, t, generator=generator)
+    return (state.xt, state.noise) if process.name == "audm" else (state, None)
+
+
+def token_losses(model: DiffusionModel, objective: str, x0: Tensor, xt: Tensor, noise, t: Tensor) -> Tensor:
+    """Per-token loss (B, L) of ``objective`` for clean blocks x0 corrupted to (xt, noise) at times t."""
+    process = model.process
+    alpha = process.alpha(t).unsqueeze(-1)
+    dalpha = process.dalpha(t).unsqueeze(-1)
+    logits = model(xt, t, noise)
+    return losses.compute(objective, logits, output=model.output, x0=x0, xt=xt, alpha=alpha.to(logits.dtype),
+                          dalpha=dalpha.to(logits.dtype), noise=noise)
+
+
+@torch.no_grad()
+def validation_bound(model: DiffusionModel, blocks: Tensor, batch_size: int, num_batches: int, seed: int,
+                     t_min: float) -> tuple[float, float]:
+    """Monte-Carlo NLL bound in nats/token on held-out blocks (antithetic t), and its standard error."""
+    objective = ELBO[model.process.name]
+    g = torch.Generator().manual_seed(seed)
+    per_batch = []
+    for b in range(num_batches):
+        idx = torch.arange(b * batch_size, (b + 1) * batch_size) % blocks.shape[0]
+        x0 = blocks[idx]
+        t = stratified_times(float(torch.rand((), generator=g, dtype=torch.float64)), torch.arange(len(idx)),
+                             len(idx), t_min)
+        xt, noise = corrupt(model.process, x0, t, g)
+        per_batch.append(token_losses(model, objective, x0, xt, noise, t).mean().item())
+    mean = sum(per_batch) / len(per_batch)
+    var = sum((v - mean) ** 2 for v in per_batch) / max(1, len(per_batch) - 1)
+    return mean, math.sqrt(var / len(per_batch))
+
+
+def build_tokenizer(spec: str, text: str):
+    """"char" (from the corpus text), "gpt2" (offline GPT-2 BPE) or a tokenizers JSON file."""
+    if spec == "char":
+        return CharTokenizer.from_text(text)
+    if spec == "gpt2":
+        return BPETokenizer.gpt2()
+    if not Path(spec).is_file():
+        raise ValueError(f"config key 'data.tokenizer' is {spec!r}, expected 'char', 'gpt2' or an existing tokenizers JSON file")
+    return BPETokenizer.from_file(spec)
+
+
+def prepare_data(cfg: TrainConfig, tokenizer=None):
+    """Tokenizer (built from the corpus unless given), packed train and validation blocks."""
+    docs = load_corpus(cfg.data.corpus)
+    train_docs, val_docs = split_documents(docs, cfg.data.val_fraction, seed=cfg.seed)
+    if tokenizer is None:
+        tokenizer = build_tokenizer(cfg.data.tokenizer, "".join(train_docs + val_docs))
+    bs = cfg.data.block_size
+    train = pack([tokenizer.encode(d) for d in train_docs], bs, tokenizer.bos_id, tokenizer.eos_id)
+    val = pack([tokenizer.encode(d) for d in val_docs], bs, tokenizer.bos_id, tokenizer.eos_id)
+    if train.shape[0] == 0 or val.shape[0] == 0:
+        raise ValueError(f"corpus {cfg.data.corpus!r} is too small for block_size {bs}: "
+                         f"{train.shape[0]} training and {val.shape[0]} validation blocks")
+    return tokenizer, train, val
+
+
+def build_model(cfg: TrainConfig, vocab_size: int) -> DiffusionModel:
+    overrides = {k: getattr(cfg.model, k) for k in ("hidden", "blocks", "heads") if getattr(cfg.model, k) is not None}
+    return DiffusionModel.build(cfg.process, vocab_size, cfg.data.block_size, preset=cfg.model.preset,
+                                output=cfg.model.output, schedule=cfg.schedule, eps=cfg.eps,
+                                time_conditioning=cfg.model.time_conditioning, dropout=cfg.model.dropout,
+                                **overrides)
+
+
+def _batch_indices(num_blocks: int, step: int, global_batch: int, seed: int) -> Tensor:
+    """Global batch of block indices for a step: consecutive slices of per-epoch permutations."""
+    start = step * global_batch
+    out = []
+    while len(out) < global_batch:
+        epoch, pos = divmod(start + len(out), num_blocks)
+        perm = torch.randperm(num_blocks, generator=torch.Generator().manual_seed(seed * 7919 + epoch))
+        out.extend(perm[pos : pos + global_batch - len(out)].tolist())
+    return torch.tensor(out)
+
+
+def train(cfg: TrainConfig, resume: bool = True, progress: bool = True, log=print, stop_at: int | None = None) -> dict:
+    """Train (or resume) the run described by ``cfg``; returns the final metrics.
+
+    ``stop_at`` ends this invocation (with a checkpoint) after that step, as an interruption would;
+    the run's schedule still follows ``cfg.max_steps``.
+    """
+    device = "cuda" if cfg.device == "auto" and torch.cuda.is_available() else ("cpu" if cfg.device == "auto" else cfg.device)
+    ddp = setup_distributed(device)
+    if device == "cuda":
+        torch.cuda.set_device(ddp.local_rank)
+    run = Path(cfg.run_dir)
+    ckpt_path = latest_checkpoint(run) if resume else None
+    ckpt = load_checkpoint(ckpt_path) if ckpt_path is not None else None
+    tokenizer = tokenizer_from_dict(ckpt.tokenizer) if ckpt else None
+    tokenizer, train_blocks, val_blocks = prepare_data(cfg, tokenizer)
+
+    torch.manual_seed(cfg.seed)
+    model = build_model(cfg, tokenizer.vocab_size).to(device)
+    ema = build_model(cfg, tokenizer.vocab_size).to(device)
+    ema.load_state_dict(model.state_dict())
+    ema.requires_grad_(False)
+    o = cfg.optim
+    optimizer = torch.optim.AdamW(model.parameters(), lr=o.lr, betas=(o.beta1, o.beta2), weight_decay=o.weight_decay)
+    scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lr_lambda(cfg))
+    start = 0
+    if ckpt is not None:
+        model.load_state_dict(ckpt.model)
+        ema.load_state_dict(ckpt.ema)
+        optimizer.load_state_dict(ckpt.optimizer)
+        scheduler.load_state_dict(ckpt.scheduler)
+        start = ckpt.step
+    net = torch.nn.parallel.DistributedDataParallel(model) if ddp.world > 1 else model
+
+    entropy = unigram_entropy(train_blocks.flatten().tolist(), tokenizer.vocab_size)
+    if ddp.main:
+        run.mkdir(parents=True, exist_ok=True)
+        (run / "config.json").write_text(json.dumps(cfg.to_dict(), indent=2))
+        n_params = sum(p.numel() for p in model.parameters())
+        log(f"{cfg.process.upper()} run {run}: {n_params / 1e6:.2f}M parameters, vocab {tokenizer.vocab_size}, "
+            f"{train_blocks.shape[0]} train / {val_blocks.shape[0]} val blocks of {cfg.data.block_size}; "
+            f"unigram entropy {entropy:.4f} nats/token" + (f"; resuming at step {start}" if start else ""))
+    per_rank = cfg.batch_size // ddp.world
+    micro = per_rank // cfg.grad_accum
+    if micro < 1 or cfg.batch_size % (ddp.world * cfg.grad_accum):
+        raise ValueError(f"batch_size {cfg.batch_size} must be a multiple of processes x grad_accum = "
+                         f"{ddp.world} x {cfg.grad_accum}")
+    objective = cfg.resolved_objective
+    metrics_file = run / "metrics.jsonl"
+    bar = None
+    if progress and ddp.main:
+        from tqdm.auto import tqdm
+
+        bar = tqdm(total=cfg.max_steps, initial=start, desc="training", unit="step")
+    t0, tokens_seen, metrics = time.time(), 0, {"unigram_entropy": entropy}
+    step = start
+    try:
+        while step < min(cfg.max_steps, stop_at if stop_at is not None else cfg.max_steps):
+            # the whole global batch is drawn identically on every rank (blocks, times, corruption), so
+            # the run does not depend on the number of processes or accumulation steps
+            g = step_generator(cfg.seed, step)
+            torch.manual_seed(cfg.seed * 1_000_003 + step * 1_009 + ddp.rank)  # dropout, if any
+            u0 = float(torch.rand((), generator=g, dtype=torch.float64))
+            x0_all = train_blocks[_batch_indices(train_blocks.shape[0], step, cfg.batch_size, cfg.seed)]
+            t_all = stratified_times(u0, torch.arange(cfg.batch_size), cfg.batch_size, cfg.t_min)
+            xt_all, noise_all = corrupt(model.process, x0_all, t_all, g)
+            net.train()
+            optimizer.zero_grad(set_to_none=True)
+            total = 0.0
+            for m in range(cfg.grad_accum):
+                rows = ddp.rank * per_rank + m * micro + torch.arange(micro)
+                x0, xt, t = x0_all[rows].to(device), xt_all[rows].to(device), t_all[rows].to(device)
+                noise = None if noise_all is None else noise_all[rows].to(device)
+                with torch.autocast("cuda", dtype=torch.bfloat16, enabled=device == "cuda"):
+                    view = net if ddp.world == 1 else _DDPView(net, model)
+                    loss = token_losses(view, objective, x0, xt, noise, t).mean()
+                (loss / cfg.grad_accum).backward()
+                total += loss.item() / cfg.grad_accum
+            if ddp.world > 1:  # report the global mean loss
+                buf = torch.tensor([total], device=device)
+                dist.all_reduce(buf)
+                total = buf.item() / ddp.world
+            grad_norm = torch.nn.utils.clip_grad_norm_(model.parameters(), o.grad_clip)
+            optimizer.step()
+            scheduler.step()
+            with torch.no_grad():
+                for pe, pm in zip(ema.parameters(), model.parameters()):
+                    pe.lerp_(pm, 1.0 - cfg.ema)
+            step += 1
+            tokens_seen += cfg.batch_size * cfg.data.block_size
+            if ddp.main:
+                rate = tokens_seen / max(1e-9, time.time() - t0)
+                if bar is not None:
+                    bar.update(1)
+                    bar.set_postfix(loss=f"{total:.3f}", tok_s=f"{rate:.0f}")
+                if step % cfg.log_every == 0 or step == cfg.max_steps:
+                    _append(metrics_file, {"step": step, "loss": total, "lr": scheduler.get_last_lr()[0],
+                                           "grad_norm": float(grad_norm), "tokens_per_s": rate})
+                if step % cfg.eval_every == 0 or step == cfg.max_steps:
+                    nll, se = validation_bound(ema, val_blocks.to(device), micro, cfg.eval_batches, cfg.seed, cfg.t_min)
+                    metrics.update(step=step, val_nll=nll, val_nll_se=se)
+                    _append(metrics_file, {"step": step, "val_nll": nll, "val_nll_se": se, "unigram_entropy": entropy})
+                    log(f"step {step}: validation bound {nll:.4f} +- {se:.4f} nats/token "
+                        f"(unigram entropy {entropy:.4f})")
+                if step % cfg.save_every == 0:
+                    _save(run, cfg, tokenizer, model, ema, optimizer, scheduler, step, metrics)
+            if cfg.max_minutes is not None and (time.time() - t0) / 60 > cfg.max_minutes:
+                if ddp.main:
+                    log(f"stopping at step {step}: max_minutes = {cfg.max_minutes} reached")
+                break
+    except KeyboardInterrupt:
+        if ddp.main:
+            log(f"interrupted at step {step}: saving a checkpoint")
+            _save(run, cfg, tokenizer, model, ema, optimizer, scheduler, step, metrics)
+        raise
+    finally:
+        if bar is not None:
+            bar.close()
+    if ddp.main:
+        _save(run, cfg, tokenizer, model, ema, optimizer, scheduler, step, metrics)
+    metrics["step"] = step
+    return metrics
+
+
+class _DDPView(torch.nn.Module):
+    """Calls the DDP wrapper (for gradient sync) while exposing the inner model's process/output."""
+
+    def __init__(self, ddp_net, inner: DiffusionModel):
+        super().__init__()
+        self.ddp_net, self.process, self.output = ddp_net, inner.process, inner.output
+
+    def forward(self, xt, t, noise=None):
+        return self.ddp_net(xt, t, noise)
+
+
+def _append(path: Path, record: dict) -> None:
+    with open(path, "a") as f:
+        f.write(json.dumps(record) + "\n")
+
+
+def _save(run: Path, cfg, tokenizer, model, ema, optimizer, scheduler, step, metrics) -> None:
+    path = run / "checkpoints" / checkpoint_name(step)
+    save_checkpoint(path, step=step, config=cfg.to_dict(), tokenizer=tokenizer.to_dict(),
+                    model=model.state_dict(), ema=ema.state_dict(), optimizer=optimizer.state_dict(),
+                    scheduler=scheduler.state_dict(), rng=capture_rng(), data={"step": step, "seed": cfg.seed},
+                    metrics=metrics)
+    set_latest(run, path)
+    prune_checkpoints(run, cfg.keep_checkpoints)
+
+
+def load(path: str | Path, ema: bool = True):
+    """Load a run folder (or one checkpoint folder): returns (model, process, tokenizer).
+
+    The model is a ``DiffusionModel`` in eval mode with the EMA weights (``ema=False`` for the raw
+    ones); nothing is unpickled.
+    """
+    from .config import from_dict
+
+    path = Path(path)
+    ckpt_path = latest_checkpoint(path) if (path / "checkpoints").is_dir() else path
+    if ckpt_path is None:
+        raise FileNotFoundError(f"no checkpoint found in run folder {str(path)!r}")
+    ckpt = load_checkpoint(ckpt_path)
+    cfg = from_dict(TrainConfig, ckpt.config).validate()
+    tokenizer = tokenizer_from_dict(ckpt.tokenizer)
+    model = build_model(cfg, tokenizer.vocab_size)
+    model.load_state_dict(ckpt.ema if ema and ckpt.ema is not None else ckpt.model)
+    return model.eval(), model.process, tokenizer

@@ -1,0 +1,203 @@
+"""Tests for ddlm.data.corpora: the embedded corpus, loading, entropy, packing, splitting, dataset."""
+
+from __future__ import annotations
+
+import json
+import math
+import random
+
+import pytest
+import torch
+from torch.utils.data import DataLoader
+
+from ddlm.data.corpora import (
+    DEFAULT_CORPUS_NAME, TextDataset, default_corpus, load_corpus, pack, split_documents, unigram_entropy,
+)
+from ddlm.data.tokenizers import CharTokenizer
+
+# ------------------------------------------------------------------------------ embedded corpus
+
+
+def test_default_corpus():
+    docs = default_corpus()
+    assert len(docs) == 9
+    total = sum(len(d) for d in docs)
+    assert 1_000_000 < total < 1_500_000
+    assert load_corpus(DEFAULT_CORPUS_NAME) == docs
+    assert any(d.startswith("HAMLET, PRINCE OF DENMARK") for d in docs)
+    for d in docs:
+        assert d.isascii() and d.endswith("\n") and not d.startswith("\n")
+        assert "gutenberg" not in d.lower() and "etext" not in d.lower()
+    docs[0] = "changed"  # callers get a copy
+    assert default_corpus()[0] != "changed"
+
+
+# ------------------------------------------------------------------------------------- loading
+
+
+def test_load_text_file(tmp_path):
+    path = tmp_path / "a.txt"
+    path.write_text("First para,\nline two.\n\n  \nSecond para.\n\n\nThird.\n", encoding="utf-8")
+    assert load_corpus(path) == [path.read_text(encoding="utf-8")]
+    assert load_corpus(str(path), split_on_blank_lines=True) == ["First para,\nline two.", "Second para.", "Third."]
+
+
+def test_load_folder(tmp_path):
+    (tmp_path / "sub").mkdir()
+    (tmp_path / "b.txt").write_text("bee", encoding="utf-8")
+    (tmp_path / "a.txt").write_text("ay", encoding="utf-8")
+    (tmp_path / "sub" / "c.txt").write_text("sea", encoding="utf-8")
+    (tmp_path / "empty.txt").write_text("\n", encoding="utf-8")
+    (tmp_path / "notes.md").write_text("ignored", encoding="utf-8")
+    assert load_corpus(tmp_path) == ["ay", "bee", "sea"]
+
+
+def test_load_jsonl(tmp_path):
+    path = tmp_path / "docs.jsonl"
+    rows = [{"text": "one", "id": 1}, {"text": "two", "body": "zwei"}, {"text": "three"}]
+    path.write_text("\n".join(json.dumps(r) for r in rows[:2]) + "\n\n" + json.dumps(rows[2]) + "\n", encoding="utf-8")
+    assert load_corpus(path) == ["one", "two", "three"]
+    other = tmp_path / "other.jsonl"
+    other.write_text(json.dumps({"body": "zwei"}) + "\n", encoding="utf-8")
+    assert load_corpus(other, field="body") == ["zwei"]
+
+
+def test_load_errors(tmp_path):
+    with pytest.raises(FileNotFoundError, match="corpus path not found: .*nowhere.txt"):
+        load_corpus(tmp_path / "nowhere.txt")
+    empty = tmp_path / "empty.txt"
+    empty.write_text(" \n\n", encoding="utf-8")
+    with pytest.raises(ValueError, match="empty corpus: .*empty.txt"):
+        load_corpus(empty)
+    folder = tmp_path / "folder"
+    folder.mkdir()
+    with pytest.raises(ValueError, match=r"empty corpus: no \*\.txt file under folder .*folder"):
+        load_corpus(folder)
+    bad = tmp_path / "bad.jsonl"
+    bad.write_text('{"text": "ok"}\n{"text": oops}\n', encoding="utf-8")
+    with pytest.raises(ValueError, match=r"bad\.jsonl, line 2: not valid JSON"):
+        load_corpus(bad)
+    lacking = tmp_path / "lacking.jsonl"
+    lacking.write_text('{"text": "ok"}\n\n{"body": "no text"}\n', encoding="utf-8")
+    with pytest.raises(ValueError, match=r"lacking\.jsonl, line 3: no field 'text'"):
+        load_corpus(lacking)
+    with pytest.raises(ValueError, match=r"lacking\.jsonl, line 1: no field 'body'"):
+        load_corpus(lacking, field="body")
+    number = tmp_path / "number.jsonl"
+    number.write_text('{"text": 3}\n', encoding="utf-8")
+    with pytest.raises(ValueError, match=r"number\.jsonl, line 1: field 'text' is a int, not a string"):
+        load_corpus(number)
+    latin = tmp_path / "latin.txt"
+    latin.write_bytes("café".encode("latin-1"))
+    with pytest.raises(ValueError, match=r"latin\.txt is not UTF-8"):
+        load_corpus(latin)
+
+
+# ------------------------------------------------------------------------------------- entropy
+
+
+def test_unigram_entropy_known_counts():
+    assert unigram_entropy([0, 1, 2, 3], vocab_size=4) == pytest.approx(math.log(4))
+    assert unigram_entropy(torch.tensor([[0, 1], [2, 3]]), vocab_size=10) == pytest.approx(math.log(4))
+    assert unigram_entropy([5, 5, 5], vocab_size=6) == 0.0
+    # counts 2, 1, 1 -> p = 1/2, 1/4, 1/4 -> H = 1.5 log 2
+    assert unigram_entropy([[7, 7], [1], [0]], vocab_size=8) == pytest.approx(1.5 * math.log(2))
+    with pytest.raises(ValueError, match=r"must lie in \[0, 4\)"):
+        unigram_entropy([0, 4], vocab_size=4)
+    with pytest.raises(ValueError, match="at least one token"):
+        unigram_entropy([], vocab_size=4)
+
+
+# ------------------------------------------------------------------------------------- packing
+
+
+def test_pack_hand_made_example():
+    docs = [[1, 2, 3], [4], torch.tensor([5, 6])]
+    # stream: 8 1 2 3 9 | 8 4 9 8 5 | 6 9 (partial, dropped)
+    expected = torch.tensor([[8, 1, 2, 3, 9], [8, 4, 9, 8, 5]])
+    out = pack(docs, block_size=5, bos_id=8, eos_id=9)
+    assert out.dtype == torch.long
+    assert torch.equal(out, expected)
+    assert torch.equal(pack(docs, 4, 8, 9), torch.tensor([[8, 1, 2, 3], [9, 8, 4, 9], [8, 5, 6, 9]]))
+    assert pack(docs, 50, 8, 9).shape == (0, 50)
+    with pytest.raises(ValueError, match="block_size must be an int >= 2"):
+        pack(docs, 1, 8, 9)
+
+
+# ------------------------------------------------------------------------------------ splitting
+
+
+def test_split_is_deterministic():
+    docs = [f"document {i}" for i in range(100)]
+    train, val = split_documents(docs, val_fraction=0.05, seed=3)
+    random.seed(999)
+    torch.manual_seed(999)  # global random state plays no part
+    assert split_documents(docs, val_fraction=0.05, seed=3) == (train, val)
+    assert len(val) == 5 and len(train) == 95
+    assert sorted(train + val) == sorted(docs)
+    assert train == [d for d in docs if d in train] and val == [d for d in docs if d in val]  # order kept
+    assert split_documents(docs, val_fraction=0.05, seed=4)[1] != val
+
+
+def test_split_inside_few_documents():
+    doc = "".join(chr(ord("a") + i % 26) for i in range(1000))
+    train, val = split_documents([doc], val_fraction=0.05)
+    assert train == [doc[:950]] and val == [doc[950:]]
+    train, val = split_documents(["ab", "xyz" * 10, "q"], val_fraction=0.3)  # 3 * 0.3 < 1 document
+    assert train == ["a", "xyz" * 7, "q"] and val == ["b", "xyz" * 3]
+    train, val = split_documents(["abc"], val_fraction=0.01)
+    assert val == ["c"]  # never empty
+    for bad in (0.0, -0.1, 0.6):
+        with pytest.raises(ValueError, match=r"val_fraction must lie in \(0, 0.5\]"):
+            split_documents([doc], val_fraction=bad)
+    with pytest.raises(ValueError, match="empty corpus"):
+        split_documents([])
+    with pytest.raises(ValueError, match="too small to split"):
+        split_documents(["a", "b"])
+
+
+# -------------------------------------------------------------------------------------- dataset
+
+
+def test_text_dataset_default_corpus():
+    tok = CharTokenizer.from_text(default_corpus())
+    train = TextDataset.from_corpus("default", tok, block_size=128)
+    val = TextDataset.from_corpus("default", tok, block_size=128, split="val")
+    assert train[0].shape == (128,) and train[0].dtype == torch.long
+    assert train.blocks.shape == (len(train), 128) and train.block_size == 128
+    n_chars = sum(len(d) for d in default_corpus())
+    assert (len(train) + len(val)) * 128 == pytest.approx(n_chars, rel=0.01)
+    assert 0.04 < len(val) / (len(train) + len(val)) < 0.06
+    assert train[0][0] == tok.bos_id
+    batch = next(iter(DataLoader(train, batch_size=4)))
+    assert batch.shape == (4, 128)
+
+
+def test_train_and_val_text_are_disjoint():
+    # each document has its own two characters: the token sets of the splits show which docs they hold
+    rng = random.Random(0)
+    docs = ["".join(rng.choice(chr(0x4E00 + 2 * i) + chr(0x4E01 + 2 * i)) for _ in range(50)) for i in range(40)]
+    tok = CharTokenizer.from_text(docs)
+    train = TextDataset.from_corpus(docs, tok, block_size=16, val_fraction=0.1, seed=1)
+    val = TextDataset.from_corpus(docs, tok, block_size=16, split="val", val_fraction=0.1, seed=1)
+    special = {tok.bos_id, tok.eos_id}
+    train_ids, val_ids = set(train.blocks.unique().tolist()) - special, set(val.blocks.unique().tolist()) - special
+    assert train_ids and val_ids and not train_ids & val_ids
+    _, val_docs = split_documents(docs, val_fraction=0.1, seed=1)
+    assert val_ids <= set(tok.encode("".join(val_docs)))
+    # one document: split inside the text
+    tok = CharTokenizer.from_text("ab")
+    train = TextDataset.from_corpus(["a" * 900 + "b" * 100], tok, block_size=10, val_fraction=0.1)
+    val = TextDataset.from_corpus(["a" * 900 + "b" * 100], tok, block_size=10, split="val", val_fraction=0.1)
+    # streams: BOS a*900 EOS -> 90 blocks; BOS b*100 EOS -> 10 blocks
+    assert tok.decode(train.blocks.flatten()) == "a" * 899 and tok.decode(val.blocks.flatten()) == "b" * 99
+
+
+def test_text_dataset_errors():
+    tok = CharTokenizer.from_text("ab")
+    with pytest.raises(ValueError, match='split must be "train" or "val"'):
+        TextDataset.from_corpus(["ab" * 100], tok, block_size=8, split="test")
+    with pytest.raises(ValueError, match="the val split has 12 tokens, fewer than one block of 16"):
+        TextDataset.from_corpus(["ab" * 100], tok, block_size=16, split="val")
+    with pytest.raises(ValueError, match="2-D LongTensor"):
+        TextDataset(torch.zeros(3, dtype=torch.long))
