@@ -45,10 +45,12 @@ def test_resume_is_exact(tmp_path):
     train(_cfg(tmp_path, "split"), progress=False, log=lambda *_: None, stop_at=3)
     resumed = train(_cfg(tmp_path, "split"), progress=False, log=lambda *_: None)
     assert resumed["step"] == full["step"] == 6
-    a, _, _ = load(tmp_path / "full", ema=False)
-    b, _, _ = load(tmp_path / "split", ema=False)
-    for (name, p), q in zip(a.state_dict().items(), b.state_dict().values()):
-        assert torch.equal(p, q), name
+    for ema in (False, True):
+        a, _, _ = load(tmp_path / "full", ema=ema)
+        b, _, _ = load(tmp_path / "split", ema=ema)
+        for (name, p), q in zip(a.state_dict().items(), b.state_dict().values()):
+            assert torch.equal(p, q), name
+    assert not torch.equal(load(tmp_path / "full", ema=True)[0].net.head.weight, a.net.head.weight)
 
 
 def test_loss_decreases(tmp_path):

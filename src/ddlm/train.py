@@ -241,9 +241,10 @@ def train(cfg: TrainConfig, resume: bool = True, progress: bool = True, log=prin
             grad_norm = torch.nn.utils.clip_grad_norm_(model.parameters(), o.grad_clip)
             optimizer.step()
             scheduler.step()
-            with torch.no_grad():
+            with torch.no_grad():  # EMA with warm-up: early averages do not remember the initialisation
+                decay = min(cfg.ema, (1.0 + step) / (10.0 + step))
                 for pe, pm in zip(ema.parameters(), model.parameters()):
-                    pe.lerp_(pm, 1.0 - cfg.ema)
+                    pe.lerp_(pm, 1.0 - decay)
             step += 1
             tokens_seen += cfg.batch_size * cfg.data.block_size
             if ddp.main:
