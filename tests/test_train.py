@@ -34,6 +34,9 @@ def test_train_runs_logs_and_loads(tmp_path, process):
     assert metrics["step"] == 6 and metrics["val_nll"] > 0
     lines = [json.loads(line) for line in (tmp_path / process / "metrics.jsonl").read_text().splitlines()]
     assert any("val_nll" in rec for rec in lines) and any("loss" in rec for rec in lines)
+    samples = [json.loads(line) for line in (tmp_path / process / "samples.jsonl").read_text().splitlines()]
+    assert samples[-1]["step"] == 6 and len(samples[-1]["samples"]) == 2
+    assert all(isinstance(t, str) for t in samples[-1]["samples"])
     model, proc, tok = load(tmp_path / process)
     assert proc.name == process
     x = ddlm.sample(model, proc, 2, 16, 4, prediction=model.prediction, generator=torch.Generator().manual_seed(0))

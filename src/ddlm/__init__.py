@@ -7,8 +7,15 @@ from .schedules import CosineSchedule, LinearSchedule
 
 __version__ = "0.1.0"
 
+
+def load(path, ema: bool = True):
+    """Load a training run (or one checkpoint folder): returns (model, process, tokenizer)."""
+    from .train import load as _load
+
+    return _load(path, ema=ema)
+
 __all__ = [
     "AUDMState", "AbsorbingUniformDiffusion", "CosineSchedule", "GibbsCorrector", "LinearSchedule",
     "MaskedDiffusion", "RemaskingSchedule", "SampleInfo", "UniformDiffusion", "conversions", "exact",
-    "losses", "processes", "sample", "schedules",
+    "load", "losses", "processes", "sample", "schedules",
 ]

@@ -28,6 +28,7 @@ from .config import TrainConfig
 from .data.corpora import load_corpus, pack, split_documents, unigram_entropy
 from .data.tokenizers import BPETokenizer, CharTokenizer, tokenizer_from_dict
 from .models.diffusion import DiffusionModel
+from .sampling import sample
 
 ELBO = {"mdm": "mdm_elbo", "udm": "udm_elbo", "audm": "audm_elbo"}
 
@@ -261,6 +262,11 @@ def train(cfg: TrainConfig, resume: bool = True, progress: bool = True, log=prin
                     _append(metrics_file, {"step": step, "val_nll": nll, "val_nll_se": se, "unigram_entropy": entropy})
                     log(f"step {step}: validation bound {nll:.4f} +- {se:.4f} nats/token "
                         f"(unigram entropy {entropy:.4f})")
+                if (cfg.sample_every and step % cfg.sample_every == 0) or step == cfg.max_steps:
+                    texts = decoded_samples(ema, tokenizer, cfg, step)
+                    _append(run / "samples.jsonl", {"step": step, "nfe": cfg.sample_nfe, "samples": texts})
+                    for text in texts:
+                        log(f"sample at step {step}: {text[:200]!r}")
                 if step % cfg.save_every == 0:
                     _save(run, cfg, tokenizer, model, ema, optimizer, scheduler, step, metrics)
             if cfg.max_minutes is not None and (time.time() - t0) / 60 > cfg.max_minutes:
@@ -279,6 +285,16 @@ def train(cfg: TrainConfig, resume: bool = True, progress: bool = True, log=prin
         _save(run, cfg, tokenizer, model, ema, optimizer, scheduler, step, metrics)
     metrics["step"] = step
     return metrics
+
+
+@torch.no_grad()
+def decoded_samples(model: DiffusionModel, tokenizer, cfg: TrainConfig, step: int) -> list[str]:
+    """A few samples from the (EMA) model with the process's ancestral sampler, decoded."""
+    device = next(model.parameters()).device
+    x = sample(model.eval(), model.process, cfg.num_samples, cfg.data.block_size, cfg.sample_nfe,
+               prediction=model.prediction, generator=torch.Generator(device=device).manual_seed(cfg.seed + step),
+               device=device)
+    return [tokenizer.decode(row.tolist()) for row in x.cpu()]
 
 
 class _DDPView(torch.nn.Module):
