@@ -95,3 +95,34 @@ def test_gradient_accumulation_matches_one_big_batch(tmp_path):
     b, _, _ = load(tmp_path / "accum", ema=False)
     for (name, p), q in zip(a.state_dict().items(), b.state_dict().values()):
         assert torch.allclose(p, q, atol=1e-5, rtol=1e-4), name
+
+
+def test_resume_refuses_a_different_run_and_never_overwrites(tmp_path):
+    train(_cfg(tmp_path, "r"), progress=False, log=lambda *_: None, stop_at=3)
+    before = sorted(p.name for p in (tmp_path / "r" / "checkpoints").iterdir())
+    with pytest.raises(ValueError, match="config key 'model' is .* now but .* in the checkpoint"):
+        train(_cfg(tmp_path, "r", **{"model.hidden": 64}), progress=False, log=lambda *_: None)
+    with pytest.raises(ValueError, match="config key 'data' is"):
+        train(_cfg(tmp_path, "r", **{"data.block_size": 8}), progress=False, log=lambda *_: None)
+    with pytest.raises(ValueError, match="already has checkpoints"):
+        train(_cfg(tmp_path, "r"), resume=False, progress=False, log=lambda *_: None)
+    assert sorted(p.name for p in (tmp_path / "r" / "checkpoints").iterdir()) == before
+    # changing only the budget is fine
+    assert train(_cfg(tmp_path, "r", max_steps=6), progress=False, log=lambda *_: None)["step"] == 6
+
+
+def test_corrupt_checkpoint_is_reported(tmp_path):
+    from ddlm.checkpoint import CheckpointError
+
+    train(_cfg(tmp_path, "c"), progress=False, log=lambda *_: None, stop_at=3)
+    target = next((tmp_path / "c" / "checkpoints").glob("step_*")) / "model.safetensors"
+    data = bytearray(target.read_bytes())
+    data[-10] ^= 0xFF
+    target.write_bytes(bytes(data))
+    with pytest.raises(CheckpointError, match="model.safetensors"):
+        train(_cfg(tmp_path, "c"), progress=False, log=lambda *_: None)
+    with pytest.raises(CheckpointError, match="missing: checkpoint folder does not exist"):
+        load(tmp_path / "missing")
+    (tmp_path / "empty" / "checkpoints").mkdir(parents=True)
+    with pytest.raises(FileNotFoundError, match="no checkpoint found in run folder"):
+        load(tmp_path / "empty")

@@ -36,7 +36,7 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("train", help="train a model from a YAML config (resumes the run if it has checkpoints)")
     p.add_argument("config", help="YAML run config, e.g. configs/demo-mdm.yaml ('-' for the defaults)")
     p.add_argument("overrides", nargs="*", help="key=value overrides, e.g. optim.lr=3e-4 max_steps=500")
-    p.add_argument("--no-resume", action="store_true", help="start from scratch even if the run has checkpoints")
+    p.add_argument("--no-resume", action="store_true", help="do not resume: fail if run_dir already has checkpoints (never overwrites them)")
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
     p.set_defaults(func=_train)
     return parser

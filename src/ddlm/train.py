@@ -139,6 +139,21 @@ def prepare_data(cfg: TrainConfig, tokenizer=None):
     return tokenizer, train, val
 
 
+#: config keys a resumed run must share with its checkpoint (the rest, e.g. max_steps, may change)
+FIXED_ON_RESUME = ("process", "objective", "schedule", "eps", "t_min", "model", "data", "batch_size", "seed")
+
+
+def check_resumable(cfg: TrainConfig, saved: dict, path) -> None:
+    """Refuse to resume a checkpoint made with a different model, data, process or batch."""
+    current = cfg.to_dict()
+    for key in FIXED_ON_RESUME:
+        if current.get(key) != saved.get(key):
+            raise ValueError(
+                f"cannot resume from checkpoint {str(path)!r}: config key {key!r} is {current.get(key)!r} now but "
+                f"{saved.get(key)!r} in the checkpoint; use a new run_dir for a different run"
+            )
+
+
 def build_model(cfg: TrainConfig, vocab_size: int) -> DiffusionModel:
     overrides = {k: getattr(cfg.model, k) for k in ("hidden", "blocks", "heads") if getattr(cfg.model, k) is not None}
     return DiffusionModel.build(cfg.process, vocab_size, cfg.data.block_size, preset=cfg.model.preset,
@@ -169,8 +184,13 @@ def train(cfg: TrainConfig, resume: bool = True, progress: bool = True, log=prin
     if device == "cuda":
         torch.cuda.set_device(ddp.local_rank)
     run = Path(cfg.run_dir)
-    ckpt_path = latest_checkpoint(run) if resume else None
+    ckpt_path = latest_checkpoint(run)
+    if not resume and ckpt_path is not None:
+        raise ValueError(f"run_dir {str(run)!r} already has checkpoints (latest {ckpt_path.name}); not resuming "
+                         "would overwrite them: choose a new run_dir or remove the old run yourself")
     ckpt = load_checkpoint(ckpt_path) if ckpt_path is not None else None
+    if ckpt is not None:
+        check_resumable(cfg, ckpt.config, ckpt_path)
     tokenizer = tokenizer_from_dict(ckpt.tokenizer) if ckpt else None
     tokenizer, train_blocks, val_blocks = prepare_data(cfg, tokenizer)
 
