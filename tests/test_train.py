@@ -126,3 +126,37 @@ def test_corrupt_checkpoint_is_reported(tmp_path):
     (tmp_path / "empty" / "checkpoints").mkdir(parents=True)
     with pytest.raises(FileNotFoundError, match="no checkpoint found in run folder"):
         load(tmp_path / "empty")
+
+
+@pytest.mark.slow
+def test_sigkill_and_resume_gives_the_same_losses(tmp_path):
+    import signal
+    import subprocess
+    import sys
+    import time as _time
+
+    over = {"max_steps": 120, "save_every": 20, "eval_every": 1000}
+    train(_cfg(tmp_path, "ref", **over), progress=False, log=lambda *_: None)
+    corpus = tmp_path / "corpus.txt"
+    args = [f"run_dir={tmp_path / 'killed'}", f"data.corpus={corpus}", "data.block_size=16", "model.hidden=32",
+            "model.blocks=1", "model.heads=2", "batch_size=8", "eval_batches=2", "optim.warmup_steps=2",
+            "log_every=1"] + [f"{k}={v}" for k, v in over.items()]
+    cmd = [sys.executable, "-m", "ddlm", "train", "-", *args, "--no-progress"]
+    proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    ckpts = tmp_path / "killed" / "checkpoints"
+    deadline = _time.time() + 120
+    while not (ckpts / "step_000040").exists() and proc.poll() is None and _time.time() < deadline:
+        _time.sleep(0.005)
+    proc.send_signal(signal.SIGKILL)
+    proc.wait()
+    assert not (ckpts / "step_000120").exists(), "the run finished before it could be killed"
+    out = subprocess.run(cmd, capture_output=True, text=True, timeout=300)  # resume
+    assert out.returncode == 0, out.stderr[-2000:]
+
+    def losses(name):
+        recs = [json.loads(l) for l in (tmp_path / name / "metrics.jsonl").read_text().splitlines()]
+        return {r["step"]: r["loss"] for r in recs if "loss" in r}  # the last record of a step wins
+
+    ref, killed = losses("ref"), losses("killed")
+    assert sorted(killed) == list(range(1, 121))
+    assert all(ref[s] == killed[s] for s in ref), "losses differ after resuming"
