@@ -27,7 +27,7 @@ def test_stratified_times_cover_the_unit_interval():
     assert torch.allclose(torch.sort(halves).values, torch.sort(t).values)
 
 
-@pytest.mark.parametrize("process", ["mdm", "udm", "audm"])
+@pytest.mark.parametrize("process", ["mdm", "udm", "audm", "ar"])
 def test_train_runs_logs_and_loads(tmp_path, process):
     cfg = _cfg(tmp_path, process, process=process)
     metrics = train(cfg, progress=False, log=lambda *_: None)
@@ -38,8 +38,12 @@ def test_train_runs_logs_and_loads(tmp_path, process):
     assert samples[-1]["step"] == 6 and len(samples[-1]["samples"]) == 2
     assert all(isinstance(t, str) for t in samples[-1]["samples"])
     model, proc, tok = load(tmp_path / process)
-    assert proc.name == process
-    x = ddlm.sample(model, proc, 2, 16, 4, prediction=model.prediction, generator=torch.Generator().manual_seed(0))
+    if process == "ar":
+        assert proc is None
+        x = model.generate(torch.full((2, 1), tok.bos_id), 16, generator=torch.Generator().manual_seed(0))
+    else:
+        assert proc.name == process
+        x = ddlm.sample(model, proc, 2, 16, 4, prediction=model.prediction, generator=torch.Generator().manual_seed(0))
     assert isinstance(tok.decode(x[0].tolist()), str)
 
 

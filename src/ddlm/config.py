@@ -11,6 +11,7 @@ PROCESS_OBJECTIVES = {
     "mdm": ("mdm_elbo", "cross_entropy"),
     "udm": ("udm_elbo", "cross_entropy", "max_coupling_elbo"),
     "audm": ("audm_elbo",),
+    "ar": ("next_token",),  # the autoregressive baseline on the same trunk
 }
 
 
@@ -81,7 +82,7 @@ class TrainConfig:
         allowed = PROCESS_OBJECTIVES[self.process]
         need(self.objective is None or self.objective in allowed, "objective", self.objective,
              f"one of {allowed} for process {self.process!r}")
-        outputs = {"mdm": ("denoiser",), "udm": ("denoiser", "loo"), "audm": ("posterior",)}[self.process]
+        outputs = {"mdm": ("denoiser",), "udm": ("denoiser", "loo"), "audm": ("posterior",), "ar": ()}[self.process]
         need(self.model.output is None or self.model.output in outputs, "model.output", self.model.output,
              f"one of {outputs} for process {self.process!r}")
         need(self.schedule in ("linear", "cosine"), "schedule", self.schedule, "'linear' or 'cosine'")

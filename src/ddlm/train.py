@@ -27,6 +27,7 @@ from .checkpoint import (capture_rng, checkpoint_name, latest_checkpoint, load_c
 from .config import TrainConfig
 from .data.corpora import load_corpus, pack, split_documents, unigram_entropy
 from .data.tokenizers import BPETokenizer, CharTokenizer, tokenizer_from_dict
+from .models.ar import ARConfig, ARTransformer
 from .models.diffusion import DiffusionModel
 from .sampling import sample
 
@@ -94,10 +95,22 @@ def token_losses(model: DiffusionModel, objective: str, x0: Tensor, xt: Tensor, 
                           dalpha=dalpha.to(logits.dtype), noise=noise)
 
 
+def ar_token_losses(model, x0: Tensor) -> Tensor:
+    """Next-token cross-entropy (B, L - 1) of the autoregressive baseline."""
+    logits = model(x0)[:, :-1]
+    return torch.nn.functional.cross_entropy(logits.transpose(1, 2), x0[:, 1:], reduction="none")
+
+
 @torch.no_grad()
 def validation_bound(model: DiffusionModel, blocks: Tensor, batch_size: int, num_batches: int, seed: int,
                      t_min: float) -> tuple[float, float]:
-    """Monte-Carlo NLL bound in nats/token on held-out blocks (antithetic t), and its standard error."""
+    """Monte-Carlo NLL bound in nats/token on held-out blocks (antithetic t), and its standard error.
+    For the autoregressive baseline: its exact NLL per predicted token."""
+    if isinstance(model, ARTransformer):
+        per = [ar_token_losses(model, blocks[torch.arange(b * batch_size, (b + 1) * batch_size) % blocks.shape[0]]).mean().item()
+               for b in range(num_batches)]
+        mean = sum(per) / len(per)
+        return mean, math.sqrt(sum((v - mean) ** 2 for v in per) / max(1, len(per) - 1) / len(per))
     objective = ELBO[model.process.name]
     g = torch.Generator().manual_seed(seed)
     per_batch = []
@@ -154,8 +167,12 @@ def check_resumable(cfg: TrainConfig, saved: dict, path) -> None:
             )
 
 
-def build_model(cfg: TrainConfig, vocab_size: int) -> DiffusionModel:
+def build_model(cfg: TrainConfig, vocab_size: int):
+    """The DiT of the run's process, or the autoregressive baseline on the same trunk (process "ar")."""
     overrides = {k: getattr(cfg.model, k) for k in ("hidden", "blocks", "heads") if getattr(cfg.model, k) is not None}
+    if cfg.process == "ar":
+        return ARTransformer(ARConfig.preset(cfg.model.preset, vocab_size, cfg.data.block_size,
+                                             dropout=cfg.model.dropout, **overrides))
     return DiffusionModel.build(cfg.process, vocab_size, cfg.data.block_size, preset=cfg.model.preset,
                                 output=cfg.model.output, schedule=cfg.schedule, eps=cfg.eps,
                                 time_conditioning=cfg.model.time_conditioning, dropout=cfg.model.dropout,
@@ -242,7 +259,8 @@ def train(cfg: TrainConfig, resume: bool = True, progress: bool = True, log=prin
             u0 = float(torch.rand((), generator=g, dtype=torch.float64))
             x0_all = train_blocks[_batch_indices(train_blocks.shape[0], step, cfg.batch_size, cfg.seed)]
             t_all = stratified_times(u0, torch.arange(cfg.batch_size), cfg.batch_size, cfg.t_min)
-            xt_all, noise_all = corrupt(model.process, x0_all, t_all, g)
+            ar = cfg.process == "ar"
+            xt_all, noise_all = (x0_all, None) if ar else corrupt(model.process, x0_all, t_all, g)
             net.train()
             optimizer.zero_grad(set_to_none=True)
             total = 0.0
@@ -251,8 +269,11 @@ def train(cfg: TrainConfig, resume: bool = True, progress: bool = True, log=prin
                 x0, xt, t = x0_all[rows].to(device), xt_all[rows].to(device), t_all[rows].to(device)
                 noise = None if noise_all is None else noise_all[rows].to(device)
                 with torch.autocast("cuda", dtype=torch.bfloat16, enabled=device == "cuda"):
-                    view = net if ddp.world == 1 else _DDPView(net, model)
-                    loss = token_losses(view, objective, x0, xt, noise, t).mean()
+                    if ar:
+                        loss = ar_token_losses(net, x0).mean()
+                    else:
+                        view = net if ddp.world == 1 else _DDPView(net, model)
+                        loss = token_losses(view, objective, x0, xt, noise, t).mean()
                 (loss / cfg.grad_accum).backward()
                 total += loss.item() / cfg.grad_accum
             if ddp.world > 1:  # report the global mean loss
@@ -311,9 +332,13 @@ def train(cfg: TrainConfig, resume: bool = True, progress: bool = True, log=prin
 def decoded_samples(model: DiffusionModel, tokenizer, cfg: TrainConfig, step: int) -> list[str]:
     """A few samples from the (EMA) model with the process's ancestral sampler, decoded."""
     device = next(model.parameters()).device
+    g = torch.Generator(device=device).manual_seed(cfg.seed + step)
+    if isinstance(model, ARTransformer):
+        prefix = torch.full((cfg.num_samples, 1), tokenizer.bos_id, dtype=torch.long, device=device)
+        x = model.eval().generate(prefix, cfg.data.block_size, generator=g)
+        return [tokenizer.decode(row.tolist()) for row in x.cpu()]
     x = sample(model.eval(), model.process, cfg.num_samples, cfg.data.block_size, cfg.sample_nfe,
-               prediction=model.prediction, generator=torch.Generator(device=device).manual_seed(cfg.seed + step),
-               device=device)
+               prediction=model.prediction, generator=g, device=device)
     return [tokenizer.decode(row.tolist()) for row in x.cpu()]
 
 
@@ -347,7 +372,8 @@ def load(path: str | Path, ema: bool = True):
     """Load a run folder (or one checkpoint folder): returns (model, process, tokenizer).
 
     The model is a ``DiffusionModel`` in eval mode with the EMA weights (``ema=False`` for the raw
-    ones); nothing is unpickled.
+    ones); for an autoregressive run it is the ``ARTransformer`` and the process is None. Nothing is
+    unpickled.
     """
     from .config import from_dict
 
@@ -360,4 +386,4 @@ def load(path: str | Path, ema: bool = True):
     tokenizer = tokenizer_from_dict(ckpt.tokenizer)
     model = build_model(cfg, tokenizer.vocab_size)
     model.load_state_dict(ckpt.ema if ema and ckpt.ema is not None else ckpt.model)
-    return model.eval(), model.process, tokenizer
+    return model.eval(), getattr(model, "process", None), tokenizer

@@ -113,3 +113,19 @@ def test_gradients_are_finite_and_reach_every_parameter() -> None:
     F.cross_entropy(model(x)[:, :-1].transpose(1, 2), x[:, 1:]).backward()
     for name, p in model.named_parameters():
         assert p.grad is not None and torch.isfinite(p.grad).all() and p.grad.abs().sum() > 0, name
+
+
+def test_generate_keeps_prefix_and_is_seeded():
+    from ddlm.models import ARConfig, ARTransformer
+
+    torch.manual_seed(0)
+    m = ARTransformer(ARConfig(vocab_size=11, hidden=32, blocks=1, heads=2, max_len=12))
+    prefix = torch.tensor([[3, 4], [5, 6]])
+    a = m.generate(prefix, 10, generator=torch.Generator().manual_seed(1))
+    b = m.generate(prefix, 10, generator=torch.Generator().manual_seed(1))
+    assert a.shape == (2, 10) and torch.equal(a[:, :2], prefix) and torch.equal(a, b)
+    assert int(a.max()) < 11
+    with pytest.raises(ValueError, match="max_len"):
+        m.generate(prefix, 13)
+    with pytest.raises(ValueError, match="temperature must be > 0"):
+        m.generate(prefix, 5, temperature=0.0)

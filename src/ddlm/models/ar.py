@@ -5,6 +5,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any
 
+import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
@@ -82,3 +83,19 @@ class ARTransformer(nn.Module):
         """Summed negative log-likelihood (nats) of x[:, 1:] given its prefix, per sequence: shape (B,)."""
         logits = self(x)[:, :-1]
         return F.cross_entropy(logits.transpose(1, 2), x[:, 1:], reduction="none").sum(dim=-1)
+
+    @torch.no_grad()
+    def generate(self, prefix: Tensor, length: int, temperature: float = 1.0, generator=None) -> Tensor:
+        """Sample continuations of ``prefix`` (B, P) up to ``length`` tokens (exact float64 draws)."""
+        from ..sampling.prediction import categorical
+
+        if not temperature > 0:
+            raise ValueError(f"temperature must be > 0, got {temperature!r}")
+        if not 1 <= prefix.shape[1] <= length <= self.config.max_len:
+            raise ValueError(f"need 1 <= prefix length ({prefix.shape[1]}) <= length ({length}) <= max_len "
+                             f"({self.config.max_len})")
+        x = prefix
+        while x.shape[1] < length:
+            logits = self(x)[:, -1].double() / temperature
+            x = torch.cat([x, categorical(logits, generator).unsqueeze(-1)], dim=1)
+        return x
