@@ -17,10 +17,12 @@ def test_defaults_and_overrides(tmp_path):
 def test_shipped_configs_load():
     import pathlib
 
-    files = sorted(pathlib.Path(__file__).parents[1].joinpath("configs").glob("*.yaml"))
-    assert len(files) >= 5
-    for f in files:
-        load_config(f)
+    from ddlm.config import packaged_configs
+
+    names = packaged_configs()
+    assert {"demo-mdm", "demo-udm", "demo-audm", "demo-ar", "owt-mdm-small", "lm1b-mdm-small"} <= set(names)
+    for name in names:
+        assert load_config(name).process in ("mdm", "udm", "audm", "ar")
 
 
 @pytest.mark.parametrize(
@@ -43,7 +45,7 @@ def test_bad_configs(overrides, match):
 
 
 def test_missing_and_corrupt_files(tmp_path):
-    with pytest.raises(FileNotFoundError, match="does not exist"):
+    with pytest.raises(FileNotFoundError, match="does not exist .* packaged configs"):
         load_config(tmp_path / "nope.yaml")
     bad = tmp_path / "bad.yaml"
     bad.write_text("process: [unclosed\n")

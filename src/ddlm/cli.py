@@ -34,7 +34,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--seed", type=int, default=0)
     p.set_defaults(func=_demo)
     p = sub.add_parser("train", help="train a model from a YAML config (resumes the run if it has checkpoints)")
-    p.add_argument("config", help="YAML run config, e.g. configs/demo-mdm.yaml ('-' for the defaults)")
+    p.add_argument("config", help="a packaged config name (e.g. demo-mdm) or a YAML file; - for the defaults")
     p.add_argument("overrides", nargs="*", help="key=value overrides, e.g. optim.lr=3e-4 max_steps=500")
     p.add_argument("--no-resume", action="store_true", help="do not resume: fail if run_dir already has checkpoints (never overwrites them)")
     p.add_argument("--no-progress", action="store_true", help="no progress bar")

@@ -173,15 +173,33 @@ def apply_overrides(data: dict, overrides: list[str]) -> dict:
     return data
 
 
+CONFIG_DIR = Path(__file__).parent / "configs"
+
+
+def packaged_configs() -> list[str]:
+    """Names of the configs shipped with ddlm (``ddlm train NAME``)."""
+    return sorted(p.stem for p in CONFIG_DIR.glob("*.yaml"))
+
+
+def resolve_config(path: str | Path) -> Path:
+    """A YAML file path, or the name of a packaged config (e.g. "demo-mdm")."""
+    p = Path(path)
+    if p.is_file():
+        return p
+    if p.suffix == "" and (CONFIG_DIR / f"{p.name}.yaml").is_file():
+        return CONFIG_DIR / f"{p.name}.yaml"
+    raise FileNotFoundError(f"config file {str(path)!r} does not exist (and is not one of the packaged "
+                            f"configs {packaged_configs()})")
+
+
 def load_config(path: str | Path | None, overrides: list[str] = ()) -> TrainConfig:
-    """Load a YAML run config (or the defaults when path is None), apply overrides, validate."""
+    """Load a YAML run config (a path or a packaged name; the defaults when None), apply overrides,
+    validate."""
     import yaml
 
     data = {}
     if path is not None:
-        path = Path(path)
-        if not path.is_file():
-            raise FileNotFoundError(f"config file {str(path)!r} does not exist")
+        path = resolve_config(path)
         try:
             data = yaml.safe_load(path.read_text()) or {}
         except yaml.YAMLError as e:
