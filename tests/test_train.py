@@ -164,3 +164,17 @@ def test_sigkill_and_resume_gives_the_same_losses(tmp_path):
     ref, killed = losses("ref"), losses("killed")
     assert sorted(killed) == list(range(1, 121))
     assert all(ref[s] == killed[s] for s in ref), "losses differ after resuming"
+
+
+def test_export_writes_a_small_loadable_checkpoint(tmp_path):
+    from ddlm.train import export
+
+    train(_cfg(tmp_path, "e"), progress=False, log=lambda *_: None)
+    out = export(tmp_path / "e", tmp_path / "ref", description="test", train_minutes=1.5)
+    model, proc, _ = load(out)
+    ema_model, _, _ = load(tmp_path / "e", ema=True)
+    for p, q in zip(model.state_dict().values(), ema_model.state_dict().values()):
+        assert torch.equal(p, q)
+    assert not (out / "trainer.safetensors").exists() or (out / "trainer.safetensors").stat().st_size < 10_000
+    with pytest.raises(FileExistsError, match="already exists"):
+        export(tmp_path / "e", out)

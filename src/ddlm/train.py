@@ -249,6 +249,7 @@ def train(cfg: TrainConfig, resume: bool = True, progress: bool = True, log=prin
 
         bar = tqdm(total=cfg.max_steps, initial=start, desc="training", unit="step")
     t0, tokens_seen, metrics = time.time(), 0, {"unigram_entropy": entropy}
+    prior_minutes = float((ckpt.metrics or {}).get("train_minutes", 0.0)) if ckpt is not None else 0.0
     step = start
     try:
         while step < min(cfg.max_steps, stop_at if stop_at is not None else cfg.max_steps):
@@ -308,6 +309,7 @@ def train(cfg: TrainConfig, resume: bool = True, progress: bool = True, log=prin
                     _append(run / "samples.jsonl", {"step": step, "nfe": cfg.sample_nfe, "samples": texts})
                     for text in texts:
                         log(f"sample at step {step}: {text[:200]!r}")
+                metrics["train_minutes"] = prior_minutes + (time.time() - t0) / 60
                 if step % cfg.save_every == 0:
                     _save(run, cfg, tokenizer, model, ema, optimizer, scheduler, step, metrics)
             if cfg.max_minutes is not None and (time.time() - t0) / 60 > cfg.max_minutes:
@@ -387,3 +389,21 @@ def load(path: str | Path, ema: bool = True):
     model = build_model(cfg, tokenizer.vocab_size)
     model.load_state_dict(ckpt.ema if ema and ckpt.ema is not None else ckpt.model)
     return model.eval(), getattr(model, "process", None), tokenizer
+
+
+def export(run: str | Path, out: str | Path, description: str = "", train_minutes: float | None = None) -> Path:
+    """Write the EMA weights of a run's latest checkpoint (or of a checkpoint folder), with its config,
+    tokenizer and metrics, as a small standalone checkpoint (no optimizer state) at ``out``."""
+    run = Path(run)
+    ckpt_path = latest_checkpoint(run) if (run / "checkpoints").is_dir() else run
+    if ckpt_path is None:
+        raise FileNotFoundError(f"no checkpoint found in run folder {str(run)!r}")
+    ckpt = load_checkpoint(ckpt_path)
+    metrics = dict(ckpt.metrics or {}, description=description, exported_from=str(ckpt_path))
+    if train_minutes is not None:
+        metrics["train_minutes"] = train_minutes
+    out = Path(out)
+    if out.exists():
+        raise FileExistsError(f"out {str(out)!r} already exists; choose a new folder (nothing was overwritten)")
+    return save_checkpoint(out, step=ckpt.step, config=ckpt.config, tokenizer=ckpt.tokenizer,
+                           model=ckpt.ema if ckpt.ema is not None else ckpt.model, metrics=metrics)
