@@ -20,5 +20,6 @@ def test_demo_numbers_are_the_maths():
 
 
 def test_cli_reports_bad_arguments(capsys):
-    assert main(["demo", "--vocab-size", "1"]) == 2
+    assert main(["toy", "--vocab-size", "1"]) == 2
     assert "vocab_size must be an integer >= 2, got 1" in capsys.readouterr().err
+
