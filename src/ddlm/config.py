@@ -28,7 +28,8 @@ class ModelConfig:
 
 @dataclass
 class DataConfig:
-    corpus: str = "default"  # "default", a text file, a folder of .txt files, or a .jsonl file
+    corpus: str = "default"  # "default", a text file, a folder of .txt files, a .jsonl file, or "sudoku"
+    num_puzzles: int = 20000  # corpus "sudoku": number of generated solution grids (one block each)
     tokenizer: str = "char"  # "char", "gpt2", or a tokenizers JSON file
     block_size: int = 128
     val_fraction: float = 0.05
@@ -97,6 +98,11 @@ class TrainConfig:
         need(0 <= self.ema < 1, "ema", self.ema, "a number in [0, 1)")
         need(self.max_minutes is None or self.max_minutes > 0, "max_minutes", self.max_minutes, "None or > 0")
         need(self.data.block_size >= 2, "data.block_size", self.data.block_size, "an integer >= 2")
+        need(self.data.corpus != "sudoku" or self.data.block_size == 81, "data.block_size", self.data.block_size,
+             "81 for corpus 'sudoku'")
+        need(self.data.corpus != "sudoku" or self.data.tokenizer == "char", "data.tokenizer", self.data.tokenizer,
+             "'char' for corpus 'sudoku'")
+        need(self.data.num_puzzles >= 20, "data.num_puzzles", self.data.num_puzzles, "an integer >= 20")
         need(0 < self.data.val_fraction <= 0.5, "data.val_fraction", self.data.val_fraction, "a number in (0, 0.5]")
         need(self.optim.lr > 0, "optim.lr", self.optim.lr, "a positive number")
         need(self.optim.decay in ("cosine", "constant"), "optim.decay", self.optim.decay, "'cosine' or 'constant'")

@@ -137,8 +137,25 @@ def build_tokenizer(spec: str, text: str):
     return BPETokenizer.from_file(spec)
 
 
+def sudoku_blocks(num: int, seed: int, tokenizer) -> Tensor:
+    """Solved Sudoku grids as blocks of 81 tokens (digits through the char tokenizer)."""
+    from .data import sudoku
+
+    _, solutions = sudoku.generate(num, clues=81, seed=seed)
+    return torch.tensor([tokenizer.encode("".join(map(str, row))) for row in solutions.tolist()], dtype=torch.long)
+
+
 def prepare_data(cfg: TrainConfig, tokenizer=None):
-    """Tokenizer (built from the corpus unless given), packed train and validation blocks."""
+    """Tokenizer (built from the corpus unless given), packed train and validation blocks.
+
+    Corpus "sudoku": solved grids from ``ddlm.data.sudoku`` (training learns the law of solutions;
+    puzzles are solved by sampling with the clues as a prompt), validation from another seed.
+    """
+    if cfg.data.corpus == "sudoku":
+        tokenizer = tokenizer or CharTokenizer.from_text("123456789")
+        n_val = max(10, round(cfg.data.num_puzzles * cfg.data.val_fraction))
+        return (tokenizer, sudoku_blocks(cfg.data.num_puzzles, cfg.seed, tokenizer),
+                sudoku_blocks(n_val, cfg.seed + 1_000_003, tokenizer))
     docs = load_corpus(cfg.data.corpus)
     train_docs, val_docs = split_documents(docs, cfg.data.val_fraction, seed=cfg.seed)
     if tokenizer is None:
