@@ -23,3 +23,13 @@ def test_cli_reports_bad_arguments(capsys):
     assert main(["toy", "--vocab-size", "1"]) == 2
     assert "vocab_size must be an integer >= 2, got 1" in capsys.readouterr().err
 
+
+@pytest.mark.slow
+def test_train_demo_runs_and_samples_the_reference(tmp_path):
+    lines = []
+    res = demo.train_demo(minutes=0.05, run_dir=str(tmp_path / "demo"), nfe=16, num_samples=1, out=lines.append)
+    assert res["demo"]["step"] >= 1 and res["demo"]["val_nll"] > 0
+    assert demo.REFERENCE.joinpath("meta.json").is_file(), "the reference checkpoint must ship with ddlm"
+    ref = res["reference"]
+    assert ref["val_nll"] < ref["unigram_entropy"] - 0.3  # clearly below the unigram entropy
+    assert any(line.startswith("reference sample 0") for line in lines)
