@@ -264,7 +264,11 @@ def train(cfg: TrainConfig, resume: bool = True, progress: bool = True, log=prin
     if progress and ddp.main:
         from tqdm.auto import tqdm
 
-        bar = tqdm(total=cfg.max_steps, initial=start, desc="training", unit="step")
+        import sys
+
+        # redraw at most every 30 s when the output is a log file rather than a terminal
+        bar = tqdm(total=cfg.max_steps, initial=start, desc="training", unit="step",
+                   mininterval=0.1 if sys.stderr.isatty() else 30.0)
     t0, tokens_seen, metrics = time.time(), 0, {"unigram_entropy": entropy}
     prior_minutes = float((ckpt.metrics or {}).get("train_minutes", 0.0)) if ckpt is not None else 0.0
     step = start
@@ -342,6 +346,11 @@ def train(cfg: TrainConfig, resume: bool = True, progress: bool = True, log=prin
         if bar is not None:
             bar.close()
     if ddp.main:
+        if metrics.get("step") != step:  # stopped between evaluations (max_minutes): evaluate now
+            nll, se = validation_bound(ema, val_blocks.to(device), micro, cfg.eval_batches, cfg.seed, cfg.t_min)
+            metrics.update(step=step, val_nll=nll, val_nll_se=se)
+            _append(metrics_file, {"step": step, "val_nll": nll, "val_nll_se": se, "unigram_entropy": entropy})
+            log(f"step {step}: validation bound {nll:.4f} +- {se:.4f} nats/token (unigram entropy {entropy:.4f})")
         _save(run, cfg, tokenizer, model, ema, optimizer, scheduler, step, metrics)
     metrics["step"] = step
     return metrics
