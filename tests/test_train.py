@@ -193,3 +193,34 @@ def test_sudoku_corpus_trains_on_valid_solutions(tmp_path):
     assert bool(sudoku.is_valid_solution(digits.numpy()).all())
     assert not torch.equal(train_blocks[:10], val_blocks)
     assert train(cfg, progress=False, log=lambda *_: None)["step"] == 2
+
+
+def test_learning_rate_schedule():
+    from ddlm.train import lr_lambda
+
+    cfg = load_config(None, ["max_steps=110", "optim.warmup_steps=10", "optim.min_lr_ratio=0.1"])
+    f = lr_lambda(cfg)
+    assert f(0) == pytest.approx(0.1) and f(9) == pytest.approx(1.0)
+    assert f(10) == pytest.approx(1.0) and f(60) == pytest.approx(0.55) and f(110) == pytest.approx(0.1)
+    g = lr_lambda(load_config(None, ["optim.decay=constant", "optim.warmup_steps=0"]))
+    assert g(0) == g(500) == 1.0
+
+
+def test_options_reach_the_run(tmp_path):
+    from ddlm.schedules import CosineSchedule
+    from ddlm.train import build_model
+
+    cfg = _cfg(tmp_path, "opts", schedule="cosine", **{"model.time_conditioning": False, "keep_checkpoints": 2,
+                                                        "save_every": 1})
+    model = build_model(cfg, 10)
+    assert isinstance(model.process.schedule, CosineSchedule) and not model.net.config.time_conditioning
+    train(cfg, progress=False, log=lambda *_: None)
+    steps = sorted(p.name for p in (tmp_path / "opts" / "checkpoints").glob("step_*"))
+    assert steps == ["step_000005", "step_000006"]  # keep_checkpoints = 2
+
+
+def test_max_minutes_stops_and_checkpoints(tmp_path):
+    cfg = _cfg(tmp_path, "short", max_steps=100000, max_minutes=0.001)
+    metrics = train(cfg, progress=False, log=lambda *_: None)
+    assert 1 <= metrics["step"] < 100000 and "val_nll" in metrics
+    model, _, _ = load(tmp_path / "short")  # the stop left a loadable checkpoint
