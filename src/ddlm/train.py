@@ -102,25 +102,24 @@ def ar_token_losses(model, x0: Tensor) -> Tensor:
 
 
 @torch.no_grad()
-def validation_bound(model: DiffusionModel, blocks: Tensor, batch_size: int, num_batches: int, seed: int,
+def validation_bound(model, blocks: Tensor, batch_size: int, num_batches: int, seed: int,
                      t_min: float) -> tuple[float, float]:
-    """Monte-Carlo NLL bound in nats/token on held-out blocks (antithetic t), and its standard error.
-    For the autoregressive baseline: its exact NLL per predicted token."""
-    if isinstance(model, ARTransformer):
-        per = [ar_token_losses(model, blocks[torch.arange(b * batch_size, (b + 1) * batch_size) % blocks.shape[0]]).mean().item()
-               for b in range(num_batches)]
-        mean = sum(per) / len(per)
-        return mean, math.sqrt(sum((v - mean) ** 2 for v in per) / max(1, len(per) - 1) / len(per))
-    objective = ELBO[model.process.name]
+    """Monte-Carlo NLL bound in nats/token on held-out blocks (antithetic t), and its standard error
+    over batches. For the autoregressive baseline: its exact NLL per predicted token. The blocks and
+    the random draws stay on the CPU; each batch is moved to the model's device."""
+    device = next(model.parameters()).device
     g = torch.Generator().manual_seed(seed)
     per_batch = []
     for b in range(num_batches):
-        idx = torch.arange(b * batch_size, (b + 1) * batch_size) % blocks.shape[0]
-        x0 = blocks[idx]
-        t = stratified_times(float(torch.rand((), generator=g, dtype=torch.float64)), torch.arange(len(idx)),
-                             len(idx), t_min)
+        x0 = blocks[torch.arange(b * batch_size, (b + 1) * batch_size) % blocks.shape[0]]
+        if isinstance(model, ARTransformer):
+            per_batch.append(ar_token_losses(model, x0.to(device)).mean().item())
+            continue
+        t = stratified_times(float(torch.rand((), generator=g, dtype=torch.float64)), torch.arange(len(x0)),
+                             len(x0), t_min)
         xt, noise = corrupt(model.process, x0, t, g)
-        per_batch.append(token_losses(model, objective, x0, xt, noise, t).mean().item())
+        on = [None if v is None else v.to(device) for v in (x0, xt, noise, t)]
+        per_batch.append(token_losses(model, ELBO[model.process.name], *on).mean().item())
     mean = sum(per_batch) / len(per_batch)
     var = sum((v - mean) ** 2 for v in per_batch) / max(1, len(per_batch) - 1)
     return mean, math.sqrt(var / len(per_batch))
@@ -320,7 +319,7 @@ def train(cfg: TrainConfig, resume: bool = True, progress: bool = True, log=prin
                     _append(metrics_file, {"step": step, "loss": total, "lr": scheduler.get_last_lr()[0],
                                            "grad_norm": float(grad_norm), "tokens_per_s": rate})
                 if step % cfg.eval_every == 0 or step == cfg.max_steps:
-                    nll, se = validation_bound(ema, val_blocks.to(device), micro, cfg.eval_batches, cfg.seed, cfg.t_min)
+                    nll, se = validation_bound(ema, val_blocks, micro, cfg.eval_batches, cfg.seed, cfg.t_min)
                     metrics.update(step=step, val_nll=nll, val_nll_se=se)
                     _append(metrics_file, {"step": step, "val_nll": nll, "val_nll_se": se, "unigram_entropy": entropy})
                     log(f"step {step}: validation bound {nll:.4f} +- {se:.4f} nats/token "
@@ -347,7 +346,7 @@ def train(cfg: TrainConfig, resume: bool = True, progress: bool = True, log=prin
             bar.close()
     if ddp.main:
         if metrics.get("step") != step:  # stopped between evaluations (max_minutes): evaluate now
-            nll, se = validation_bound(ema, val_blocks.to(device), micro, cfg.eval_batches, cfg.seed, cfg.t_min)
+            nll, se = validation_bound(ema, val_blocks, micro, cfg.eval_batches, cfg.seed, cfg.t_min)
             metrics.update(step=step, val_nll=nll, val_nll_se=se)
             _append(metrics_file, {"step": step, "val_nll": nll, "val_nll_se": se, "unigram_entropy": entropy})
             log(f"step {step}: validation bound {nll:.4f} +- {se:.4f} nats/token (unigram entropy {entropy:.4f})")
