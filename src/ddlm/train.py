@@ -55,8 +55,9 @@ def setup_distributed(device: str) -> Dist:
     return Dist(dist.get_rank(), dist.get_world_size(), int(os.environ.get("LOCAL_RANK", "0")))
 
 
-def step_generator(seed: int, step: int, rank: int = 0, device="cpu") -> torch.Generator:
-    return torch.Generator(device=device).manual_seed((seed * 1_000_003 + step) * 1_009 + rank)
+def step_generator(seed: int, step: int) -> torch.Generator:
+    """The CPU generator of a training step's draws (the same on every rank)."""
+    return torch.Generator().manual_seed((seed * 1_000_003 + step) * 1_009)  # as the recorded runs
 
 
 def stratified_times(u0: float, indices: Tensor, global_batch: int, t_min: float) -> Tensor:

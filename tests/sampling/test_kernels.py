@@ -7,6 +7,7 @@ import torch
 
 from ddlm import LinearSchedule, exact
 from ddlm.sampling import kernels as K
+from ddlm.sampling.prediction import categorical
 from ddlm.sampling.remasking import RemaskingSchedule, sigma_max
 
 M = 200_000
@@ -19,12 +20,12 @@ def _empirical(tokens, k):
 
 def test_categorical_is_exact_for_tiny_probabilities():
     logp = torch.log(torch.tensor([[1 - 2e-3, 1e-3, 1e-3]], dtype=torch.float32)).expand(400_000, -1)
-    draws = K.categorical(logp, torch.Generator().manual_seed(0))
+    draws = categorical(logp, torch.Generator().manual_seed(0))
     freq = torch.bincount(draws, minlength=3).double() / draws.numel()
     assert freq[1].item() == pytest.approx(1e-3, abs=2.5e-4) and freq[2].item() == pytest.approx(1e-3, abs=2.5e-4)
     # zero-probability tokens are never drawn
     logp = torch.tensor([[0.0, float("-inf"), 0.0]]).expand(10_000, -1)
-    assert not bool((K.categorical(logp, torch.Generator().manual_seed(1)) == 1).any())
+    assert not bool((categorical(logp, torch.Generator().manual_seed(1)) == 1).any())
 
 
 def _audm_exact_marginal(law, x, u, at, as_):

@@ -15,7 +15,7 @@ from __future__ import annotations
 import torch
 from torch import Tensor
 
-from .prediction import Prediction, categorical  # noqa: F401  (categorical re-exported)
+from .prediction import Prediction
 
 
 # ---- exact draws -------------------------------------------------------------------------------

@@ -51,11 +51,6 @@ def split_nfe(nfe: int, sweeps: int) -> tuple[int, int]:
     return nfe - sweeps * corrected, corrected
 
 
-def temper(logp: Tensor, temperature: float) -> Tensor:
-    """p^(1/T), renormalised."""
-    return logp if temperature == 1.0 else torch.log_softmax(logp / temperature, dim=-1)
-
-
 def top_p_filter(logp: Tensor, top_p: float) -> Tensor:
     """Keep the smallest set of tokens whose probability reaches top_p (per position), renormalised."""
     if top_p >= 1.0:
@@ -127,8 +122,8 @@ def _check_prompt(prompt, prompt_mask, shape, k, device):
 class _Model:
     """Calls the network, checks its output, keeps the K data columns, and caches by input."""
 
-    def __init__(self, model, kind, k, shape, cache):
-        self.model, self.kind, self.k, self.shape, self.cache = model, kind, k, shape, cache
+    def __init__(self, model, k, cache):
+        self.model, self.k, self.cache = model, k, cache
         self.calls = 0
         self._last = None  # (x, noise, logp) of the previous call
 
@@ -267,7 +262,7 @@ def sample(
             noise = torch.where(prompt_mask, (prompt + 1) % k, noise)
     free = torch.ones(shape, dtype=torch.bool, device=device) if prompt_mask is None else ~prompt_mask
 
-    net = _Model(model, kind, k, shape, cache=not time_conditioned)
+    net = _Model(model, k, cache=not time_conditioned)
     bar = None
     if progress:
         from tqdm.auto import tqdm
