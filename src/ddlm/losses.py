@@ -35,15 +35,17 @@ def _tiny(x: Tensor) -> float:
     return torch.finfo(x.dtype).tiny
 
 
-def _prepare(logp, x0, xt, alpha, dalpha, xt_high_extra: int = 0):
+def _prepare(logp, x0, xt, alpha, dalpha, xt_high_extra: int = 0, normalise: bool = True):
     check_logp(logp, xt)
     k = logp.shape[-1]
     check_same_shape("x0", x0, "xt", xt)
     check_tokens("x0", x0, k)
     check_tokens("xt", xt, k + xt_high_extra)
-    a = as_alpha("alpha", alpha, logp, xt.shape)
-    da = as_rate("dalpha", dalpha, logp, xt.shape)
-    return torch.log_softmax(logp, dim=-1), a, da
+    # time weights in at least float32, also for bfloat16 logits (alpha = 0.99 is 0.988 in bfloat16)
+    like = torch.empty(0, dtype=torch.promote_types(logp.dtype, torch.float32), device=logp.device)
+    a = as_alpha("alpha", alpha, like, xt.shape)
+    da = as_rate("dalpha", dalpha, like, xt.shape)
+    return (torch.log_softmax(logp, dim=-1) if normalise else logp), a, da
 
 
 def _gather(logp: Tensor, idx: Tensor) -> Tensor:
@@ -55,28 +57,125 @@ def udm_elbo(logp: Tensor, x0: Tensor, xt: Tensor, alpha, dalpha) -> Tensor:
 
     l = (beta_t / K) sum_{y != x} [R_th(y) - R(y) - R(y) log(R_th(y) / R(y))], with the true ratio
     R(y) = xbar(y) / xbar(x), xbar(y) = K alpha 1[y = x_0] + 1 - alpha, and R_th the same with r_theta
-    in place of the one-hot x_0. Written as R (e^u - 1 - u), u = log R_th - log R, which is >= 0 and
-    free of cancellation for small u. Minimised (and tight after integration) by the exact LOO.
+    in place of the one-hot x_0. Written as sum_y R(y) (e^u - 1 - u), u = log R_th(y) - log R(y), which
+    is >= 0 term by term and free of cancellation for small u. Minimised (and tight after
+    integration) by the exact LOO.
+
+    Computed by a fused kernel (``_PlugInSum``): R(y) is the same for every y outside {x, x_0}, so
+    the sum is one pass over the vocabulary in row chunks, and the gradient is analytic; the loss
+    keeps no (..., L, K) intermediate for backward (only the gradient itself is allocated).
     """
-    logr, a, da = _prepare(logp, x0, xt, alpha, dalpha)
-    k = logr.shape[-1]
+    _, a, da = _prepare(logp, x0, xt, alpha, dalpha, normalise=False)
+    return _udm_elbo(logp, x0, xt, a, da)
+
+
+def _udm_elbo(logits: Tensor, x0: Tensor, xt: Tensor, a: Tensor, da: Tensor, shift: Tensor | None = None) -> Tensor:
+    """The plug-in ELBO of r_theta = softmax(logits - shift e_x) (shift: the denoiser -> LOO
+    conversion, see ``conversions``; None for a LOO network), alpha/dalpha already checked tensors."""
+    k = logits.shape[-1]
     a = torch.broadcast_to(a, xt.shape)
-    # log R_th(y) = log xbar_th(y) - log xbar_th(x)
-    log_xbar = torch.logaddexp(torch.log(k * a).unsqueeze(-1) + logr, torch.log1p(-a).unsqueeze(-1))
-    log_r_th = log_xbar - log_xbar.gather(-1, xt.unsqueeze(-1))
-    # log R(y) = delta (1[y = x0] - 1[x = x0]), delta = log(1 + K alpha / (1 - alpha))
-    delta = self_evidence(a, k)
-    onehot_x0 = torch.nn.functional.one_hot(x0, k).to(logr.dtype)
-    log_r = delta.unsqueeze(-1) * (onehot_x0 - (xt == x0).to(logr.dtype).unsqueeze(-1))
-    u = log_r_th - log_r
-    r = log_r.exp()
-    # R (e^u - 1 - u) is cancellation-free for small u; R_th - R - R u stays finite where R
-    # underflows to 0 (alpha -> 1) and e^u overflows.
-    small = u.abs() < 1.0
-    term = torch.where(small, r * (torch.expm1(u) - u), log_r_th.exp() - r - r * u)
-    term = term.sum(-1).clamp_min(0.0)
+    out_dtype = torch.promote_types(logits.dtype, torch.float32)
+    shift = torch.zeros_like(a) if shift is None else torch.broadcast_to(shift, xt.shape)
+    flat = logits.reshape(-1, k)
+    total = _PlugInSum.apply(flat, xt.reshape(-1), x0.reshape(-1), shift.reshape(-1).to(out_dtype),
+                             a.reshape(-1).to(out_dtype))
     beta = -da / a.clamp_min(_tiny(a))
-    return beta * term / k
+    return (beta * total.reshape(xt.shape).to(beta.dtype) / k).to(out_dtype)
+
+
+_CHUNK_ELEMENTS = 1 << 21  # rows per chunk = this / K: bounded temporaries whatever the vocabulary
+
+
+def _plugin_rows(chunk: Tensor, x: Tensor, x0: Tensor, shift: Tensor, a: Tensor):
+    """Per-row pieces of the plug-in ELBO for a chunk of rows (logits (n, K), already upcast).
+
+    Returns (logr, log_xbar, rho, log_x, log_x0, delta): log r_theta, log xbar_theta(y) =
+    log(K alpha r(y) + 1 - alpha), rho = R(y) for y outside {x, x_0}, log xbar_theta at x and x_0,
+    and delta = log R(x_0) when x_0 != x.
+    """
+    k = chunk.shape[-1]
+    rows = torch.arange(chunk.shape[0], device=chunk.device)
+    chunk[rows, x] -= shift
+    logr = chunk - chunk.logsumexp(-1, keepdim=True)
+    c = (1.0 - a).clamp_min(_tiny(a))
+    log_n, log_c = torch.log(k * a), torch.log(c)
+    log_xbar = torch.logaddexp(log_n.unsqueeze(-1) + logr, log_c.unsqueeze(-1))
+    log_x, log_x0 = log_xbar[rows, x], log_xbar[rows, x0]
+    same = x == x0
+    # true xbar(x) = K alpha + 1 - alpha when x = x_0, else 1 - alpha; rho = (1 - alpha) / xbar(x)
+    log_true_x = torch.where(same, torch.logaddexp(log_n, log_c), log_c)
+    rho = torch.exp(log_c - log_true_x)
+    delta = torch.logaddexp(log_n, log_c) - log_c  # log((K alpha + 1 - alpha) / (1 - alpha))
+    return logr, log_xbar, rho, log_x, log_x0, delta
+
+
+def _r_phi(r: Tensor, u: Tensor, log_ratio_th: Tensor) -> Tensor:
+    """R (e^u - 1 - u) with R_th = e^{log_ratio_th}: cancellation-free for small u, and finite where
+    R underflows and e^u overflows (the two branches are the same quantity)."""
+    return torch.where(u.abs() < 1.0, r * (torch.expm1(u) - u), log_ratio_th.exp() - r - r * u)
+
+
+class _PlugInSum(torch.autograd.Function):
+    """sum_{y != x} R(y) (e^{u(y)} - 1 - u(y)) per row, with its analytic gradient in the logits.
+
+    With xbar_th(y) = K alpha r(y) + 1 - alpha, X = xbar_th(x), the sum's derivative in r is
+    g(y) = -K alpha R(y) / xbar_th(y) for y != x and g(x) = K alpha (sum_{y != x} R(y) / X - K / X^2),
+    up to a term K alpha / X common to every y, which the softmax removes: d/dlogit(j) =
+    r(j) (g(j) - sum_y r(y) g(y)). The shift at x is a constant.
+    """
+
+    @staticmethod
+    def forward(ctx, logits, x, x0, shift, a):
+        k = logits.shape[-1]
+        step = max(1, _CHUNK_ELEMENTS // k)
+        out = torch.empty(logits.shape[0], dtype=shift.dtype, device=logits.device)
+        for i in range(0, logits.shape[0], step):
+            sl = slice(i, i + step)
+            logr, log_xbar, rho, log_x, log_x0, delta = _plugin_rows(
+                logits[sl].to(shift.dtype, copy=True), x[sl], x0[sl], shift[sl], a[sl])
+            # y outside {x, x_0}: R = rho, u = log xbar_th(y) - log X - log rho
+            log_ratio = log_xbar - log_x.unsqueeze(-1)
+            u = log_ratio - torch.log(rho).unsqueeze(-1)
+            bulk = _r_phi(rho.unsqueeze(-1), u, log_ratio)
+            rows = torch.arange(bulk.shape[0], device=bulk.device)
+            bulk[rows, x[sl]] = 0.0
+            bulk[rows, x0[sl]] = 0.0
+            total = bulk.sum(-1)
+            # y = x_0 != x: R = exp(delta), u = log X0 - log X - delta; when x_0 = x it is the bulk's rho term
+            same = x[sl] == x0[sl]
+            r0 = torch.where(same, rho, delta.exp())
+            u0 = log_x0 - log_x - torch.where(same, torch.log(rho), delta)
+            at_x0 = _r_phi(r0, u0, log_x0 - log_x)
+            out[sl] = total + torch.where(same, torch.zeros_like(at_x0), at_x0)
+        ctx.save_for_backward(logits, x, x0, shift, a)
+        return out
+
+    @staticmethod
+    def backward(ctx, grad_out):
+        logits, x, x0, shift, a = ctx.saved_tensors
+        k = logits.shape[-1]
+        step = max(1, _CHUNK_ELEMENTS // k)
+        grad = torch.empty_like(logits)
+        for i in range(0, logits.shape[0], step):
+            sl = slice(i, i + step)
+            xs, x0s = x[sl], x0[sl]
+            logr, log_xbar, rho, log_x, log_x0, delta = _plugin_rows(
+                logits[sl].to(shift.dtype, copy=True), xs, x0s, shift[sl], a[sl])
+            rows = torch.arange(logr.shape[0], device=logr.device)
+            n = k * a[sl]
+            same = xs == x0s
+            r_x0 = torch.where(same, rho, delta.exp())  # R(x_0)
+            # sum_{y != x} R(y) = (K - 1) rho, plus R(x_0) - rho when x_0 != x
+            sum_r = (k - 1) * rho + torch.where(same, torch.zeros_like(rho), r_x0 - rho)
+            big_x = log_x.exp()
+            # g(y) = -n R(y) / xbar_th(y), stored in place of log_xbar
+            g = torch.exp(-log_xbar).mul_(-(n * rho).unsqueeze(-1))
+            g[rows, x0s] = torch.where(same, g[rows, x0s], -n * r_x0 * torch.exp(-log_x0))
+            g[rows, xs] = n * (sum_r / big_x - k / big_x**2)
+            r = logr.exp_()
+            mean_g = (r * g).sum(-1, keepdim=True)
+            grad[sl] = (r * (g - mean_g) * grad_out[sl].unsqueeze(-1)).to(grad.dtype)
+        return grad, None, None, None, None
 
 
 def mdm_elbo(logp: Tensor, x0: Tensor, xt: Tensor, alpha, dalpha) -> Tensor:
@@ -185,6 +284,11 @@ def compute(
         return fn(logits, x0, xt, alpha, dalpha)
     if output not in _UDM_OUTPUTS:
         raise ValueError(f"output must be one of {_UDM_OUTPUTS} for {objective!r}, got {output!r}")
+    if objective == "udm_elbo":  # fused: a denoiser output is shifted at x_t on the fly, never copied
+        check_logp(logits, xt)
+        _, a, da = _prepare(logits, x0, xt, alpha, dalpha, normalise=False)
+        shift = None if output == "loo" else self_evidence(torch.broadcast_to(a, xt.shape), logits.shape[-1])
+        return _udm_elbo(logits, x0, xt, a, da, shift)
     logp = logits
     if output != wants:
         check_logp(logits, xt)

@@ -92,8 +92,9 @@ def token_losses(model: DiffusionModel, objective: str, x0: Tensor, xt: Tensor, 
     alpha = process.alpha(t).unsqueeze(-1)
     dalpha = process.dalpha(t).unsqueeze(-1)
     logits = model(xt, t, noise)
-    return losses.compute(objective, logits, output=model.output, x0=x0, xt=xt, alpha=alpha.to(logits.dtype),
-                          dalpha=dalpha.to(logits.dtype), noise=noise)
+    weights = torch.promote_types(logits.dtype, torch.float32)  # never round alpha to bfloat16
+    return losses.compute(objective, logits, output=model.output, x0=x0, xt=xt, alpha=alpha.to(weights),
+                          dalpha=dalpha.to(weights), noise=noise)
 
 
 def ar_token_losses(model, x0: Tensor) -> Tensor:
