@@ -1,0 +1,341 @@
+"""Generative frontiers (MATH.md section 6): generative perplexity under an external judge against the
+unigram entropy of the samples, sweeping temperature or top-p, one curve per run, sampler and NFE.
+
+log GenPPL ~ H + KL, so a sampler can lower its GenPPL by lowering its entropy alone; only curves
+compare samplers honestly. A sweep is a grid of points (run x sampler x NFE x temperature x top-p,
+with fixed other options); each point draws ``num_samples`` samples, decodes them, scores them with
+the judge and records one CSV row with every setting. Points already in the CSV are skipped, so an
+interrupted sweep resumes where it stopped, and sweeps with other options (a corrector, remasking,
+temperature on the denoiser, another run) can be added to the same folder and plotted together.
+
+Files in the output folder: ``frontier.csv`` (one row per point), ``samples/<key>.jsonl`` (the
+decoded samples of each point) and ``frontier.png``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import csv
+import dataclasses
+import hashlib
+import itertools
+import json
+import os
+import time
+from pathlib import Path
+
+from .metrics import sample_entropy
+from .options import SamplerSettings, TEMPERATURE_ON, draw, resolve_sampler
+
+#: settings that identify a point (a resumed sweep skips rows whose key is already in the CSV)
+KEY_FIELDS = ("run", "checkpoint", "step", "process", "sampler", "nfe", "temperature", "temperature_on", "top_p",
+              "corrector", "remasking", "seed", "num_samples", "length", "batch_size", "judge")
+RESULT_FIELDS = ("gen_ppl", "mean_nll", "judge_tokens", "num_empty", "entropy", "pooled_entropy", "seconds")
+FIELDS = ("label",) + KEY_FIELDS + RESULT_FIELDS + ("samples_file", "ddlm_version")
+CSV_NAME, PLOT_NAME = "frontier.csv", "frontier.png"
+
+
+def _as_cell(value) -> str:
+    """CSV text of a setting: '' for None, JSON for dicts, repr-exact floats."""
+    if value is None:
+        return ""
+    if isinstance(value, dict):
+        return json.dumps(value, sort_keys=True)
+    if isinstance(value, float):
+        return repr(value)
+    return str(value)
+
+
+def point_key(row: dict) -> tuple[str, ...]:
+    """The identity of a point: its settings as CSV text (results excluded)."""
+    return tuple(_as_cell(row[f]) for f in KEY_FIELDS)
+
+
+def read_rows(path: str | os.PathLike) -> list[dict]:
+    """Rows of a frontier CSV as dicts of strings ([] when the file does not exist).
+
+    Raises:
+        ValueError: the file's header is not the frontier header (another file, or another version).
+    """
+    path = Path(path)
+    if not path.exists():
+        return []
+    with open(path, newline="") as f:
+        reader = csv.DictReader(f)
+        if tuple(reader.fieldnames or ()) != FIELDS:
+            raise ValueError(f"frontier file {str(path)!r} has columns {reader.fieldnames}, expected {list(FIELDS)}; "
+                             "use another --out folder")
+        return list(reader)
+
+
+def append_row(path: str | os.PathLike, row: dict) -> None:
+    """Append one point to the CSV (header first if new), flushed to disk before returning."""
+    path = Path(path)
+    new = not path.exists() or path.stat().st_size == 0
+    with open(path, "a", newline="") as f:
+        writer = csv.DictWriter(f, fieldnames=FIELDS)
+        if new:
+            writer.writeheader()
+        writer.writerow({k: _as_cell(row.get(k)) for k in FIELDS})
+        f.flush()
+        os.fsync(f.fileno())
+
+
+def grid(samplers, nfes, temperatures, top_ps, base: SamplerSettings) -> list[SamplerSettings]:
+    """Every combination of the swept values over ``base`` (the fixed options), validated."""
+    out = []
+    for sampler, nfe, temperature, top_p in itertools.product(samplers, nfes, temperatures, top_ps):
+        out.append(dataclasses.replace(base, sampler=sampler, nfe=nfe, temperature=temperature, top_p=top_p))
+    return out
+
+
+def _check_list(name: str, values, kind=float) -> list:
+    if not values:
+        raise ValueError(f"{name} must hold at least one value, got {values!r}")
+    return list(values)
+
+
+def sweep(runs: list, settings: list[SamplerSettings], judge, out_dir: str | os.PathLike, *, num_samples: int = 64,
+          length: int | None = None, batch_size: int = 32, labels: list[str] | None = None, device=None,
+          progress: bool = True, log=print) -> list[dict]:
+    """Score every (run, settings) point not yet in ``out_dir/frontier.csv``; return all rows of the CSV.
+
+    Args:
+        runs: ``LoadedRun`` objects (``ddlm.evaluate.results.load_run``).
+        settings: the sampler settings of the points (see :func:`grid`); for an autoregressive run the
+            diffusion options are dropped and the NFE is not recorded (one pass per token), so a
+            temperature or top-p sweep gives one point per value.
+        judge: an object with ``name`` and ``gen_ppl(texts)`` (``ddlm.evaluate.judge.load_judge``).
+        out_dir: the sweep's folder (created); its CSV is appended to point by point.
+        num_samples, length, batch_size: per point; length defaults to each run's block size.
+        labels: curve labels per run (default: the run folder's name).
+        device, progress: where sampling runs; progress bars.
+
+    Raises:
+        ValueError: mismatched labels, a setting that does not apply to a run (named), an existing CSV
+            of another format.
+    """
+    from tqdm import tqdm
+
+    from .. import __version__
+
+    out = Path(out_dir)
+    (out / "samples").mkdir(parents=True, exist_ok=True)
+    csv_path = out / CSV_NAME
+    labels = labels or [Path(r.info["run"]).name for r in runs]
+    if len(labels) != len(runs):
+        raise ValueError(f"labels has {len(labels)} entries for {len(runs)} runs; give one label per run")
+    done = {point_key(r) for r in read_rows(csv_path)}
+    todo = []
+    for run, label in zip(runs, labels):
+        length_ = run.config.data.block_size if length is None else length
+        seen = set()
+        for s in settings:
+            row = _point_settings(run, s, judge.name, num_samples, length_, batch_size)
+            key = point_key(row)
+            if key in seen:
+                continue  # an autoregressive run has one point per (temperature, top_p) whatever the NFE
+            seen.add(key)
+            if key not in done:
+                todo.append((run, label, s, row))
+    log(f"frontier: {len(todo)} points to score ({len(done)} already in {csv_path})")
+    bar = tqdm(todo, desc="frontier", unit="point", disable=not progress)
+    for run, label, s, row in bar:
+        bar.set_postfix_str(f"{label} {row['sampler']} nfe={row['nfe']} T={row['temperature']} p={row['top_p']}")
+        start = time.perf_counter()
+        s_run = _for_run(run, s)
+        x = draw(run.model, run.process, run.tokenizer, s_run, num_samples, row["length"], batch_size=batch_size,
+                 device=device)
+        texts = [run.tokenizer.decode(r) for r in x.tolist()]
+        scored = judge.gen_ppl(texts)
+        ent = content_entropy(x.tolist(), run.tokenizer)
+        name = hashlib.sha1(repr(point_key(row)).encode()).hexdigest()[:16] + ".jsonl"
+        with open(out / "samples" / name, "w") as f:
+            for text in texts:
+                f.write(json.dumps({"text": text}) + "\n")
+        row.update(label=label, gen_ppl=scored["gen_ppl"], mean_nll=scored["mean_nll"],
+                   judge_tokens=scored["num_tokens"], num_empty=scored.get("num_empty", 0),
+                   entropy=ent["mean_entropy"], pooled_entropy=ent["pooled_entropy"],
+                   seconds=round(time.perf_counter() - start, 3), samples_file=f"samples/{name}",
+                   ddlm_version=__version__)
+        append_row(csv_path, row)
+    return read_rows(csv_path)
+
+
+def content_entropy(rows: list[list[int]], tokenizer) -> dict:
+    """``sample_entropy`` of the samples' content tokens: BOS/EOS (which decoding drops and the judge
+    never sees) are removed first; samples made only of them are left out of the mean."""
+    special = {tokenizer.bos_id, tokenizer.eos_id}
+    content = [[i for i in row if i not in special] for row in rows]
+    content = [row for row in content if row]
+    if not content:
+        return {"mean_entropy": float("nan"), "pooled_entropy": float("nan")}
+    return sample_entropy(content)
+
+
+def _for_run(run, s: SamplerSettings) -> SamplerSettings:
+    """The settings a run actually uses: an autoregressive run keeps temperature, top-p and seed."""
+    if run.process is None:
+        return SamplerSettings(temperature=s.temperature, top_p=s.top_p, seed=s.seed)
+    return s
+
+
+def _point_settings(run, s: SamplerSettings, judge_name: str, num_samples: int, length: int, batch_size: int) -> dict:
+    ar = run.process is None
+    s = _for_run(run, s)
+    return {"run": run.info["run"], "checkpoint": run.info["checkpoint"], "step": run.info["step"],
+            "process": run.info["process"], "sampler": "ancestral" if ar else resolve_sampler(s, run.process),
+            "nfe": None if ar else s.nfe, "temperature": s.temperature, "temperature_on": s.temperature_on,
+            "top_p": s.top_p, "corrector": s.corrector, "remasking": s.remasking, "seed": s.seed,
+            "num_samples": num_samples, "length": length, "batch_size": batch_size, "judge": judge_name}
+
+
+def _curve_name(row: dict, varying: str) -> str:
+    parts = [row["label"], row["sampler"]]
+    if row["nfe"]:
+        parts.append(f"nfe {row['nfe']}")
+    if row["temperature_on"]:
+        parts.append(f"T on {row['temperature_on']}")
+    if row["corrector"]:
+        c = json.loads(row["corrector"])
+        parts.append(f"Gibbs {c['sweeps']}x k={c['k']} {c['selection']}")
+    if row["remasking"]:
+        parts.append(f"remask {json.loads(row['remasking'])['kind']}")
+    fixed = "top_p" if varying == "temperature" else "temperature"
+    if float(row[fixed]) != 1.0:
+        parts.append(f"{'p' if fixed == 'top_p' else 'T'}={float(row[fixed]):g}")
+    return ", ".join(parts)
+
+
+def curves(rows: list[dict]) -> dict[str, list[dict]]:
+    """Rows grouped into curves: same run/sampler/NFE/options, ordered along the swept value
+    (temperature, or top-p when the temperatures are all equal within a group)."""
+    groups: dict[tuple, list[dict]] = {}
+    for r in rows:
+        fixed = tuple(r[f] for f in KEY_FIELDS if f not in ("temperature", "top_p")) + (r["label"],)
+        groups.setdefault(fixed, []).append(r)
+    out = {}
+    for members in groups.values():
+        varying = "temperature" if len({m["temperature"] for m in members}) > 1 else "top_p"
+        # a group may also hold a second sweep of the other knob: split on the fixed knob's value
+        fixed_knob = "top_p" if varying == "temperature" else "temperature"
+        for value in sorted({m[fixed_knob] for m in members}, key=float):
+            curve = sorted((m for m in members if m[fixed_knob] == value), key=lambda m: float(m[varying]))
+            out[_curve_name(curve[0], varying)] = [dict(m, _varying=varying) for m in curve]
+    return out
+
+
+def plot_frontier(rows: list[dict], path: str | os.PathLike, title: str | None = None) -> Path:
+    """Gen-PPL (log scale) against mean sample entropy, one line per curve, points labelled with the
+    swept value; the judge's name in the axis label. Writes a PNG.
+
+    Raises:
+        ValueError: no rows, or rows scored by different judges (their numbers are not comparable).
+    """
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    if not rows:
+        raise ValueError("no frontier rows to plot")
+    judges = sorted({r["judge"] for r in rows})
+    if len(judges) > 1:
+        raise ValueError(f"rows come from several judges {judges}; their generative perplexities are not "
+                         "comparable: plot them separately")
+    fig, ax = plt.subplots(figsize=(8, 5.5))
+    for name, curve in curves(rows).items():
+        xs = [float(r["entropy"]) for r in curve]
+        ys = [float(r["gen_ppl"]) for r in curve]
+        (line,) = ax.plot(xs, ys, marker="o", label=name)
+        for r, x, y in zip(curve, xs, ys):
+            tag = "T" if r["_varying"] == "temperature" else "p"
+            ax.annotate(f"{tag}={float(r[r['_varying']]):g}", (x, y), textcoords="offset points", xytext=(4, 3),
+                        fontsize=7, color=line.get_color())
+    ax.set_yscale("log")
+    ax.set_xlabel("mean unigram entropy of a sample (nats, model tokens)")
+    ax.set_ylabel(f"generative perplexity ({judges[0]})")
+    n = sorted({r["num_samples"] for r in rows})
+    ax.set_title(title or f"generative frontier ({', '.join(n)} samples per point; lower right is better)")
+    ax.grid(True, which="both", alpha=0.3)
+    ax.legend(fontsize=7)
+    fig.tight_layout()
+    path = Path(path)
+    tmp = path.with_name(path.name + ".tmp.png")
+    fig.savefig(tmp, dpi=120)
+    plt.close(fig)
+    os.replace(tmp, path)
+    return path
+
+
+# ---- command line ---------------------------------------------------------------------------------
+
+def _handler(args) -> int:
+    from .options import settings_from_args
+    from .results import load_run
+
+    out = Path(args.out)
+    if args.plot_only:
+        rows = read_rows(out / CSV_NAME)
+        if not rows:
+            raise FileNotFoundError(f"no frontier points in {str(out / CSV_NAME)!r}")
+        print(f"wrote {plot_frontier(rows, out / PLOT_NAME)}")
+        return 0
+    if not args.runs:
+        raise ValueError("give at least one RUN folder (or --plot-only)")
+    temps = _check_list("--temperature", args.temperature)
+    top_ps = _check_list("--top-p", args.top_p)
+    if len(temps) > 1 and len(top_ps) > 1:
+        raise ValueError("sweep --temperature or --top-p, not both (give one value for the other)")
+    fixed = argparse.Namespace(**vars(args))
+    fixed.sampler, fixed.nfe, fixed.temperature, fixed.top_p = None, None, 1.0, 1.0
+    base = settings_from_args(fixed)
+    points = grid(args.sampler or [None], _check_list("--nfe", args.nfe, int), temps, top_ps, base)
+    from .judge import load_judge
+
+    judge = load_judge(args.judge, device=args.device or "cpu")
+    runs = [load_run(r, device=args.device or "cpu") for r in args.runs]
+    for run in runs:  # fail before any sampling if an option does not apply to a run
+        from .options import check_applicable
+
+        for s in points:
+            check_applicable(_for_run(run, s), run.process)
+    rows = sweep(runs, points, judge, out, num_samples=args.num_samples, length=args.length,
+                 batch_size=args.batch_size, labels=args.labels, device=args.device, progress=not args.no_progress)
+    print(f"{len(rows)} points in {out / CSV_NAME}; wrote {plot_frontier(rows, out / PLOT_NAME)}")
+    return 0
+
+
+def add_command(subparsers) -> None:
+    """Register ``ddlm frontier``."""
+    p = subparsers.add_parser(
+        "frontier", help="generative frontier sweep: gen-PPL under a judge against sample entropy (CSV + PNG)",
+        description=__doc__.split("\n\n")[0] + " Resumable: points already in OUT/frontier.csv are skipped.")
+    p.add_argument("runs", nargs="*", help="run folders or checkpoint folders (several are overlaid)")
+    p.add_argument("--out", required=True, help="output folder (frontier.csv, samples/, frontier.png)")
+    p.add_argument("--labels", nargs="+", default=None, help="curve label per run (default: folder names)")
+    p.add_argument("--sampler", nargs="+", default=None, help="samplers to sweep (default: the process's ancestral)")
+    p.add_argument("--nfe", nargs="+", type=int, default=[16, 64, 256], help="NFE values (default 16 64 256)")
+    p.add_argument("--temperature", nargs="+", type=float, default=[1.0], help="temperatures to sweep (default 1)")
+    p.add_argument("--top-p", nargs="+", type=float, default=[1.0], help="top-p values to sweep (default 1)")
+    p.add_argument("--temperature-on", choices=TEMPERATURE_ON, default=None, help="UDM: temper the LOO or the denoiser")
+    p.add_argument("--corrector-sweeps", type=int, default=None, help="UDM: Gibbs corrector sweeps (enables it)")
+    p.add_argument("--corrector-k", type=int, default=None, help="positions per corrector sweep")
+    p.add_argument("--corrector-selection", default=None,
+                   choices=("random", "lowest_maxprob", "lowest_current_prob", "lowest_log_margin"))
+    p.add_argument("--corrector-tau", type=float, default=None)
+    p.add_argument("--remasking", default=None, choices=("cap", "constant", "rescale", "loop"),
+                   help="MDM: ReMDM remasking schedule (sampler remdm)")
+    p.add_argument("--remasking-eta", type=float, default=None)
+    for name in ("t_on", "t_off", "alpha_on", "t_switch"):
+        p.add_argument(f"--remasking-{name.replace('_', '-')}", dest=f"remasking_{name}", type=float, default=None)
+    p.add_argument("--seed", type=int, default=0, help="sampling seed of every point (default 0)")
+    p.add_argument("--judge", default="smollm2",
+                   help="smollm2 (default), a local Hugging Face causal-LM folder, or a ddlm AR run")
+    p.add_argument("--num-samples", type=int, default=64, help="samples per point (default 64)")
+    p.add_argument("--length", type=int, default=None, help="tokens per sample (default: the run's block size)")
+    p.add_argument("--batch-size", type=int, default=32)
+    p.add_argument("--device", default=None, help="cpu (default), cuda, ...")
+    p.add_argument("--plot-only", action="store_true", help="only redraw OUT/frontier.png from the CSV")
+    p.add_argument("--no-progress", action="store_true")
+    p.set_defaults(func=_handler)
