@@ -64,6 +64,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--no-resume", action="store_true", help="do not resume: fail if run_dir already has checkpoints (never overwrites them)")
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
     p.set_defaults(func=_train)
+    from .evaluate import bound, frontier, generate, probe, sudoku
+
+    for module in (generate, bound, frontier, probe, sudoku):  # ddlm sample, eval, frontier, probe, sudoku
+        module.add_command(sub)
     return parser
 
 
@@ -71,7 +75,7 @@ def main(argv=None) -> int:
     args = build_parser().parse_args(argv)
     try:
         return args.func(args)
-    except (ValueError, TypeError, FileNotFoundError) as e:
+    except (ValueError, TypeError, FileNotFoundError, FileExistsError) as e:
         print(f"ddlm {args.command}: error: {e}", file=sys.stderr)
         return 2
 

@@ -1,0 +1,200 @@
+"""Result records of the evaluation commands: atomic JSON/JSONL writing and the run description that
+goes into every record, so that any reported number can be remade from its record alone."""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import secrets
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from ..checkpoint import latest_checkpoint
+
+
+class ResultExistsError(FileExistsError, ValueError):
+    """A result file exists and overwriting was not asked for (a ValueError too, so that the command
+    line reports it as an error message)."""
+
+
+def check_out(path: str | os.PathLike | None, overwrite: bool) -> None:
+    """Fail early, before any work, if a result would overwrite an existing file.
+
+    Raises:
+        ResultExistsError: ``path`` exists and ``overwrite`` is False (the path is named).
+    """
+    if path is not None and os.path.lexists(path) and not overwrite:
+        raise ResultExistsError(f"result file {str(path)!r} already exists; choose another path or pass "
+                                "overwrite=True (--overwrite) to replace it")
+
+
+@dataclass
+class LoadedRun:
+    """A run (or checkpoint folder) loaded for evaluation.
+
+    Attributes:
+        model: the EMA model in eval mode on ``device`` (a ``DiffusionModel`` or an ``ARTransformer``).
+        process: the model's process, or None for an autoregressive run.
+        tokenizer: the run's tokenizer.
+        config: the run's resolved ``TrainConfig``.
+        info: :func:`run_info` of the checkpoint that was loaded.
+    """
+
+    model: Any
+    process: Any
+    tokenizer: Any
+    config: Any
+    info: dict
+
+
+def resolve_checkpoint(path: str | os.PathLike) -> Path:
+    """The checkpoint folder a run path designates: the latest complete checkpoint of a run folder,
+    or the folder itself when it is a checkpoint folder (it holds ``meta.json``).
+
+    Raises:
+        FileNotFoundError: ``path`` does not exist, or holds no checkpoint (the path is named).
+    """
+    path = Path(path)
+    if not path.exists():
+        raise FileNotFoundError(f"run folder {str(path)!r} does not exist")
+    if not path.is_dir():
+        raise FileNotFoundError(f"run folder {str(path)!r} is not a folder")
+    if (path / "checkpoints").is_dir():
+        ckpt = latest_checkpoint(path)
+        if ckpt is None:
+            raise FileNotFoundError(f"run folder {str(path)!r} holds no complete checkpoint under checkpoints/")
+        return ckpt
+    if (path / "meta.json").is_file():
+        return path
+    raise FileNotFoundError(
+        f"run folder {str(path)!r} holds no checkpoint: expected checkpoints/step_N/ folders (a training run) "
+        "or meta.json (a checkpoint folder)"
+    )
+
+
+def _read_json(path: Path) -> Any:
+    try:
+        return json.loads(path.read_text())
+    except (OSError, ValueError) as e:
+        raise ValueError(f"checkpoint file {str(path)!r} is unreadable: {e}") from e
+
+
+def run_info(path: str | os.PathLike) -> dict:
+    """What identifies the model behind a result: run path, checkpoint folder and step, process,
+    model output, the run's config and the ddlm version doing the evaluation.
+
+    Args:
+        path: a run folder (its latest checkpoint is used) or a checkpoint folder.
+
+    Returns:
+        ``{"run", "checkpoint", "step", "process", "model_output", "config", "ddlm_version"}``;
+        ``model_output`` is what the network predicts ("denoiser", "loo", "posterior", or
+        "next_token" for the autoregressive baseline).
+    """
+    from .. import __version__
+    from ..config import TrainConfig, from_dict
+
+    ckpt = resolve_checkpoint(path)
+    config = _read_json(ckpt / "config.json")
+    meta = _read_json(ckpt / "meta.json")
+    cfg = from_dict(TrainConfig, config).validate()
+    if cfg.process == "ar":
+        output = "next_token"
+    else:
+        from ..models.diffusion import OUTPUTS
+
+        output = cfg.model.output or OUTPUTS[cfg.process][-1 if cfg.process == "udm" else 0]
+    return {"run": str(path), "checkpoint": str(ckpt), "step": int(meta["step"]), "process": cfg.process,
+            "model_output": output, "config": cfg.to_dict(), "ddlm_version": __version__}
+
+
+def resolve_device(device: str | torch.device | None) -> torch.device:
+    """"auto"/None -> CUDA if available else CPU; otherwise the named device."""
+    if device is None or str(device) == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    return torch.device(device)
+
+
+def load_run(path: str | os.PathLike, device: str | torch.device | None = "cpu") -> LoadedRun:
+    """Load a run's EMA model, process, tokenizer and config for evaluation (nothing is unpickled).
+
+    Raises:
+        FileNotFoundError: missing run folder or no checkpoint in it (the path is named).
+        ddlm.checkpoint.CheckpointError: a corrupt checkpoint (the file is named).
+    """
+    from ..config import TrainConfig, from_dict
+    from ..train import load
+
+    info = run_info(path)
+    model, process, tokenizer = load(info["checkpoint"], ema=True)
+    model = model.to(resolve_device(device)).eval()
+    return LoadedRun(model, process, tokenizer, from_dict(TrainConfig, info["config"]).validate(), info)
+
+
+def _jsonable(obj: Any) -> Any:
+    """Reject NaN/inf (not JSON) with the offending key path; tensors and numpy scalars as numbers."""
+
+    def walk(x, where):
+        if isinstance(x, dict):
+            return {str(k): walk(v, f"{where}.{k}") for k, v in x.items()}
+        if isinstance(x, (list, tuple)):
+            return [walk(v, f"{where}[{i}]") for i, v in enumerate(x)]
+        if isinstance(x, torch.Tensor):
+            return walk(x.tolist(), where)
+        if hasattr(x, "item") and callable(x.item) and not isinstance(x, (str, bytes)):
+            x = x.item()  # numpy scalars
+        if isinstance(x, float) and not math.isfinite(x):
+            raise ValueError(f"record value at {where} is {x}, which JSON cannot hold; use None")
+        if isinstance(x, Path):
+            return str(x)
+        return x
+
+    return walk(obj, "record")
+
+
+def _atomic_write(path: Path, data: str, overwrite: bool) -> Path:
+    check_out(path, overwrite)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.parent / f".{path.name}.tmp-{secrets.token_hex(8)}"
+    try:
+        with open(tmp, "x", encoding="utf-8") as f:
+            f.write(data)
+            f.flush()
+            os.fsync(f.fileno())
+        if overwrite:
+            os.replace(tmp, path)
+        else:  # link fails if the path appeared meanwhile: never clobber a result
+            try:
+                os.link(tmp, path)
+            except FileExistsError:
+                check_out(path, overwrite)
+            except OSError:  # file systems without hard links
+                check_out(path, overwrite)
+                os.replace(tmp, path)
+    finally:
+        tmp.unlink(missing_ok=True)
+    return path
+
+
+def write_json(path: str | os.PathLike, record: dict, overwrite: bool = False) -> Path:
+    """Write ``record`` as indented JSON at ``path`` atomically (temporary file, then rename).
+
+    Raises:
+        ResultExistsError: ``path`` exists and ``overwrite`` is False (nothing is written); it is
+            both a FileExistsError and a ValueError.
+        ValueError: the record holds NaN or infinity (its key path is named).
+    """
+    if not isinstance(record, dict):
+        raise TypeError(f"record must be a dict, got {type(record).__name__}")
+    text = json.dumps(_jsonable(record), indent=1, allow_nan=False) + "\n"
+    return _atomic_write(Path(path), text, overwrite)
+
+
+def write_jsonl(path: str | os.PathLike, records: list[dict], overwrite: bool = False) -> Path:
+    """Write ``records`` as JSON lines at ``path`` atomically (same rules as :func:`write_json`)."""
+    lines = [json.dumps(_jsonable(r), allow_nan=False) for r in records]
+    return _atomic_write(Path(path), "".join(line + "\n" for line in lines), overwrite)

@@ -1,0 +1,200 @@
+"""Sudoku solving by conditional generation (MATH.md section 6): ``ddlm sudoku``.
+
+A Sudoku run learns the law of solved grids (``ddlm.train.prepare_data``, corpus "sudoku"). A puzzle
+is solved by sampling 81 cells with the clue cells fixed as a prompt. Test puzzles are generated
+with the seed ``cfg.seed + 2 * 1_000_003 + seed``, disjoint from the training grids (seed
+``cfg.seed``) and the validation grids (``cfg.seed + 1_000_003``).
+
+Metrics: exact-match accuracy (the sampled grid equals the solution), solve rate (the grid violates
+no row, column or box constraint; with the clues held fixed and a unique solution this is the same
+as exact match), mean violations (sum over the 27 units of 9 - distinct digits), and cell accuracy.
+A run's vocabulary also holds BOS/EOS; a cell sampled as one of them holds no digit and counts as
+a blank (it makes its row, column and box each lack a digit).
+"""
+
+from __future__ import annotations
+
+
+import numpy as np
+import torch
+
+from ..data import sudoku as S
+from .options import SamplerSettings, add_sampler_options, draw, resolve_sampler, settings_from_args
+
+#: offset of the test-puzzle seed from the run's seed (training uses +0, validation +1_000_003)
+TEST_SEED_OFFSET = 2 * 1_000_003
+
+
+def _digits(name: str, a, lo: int) -> np.ndarray:
+    a = a.detach().cpu().numpy() if isinstance(a, torch.Tensor) else np.asarray(a)
+    if a.ndim != 2 or a.shape[1] != 81 or a.dtype.kind not in "iu":
+        raise ValueError(f"{name} must be an integer array of shape (N, 81), got shape {a.shape} dtype {a.dtype}")
+    if a.size and (a.min() < lo or a.max() > 9):
+        raise ValueError(f"{name} holds values in [{a.min()}, {a.max()}], expected digits in [{lo}, 9]")
+    return a.astype(np.int64)
+
+
+def grid_violations(grids) -> np.ndarray:
+    """Violations per grid (N,): ``ddlm.data.sudoku.violations`` for complete grids; a blank cell (0)
+    holds no digit, so each unit counts 9 - (distinct digits among its filled cells)."""
+    g = _digits("grids", grids, 0)
+    out = np.zeros(g.shape[0], dtype=np.int64)
+    full = (g > 0).all(axis=1)
+    if full.any():
+        out[full] = S.violations(g[full])
+    if (~full).any():
+        b = g[~full].reshape(-1, 9, 9)
+        boxes = b.reshape(-1, 3, 3, 3, 3).transpose(0, 1, 3, 2, 4).reshape(-1, 9, 9)
+        total = np.zeros(b.shape[0], dtype=np.int64)
+        for units in (b, b.transpose(0, 2, 1), boxes):
+            present = (units[..., None] == np.arange(1, 10)).any(axis=2)  # (n, 9 units, 9 digits)
+            total += (9 - present.sum(axis=-1)).sum(axis=-1)
+        out[~full] = total
+    return out
+
+
+def sudoku_metrics(pred_grids, solutions) -> dict:
+    """Exact-match accuracy, solve rate, mean violations and cell accuracy of predicted grids.
+
+    Args:
+        pred_grids: (N, 81) digits 1..9, 0 for a cell that holds no digit.
+        solutions: (N, 81) digits 1..9.
+
+    Returns:
+        ``{"num_puzzles", "accuracy", "num_exact", "solve_rate", "num_solved", "mean_violations",
+        "cell_accuracy", "blank_cells"}``; solved = no violation (any valid grid, even if it is not
+        the given solution).
+    """
+    pred, sol = _digits("pred_grids", pred_grids, 0), _digits("solutions", solutions, 1)
+    if pred.shape != sol.shape:
+        raise ValueError(f"pred_grids has shape {pred.shape}, expected the shape of solutions {sol.shape}")
+    if pred.shape[0] == 0:
+        raise ValueError("pred_grids holds no grid, expected at least one")
+    viol = grid_violations(pred)
+    exact = (pred == sol).all(axis=1)
+    n = pred.shape[0]
+    return {"num_puzzles": n, "accuracy": float(exact.mean()), "num_exact": int(exact.sum()),
+            "solve_rate": float((viol == 0).mean()), "num_solved": int((viol == 0).sum()),
+            "mean_violations": float(viol.mean()), "cell_accuracy": float((pred == sol).mean()),
+            "blank_cells": int((pred == 0).sum())}
+
+
+def digit_tokens(tokenizer) -> list[int]:
+    """Token id of each digit 1..9 under the run's tokenizer (index d - 1).
+
+    Raises:
+        ValueError: a digit is not a single token.
+    """
+    ids = []
+    for d in range(1, 10):
+        enc = tokenizer.encode(str(d))
+        if len(enc) != 1:
+            raise ValueError(f"the run's tokenizer encodes digit {d} as {enc}, expected a single token")
+        ids.append(enc[0])
+    return ids
+
+
+def puzzle_seed_for(run_seed: int, seed: int) -> int:
+    """Seed of the test puzzles; refuses the training and validation seeds."""
+    s = run_seed + TEST_SEED_OFFSET + seed
+    if s in (run_seed, run_seed + 1_000_003):
+        raise ValueError(f"seed {seed} makes the test puzzles those of the run's "
+                         f"{'training' if s == run_seed else 'validation'} grids; choose another seed")
+    return s
+
+
+def evaluate_sudoku(run, settings: SamplerSettings, num_puzzles: int = 100, clues: int = 35, seed: int = 0, *,
+                    batch_size: int = 32, device: str | None = "cpu", progress: bool = False) -> dict:
+    """Generate test puzzles, solve them by sampling with the clues fixed, and score the grids.
+
+    Args:
+        run: a Sudoku run folder, checkpoint folder, or ``LoadedRun``.
+        settings: sampler settings (the clues are the prompt).
+        num_puzzles: test puzzles.
+        clues: clues per puzzle (17..81).
+        seed: puzzle seed, offset from the run's (see the module docstring).
+        batch_size, device, progress: as for ``draw``.
+
+    Returns:
+        A record: ``command``, ``run`` (run_info), ``sampler`` (settings), ``resolved_sampler``,
+        ``num_puzzles``, ``clues``, ``seed``, ``puzzle_seed``, ``batch_size``, the
+        :func:`sudoku_metrics` entries, ``clues_preserved`` (True: every clue cell kept its digit),
+        and per puzzle ``puzzles``, ``solutions``, ``predictions`` (81-character strings, "." for
+        an empty/blank cell) and ``violations``.
+
+    Raises:
+        ValueError: not a Sudoku diffusion run, or invalid arguments.
+    """
+    from .. import __version__
+    from .results import LoadedRun, load_run
+
+    run = run if isinstance(run, LoadedRun) else load_run(run, device=device)
+    cfg = run.config
+    if cfg.data.corpus != "sudoku":
+        raise ValueError(f"run {run.info['run']!r} was trained on corpus {cfg.data.corpus!r}, expected 'sudoku'")
+    if run.process is None:
+        raise ValueError("Sudoku solving fixes clues anywhere in the grid, which needs a diffusion run, "
+                         "got an autoregressive one")
+    puzzle_seed = puzzle_seed_for(cfg.seed, seed)
+    puzzles, solutions = S.generate(num_puzzles, clues=clues, seed=puzzle_seed, progress=progress)
+    ids = digit_tokens(run.tokenizer)
+    table = torch.tensor([0] + ids)  # digit -> token (0 is a placeholder for empty cells)
+    mask = torch.from_numpy(puzzles != 0)
+    prompt = table[torch.from_numpy(puzzles)]
+    x = draw(run.model, run.process, run.tokenizer, settings, num_puzzles, 81, prompt=prompt, prompt_mask=mask,
+             batch_size=batch_size, progress=progress)
+    to_digit = torch.zeros(run.tokenizer.vocab_size, dtype=torch.long)
+    to_digit[torch.tensor(ids)] = torch.arange(1, 10)
+    pred = to_digit[x].numpy()
+    clues_preserved = bool((pred[puzzles != 0] == puzzles[puzzles != 0]).all())
+    metrics = sudoku_metrics(pred, solutions)
+
+    def strings(a):
+        return ["".join("." if v == 0 else str(v) for v in row) for row in a.tolist()]
+
+    return {"command": "sudoku", "run": run.info, "sampler": settings.to_dict(),
+            "resolved_sampler": resolve_sampler(settings, run.process), "num_puzzles": num_puzzles,
+            "clues": clues, "seed": seed, "puzzle_seed": puzzle_seed, "batch_size": batch_size,
+            "ddlm_version": __version__, **metrics, "clues_preserved": clues_preserved,
+            "puzzles": strings(puzzles), "solutions": strings(solutions), "predictions": strings(pred),
+            "violations": grid_violations(pred).tolist()}
+
+
+def format_sudoku(r: dict) -> str:
+    """One line for the terminal."""
+    return (f"{r['num_puzzles']} puzzles with {r['clues']} clues: accuracy {r['accuracy']:.3f}, "
+            f"solve rate {r['solve_rate']:.3f}, mean violations {r['mean_violations']:.2f}, "
+            f"cell accuracy {r['cell_accuracy']:.3f} (sampler {r['resolved_sampler']}, nfe {r['sampler']['nfe']})")
+
+
+def _handler(args) -> int:
+    from .results import check_out, write_json
+
+    check_out(args.out, args.overwrite)
+    settings = settings_from_args(args)
+    result = evaluate_sudoku(args.run, settings, num_puzzles=args.puzzles, clues=args.clues, seed=args.puzzle_seed,
+                             batch_size=args.batch_size, device=args.device, progress=not args.no_progress)
+    print(format_sudoku(result))
+    if args.out is not None:
+        write_json(args.out, result, overwrite=args.overwrite)
+        print(f"wrote {args.out}")
+    return 0
+
+
+def add_command(subparsers) -> None:
+    """Register ``ddlm sudoku``."""
+    p = subparsers.add_parser(
+        "sudoku", help="solve generated test puzzles with a Sudoku run (clues fixed as a prompt)",
+        description="Generate test Sudoku puzzles (seed disjoint from training and validation), sample the "
+                    "solutions with the clues fixed, report exact-match accuracy, solve rate and violations.")
+    p.add_argument("run", help="Sudoku run folder (its latest checkpoint) or checkpoint folder")
+    add_sampler_options(p)
+    p.add_argument("--puzzles", type=int, default=100, help="test puzzles (default 100)")
+    p.add_argument("--clues", type=int, default=35, help="clues per puzzle, 17..81 (default 35)")
+    p.add_argument("--puzzle-seed", type=int, default=0, help="seed of the test puzzles (default 0)")
+    p.add_argument("--batch-size", type=int, default=32, help="puzzles per sampling call (default 32)")
+    p.add_argument("--device", default="cpu", help="cpu, cuda or auto (default cpu)")
+    p.add_argument("--out", default=None, metavar="FILE.json", help="write the result record here")
+    p.add_argument("--overwrite", action="store_true", help="replace an existing --out file")
+    p.add_argument("--no-progress", action="store_true", help="no progress bar")
+    p.set_defaults(func=_handler)

@@ -1,0 +1,149 @@
+"""The NLL bound (ddlm.evaluate.bound) against the exact oracle and independent recounts."""
+
+import json
+import math
+
+import pytest
+import torch
+
+import ddlm
+from ddlm import exact
+from ddlm.data.corpora import pack
+from ddlm.evaluate import bound
+from ddlm.evaluate.bound import CallableModel, model_bound, nll_bound
+from ddlm.processes import AbsorbingUniformDiffusion, MaskedDiffusion, UniformDiffusion
+
+from _eval_runs import TEXT, cli, run_cli, text_run
+
+SCHEDULE = ddlm.LinearSchedule(eps=0.0)  # alpha_1 = 0: the ELBO has no prior term
+CASES = [(MaskedDiffusion, "denoiser"), (UniformDiffusion, "loo"), (UniformDiffusion, "denoiser"),
+         (AbsorbingUniformDiffusion, "posterior")]
+
+
+@pytest.fixture(scope="module")
+def toy():
+    law = exact.random_law(3, 3, seed=3, concentration=0.7)
+    blocks = law.sample(512, generator=torch.Generator().manual_seed(0))
+    return law, blocks, float(-law.p0[law.index(blocks)].log().mean()) / law.length
+
+
+@pytest.mark.parametrize("cls,output", CASES, ids=[f"{c.__name__}-{o}" for c, o in CASES])
+def test_bound_of_the_exact_model_is_minus_log_p0(toy, cls, output):
+    """With the exact oracle the ELBO is tight: its Monte-Carlo estimate equals -log p_0 per token of
+    the same blocks within 3 standard errors."""
+    law, blocks, target = toy
+    proc = cls(3, SCHEDULE)
+    model = CallableModel(exact.model(law, proc, output), proc, output)
+    r = model_bound(model, blocks, batch_size=64, num_batches=128, seed=1, t_min=0.0)
+    assert r["estimator"] == "elbo" and r["num_batches"] == 128 and len(r["per_batch"]) == 128
+    assert abs(r["nats_per_token"] - target) < 3 * r["se"], (r["nats_per_token"], target, r["se"])
+    assert r["se"] < 0.05  # precise enough for the control below to fail
+    assert r["perplexity"] == pytest.approx(math.exp(r["nats_per_token"]))
+
+
+def test_a_wrong_model_is_detected(toy):
+    """Control: the raw denoiser fed to the plug-in ELBO as if it were the LOO (a looser bound, by
+    0.47 nats/token exactly) lies many standard errors above -log p_0."""
+    law, blocks, target = toy
+    proc = UniformDiffusion(3, SCHEDULE)
+    wrong = CallableModel(exact.model(law, proc, "denoiser"), proc, "loo")
+    r = model_bound(wrong, blocks, batch_size=64, num_batches=128, seed=1, t_min=0.0)
+    assert r["nats_per_token"] > target + 4 * r["se"]
+
+
+def test_seeds_and_defaults(toy):
+    law, blocks, _ = toy
+    proc = MaskedDiffusion(3, SCHEDULE)
+    model = CallableModel(exact.model(law, proc), proc, "denoiser")
+    a = model_bound(model, blocks, batch_size=64, seed=5)
+    assert a == model_bound(model, blocks, batch_size=64, seed=5)
+    assert a["per_batch"] != model_bound(model, blocks, batch_size=64, seed=6)["per_batch"]
+    assert a["num_batches"] == 8 and a["scored_tokens"] == 512 * 3  # default: every block once
+    with pytest.raises(ValueError, match="blocks must be a non-empty"):
+        model_bound(model, torch.zeros(0, 3, dtype=torch.long))
+    with pytest.raises(ValueError, match=r"blocks hold ids in \[3, 3\], expected \[0, 3\)"):
+        model_bound(model, torch.full((2, 3), 3))
+
+
+def test_autoregressive_bound_is_the_exact_nll(tmp_path):
+    run = text_run(tmp_path, "ar")
+    model, _, tok = ddlm.load(run)
+    blocks = pack([tok.encode(TEXT)], 16, tok.bos_id, tok.eos_id)[:48]
+    r = model_bound(model, blocks, batch_size=8, num_batches=6, tokenizer=tok)  # every block exactly once
+    with torch.no_grad():
+        nll = model.nll(blocks).sum().item() / (48 * 15)  # independent: summed NLL of x[1:] given the prefix
+    assert r["estimator"] == "exact_nll" and r["nats_per_token"] == pytest.approx(nll, rel=1e-5)
+    # characters: the decoded text of the predicted tokens x[1:] (BOS/EOS decode to nothing)
+    special = torch.tensor([tok.bos_id, tok.eos_id])
+    chars = int((~torch.isin(blocks[:, 1:], special)).sum())
+    assert r["characters"] == chars
+    assert r["bits_per_char"] == pytest.approx(nll * 48 * 15 / chars / math.log(2), rel=1e-5)
+
+
+def test_run_bound_on_its_validation_split_and_on_a_corpus(tmp_path):
+    run = text_run(tmp_path, "mdm")
+    r = nll_bound(run, batch_size=4, seed=0)
+    assert r["data"]["source"] == "validation split" and r["run"]["step"] == 3 and r["run"]["process"] == "mdm"
+    from ddlm.data.corpora import split_documents
+
+    _, val_docs = split_documents([TEXT], 0.05, seed=0)  # the run's split, rebuilt by hand
+    n_val = (sum(len(d) for d in val_docs) + 2) // 16
+    assert r["blocks"] == n_val > 0 and r["t_min"] == 1e-3
+    assert r["num_batches"] == max(2, math.ceil(n_val / 4))
+    # an explicit corpus: all of it, packed with the run's tokenizer
+    corpus = tmp_path / "other.txt"
+    corpus.write_text("a lazy dog. " * 30)
+    c = nll_bound(run, data=str(corpus), batch_size=4)
+    assert c["data"] == {"source": "corpus", "corpus": str(corpus), "documents": 1}
+    assert c["blocks"] == (len("a lazy dog. " * 30) + 2) // 16
+    # bits per character: total nats over the characters of the scored blocks
+    assert c["bits_per_char"] == pytest.approx(c["total_nats"] / c["characters"] / math.log(2))
+    assert c["characters"] < c["scored_tokens"]  # BOS/EOS hold no character
+
+
+def test_corpus_errors(tmp_path):
+    run = text_run(tmp_path, "udm")
+    (tmp_path / "blank.txt").write_text("  \n\n ")
+    with pytest.raises(ValueError, match="empty corpus"):
+        nll_bound(run, data=str(tmp_path / "blank.txt"))
+    (tmp_path / "empty").mkdir()
+    with pytest.raises(ValueError, match="empty corpus: no \\*.txt file under folder"):
+        nll_bound(run, data=str(tmp_path / "empty"))
+    with pytest.raises(FileNotFoundError, match="corpus path not found"):
+        nll_bound(run, data=str(tmp_path / "nope.txt"))
+    (tmp_path / "greek.txt").write_text("the dog " * 10 + "λ")
+    with pytest.raises(ValueError, match="document 0: the run's tokenizer cannot encode it: character 'λ'"):
+        nll_bound(run, data=str(tmp_path / "greek.txt"))
+    (tmp_path / "short.txt").write_text("dog")
+    with pytest.raises(ValueError, match="fewer than one block of 16"):
+        nll_bound(run, data=str(tmp_path / "short.txt"))
+    (tmp_path / "corpus.txt").unlink()  # the run's own corpus is gone: say how to go on
+    with pytest.raises(FileNotFoundError, match="cannot rebuild the validation split .* pass --data"):
+        nll_bound(run)
+
+
+def test_missing_run_folder(tmp_path):
+    with pytest.raises(FileNotFoundError, match=f"run folder '{tmp_path / 'nope'}' does not exist"):
+        nll_bound(tmp_path / "nope")
+    (tmp_path / "bare").mkdir()
+    with pytest.raises(FileNotFoundError, match="holds no checkpoint"):
+        nll_bound(tmp_path / "bare")
+
+
+def test_eval_command_writes_a_record_that_remakes_the_number(tmp_path, capsys):
+    run = text_run(tmp_path, "audm")
+    parser = cli(bound)
+    out = tmp_path / "res" / "eval.json"
+    assert run_cli(parser, ["eval", run, "--batches", "3", "--batch-size", "4", "--seed", "2", "--out", out,
+                            "--no-progress"]) == 0
+    assert "NLL bound:" in capsys.readouterr().out
+    rec = json.loads(out.read_text())
+    assert rec["command"] == "eval" and rec["num_batches"] == 3 and rec["batch_size"] == 4 and rec["seed"] == 2
+    assert rec["run"]["checkpoint"].endswith("step_000003") and rec["run"]["ddlm_version"] == ddlm.__version__
+    again = nll_bound(rec["run"]["checkpoint"], None, num_batches=rec["num_batches"], batch_size=rec["batch_size"],
+                      seed=rec["seed"])
+    assert again["nats_per_token"] == rec["nats_per_token"] and again["per_batch"] == rec["per_batch"]
+    with pytest.raises(FileExistsError, match=f"result file '{out}' already exists"):
+        run_cli(parser, ["eval", run, "--out", out])
+    assert run_cli(parser, ["eval", run, "--batches", "2", "--out", out, "--overwrite", "--no-progress"]) == 0
+    assert json.loads(out.read_text())["num_batches"] == 2
