@@ -62,6 +62,24 @@ class ARTransformer(nn.Module):
         """Parameter count; ``exclude_embeddings`` drops the embedding table and the output matrix."""
         return count_parameters(self, self.head, exclude_embeddings)
 
+    def hidden(self, x: Tensor) -> Tensor:
+        """Final hidden states: the residual stream after the last block and the final LayerNorm.
+
+        Args:
+            x: Tokens (B, L), int64 ids in [0, vocab_size), L <= max_len.
+
+        Returns:
+            Hidden states (B, L, hidden); position j depends on x[:, : j + 1] only. :meth:`forward`
+            applies the linear head to them.
+        """
+        cfg = self.config
+        _, length = check_tokens("x", x, cfg.vocab_size, cfg.max_len)
+        cos, sin = rotary(length, cfg.hidden // cfg.heads, x.device)
+        h = self.embed(x)
+        for block in self.blocks:
+            h = block(h, cos, sin)
+        return self.final_norm(h)
+
     def forward(self, x: Tensor) -> Tensor:
         """Next-token logits.
 
@@ -71,13 +89,7 @@ class ARTransformer(nn.Module):
         Returns:
             Float32 logits (B, L, vocab_size); position j scores token j + 1 given x[:, : j + 1].
         """
-        cfg = self.config
-        _, length = check_tokens("x", x, cfg.vocab_size, cfg.max_len)
-        cos, sin = rotary(length, cfg.hidden // cfg.heads, x.device)
-        h = self.embed(x)
-        for block in self.blocks:
-            h = block(h, cos, sin)
-        return self.head(self.final_norm(h)).float()
+        return self.head(self.hidden(x)).float()
 
     def nll(self, x: Tensor) -> Tensor:
         """Summed negative log-likelihood (nats) of x[:, 1:] given its prefix, per sequence: shape (B,)."""
