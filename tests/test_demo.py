@@ -33,3 +33,7 @@ def test_train_demo_runs_and_samples_the_reference(tmp_path):
     ref = res["reference"]
     assert ref["val_nll"] < ref["unigram_entropy"] - 0.3  # clearly below the unigram entropy
     assert any(line.startswith("reference sample 0") for line in lines)
+    assert res["held_out_words"]["known_fraction"] > 0.9  # real text, cut into blocks
+    assert 0 <= res["demo_words"]["known_fraction"] <= 1 and res["demo_words"]["total_words"] > 100
+    # the shipped reference writes mostly real words (at temperature 0.8; see docs/training.md)
+    assert res["reference_words_T0.8"]["known_fraction"] > 0.5

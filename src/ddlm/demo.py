@@ -113,6 +113,14 @@ def train_demo(minutes: float = 4.0, run_dir: str = "runs/demo-mdm", nfe: int = 
         f"{metrics['val_nll_se']:.3f} nats/char ({metrics['val_nll'] / math.log(2):.3f} bits/char); "
         f"unigram entropy of the corpus {h:.3f} nats/char.")
     result = {"demo": metrics}
+    held_out = _held_out_text(cfg, tokenizer=None)
+    demo_model, demo_process, demo_tok = load(run_dir)
+    words = real_words(demo_model, demo_process, demo_tok, cfg.data.block_size, nfe)
+    out(f"Real words: {_pct(words['known_fraction'])} of the words in {words['num_samples']} demo samples "
+        f"(nfe {nfe}) occur in the corpus; held-out text cut into the same blocks: "
+        f"{_pct(_known(held_out)['known_fraction'])}.")
+    result["demo_words"] = words
+    result["held_out_words"] = _known(held_out)
     if not (REFERENCE / "meta.json").is_file():
         out(f"(no reference checkpoint at {REFERENCE})")
         return result
@@ -127,5 +135,39 @@ def train_demo(minutes: float = 4.0, run_dir: str = "runs/demo-mdm", nfe: int = 
                generator=torch.Generator().manual_seed(0), progress=True)
     for i, row in enumerate(x):
         out(f"reference sample {i} (nfe {nfe}): {tokenizer.decode(row.tolist())!r}")
+    for temperature in (1.0, 0.8):
+        words = real_words(model, process, tokenizer, cfg.data.block_size, nfe, temperature=temperature)
+        out(f"Real words: {_pct(words['known_fraction'])} of the words in {words['num_samples']} reference "
+            f"samples (nfe {nfe}, temperature {temperature}) occur in the corpus.")
+        result[f"reference_words_T{temperature}"] = words
     result["reference"] = ref
     return result
+
+
+def _pct(fraction) -> str:
+    return "n/a" if fraction is None else f"{100 * fraction:.0f}%"
+
+
+def _held_out_text(cfg, tokenizer=None, num_blocks: int = 128) -> list[str]:
+    from .train import prepare_data
+
+    tokenizer, _, val = prepare_data(cfg, tokenizer)
+    return [tokenizer.decode(row) for row in val[:num_blocks].tolist()]
+
+
+def _known(texts: list[str]) -> dict:
+    from .data.corpora import default_corpus
+    from .evaluate.metrics import known_word_fraction
+
+    return known_word_fraction(texts, default_corpus())
+
+
+def real_words(model, process, tokenizer, length: int, nfe: int, num_samples: int = 64, temperature: float = 1.0,
+               seed: int = 1) -> dict:
+    """How much of a model's samples is made of real words: ``known_word_fraction`` of ``num_samples``
+    ancestral samples against the embedded corpus (whose held-out blocks score about 95%: words cut
+    at the block edges are the misses)."""
+    x = sample(model, process, num_samples, length, nfe, prediction=model.prediction, temperature=temperature,
+               generator=torch.Generator().manual_seed(seed))
+    words = _known([tokenizer.decode(row.tolist()) for row in x])
+    return dict(words, num_samples=num_samples, nfe=nfe, temperature=temperature, seed=seed)
