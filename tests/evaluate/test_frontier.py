@@ -28,6 +28,11 @@ class LetterJudge:
     def nll(ch: str) -> float:
         return math.log(2) if ch == "e" else math.log(200)
 
+    def features(self, texts, batch_size=8, progress=False):
+        import torch
+
+        return torch.tensor([[t.count(c) / max(1, len(t)) for c in "etaoinshrdlu .\n"] for t in texts])
+
     def gen_ppl(self, texts):
         self.calls += 1
         total = sum(self.nll(c) for t in texts for c in t)
@@ -122,7 +127,7 @@ def test_a_foreign_csv_is_refused(tmp_path):
 def test_command_rejects_inapplicable_options_before_sampling(runs, tmp_path, monkeypatch):
     from ddlm.evaluate import judge as judge_module
 
-    monkeypatch.setattr(judge_module, "load_judge", lambda spec, device="cpu": LetterJudge())
+    monkeypatch.setattr(judge_module, "load_judge", lambda spec, device="cpu", progress=True: LetterJudge())
     parser = argparse.ArgumentParser()
     F.add_command(parser.add_subparsers())
     args = parser.parse_args(["frontier", runs["mdm"].info["run"], "--out", str(tmp_path / "o"), "--nfe", "4",
@@ -138,3 +143,17 @@ def test_command_rejects_inapplicable_options_before_sampling(runs, tmp_path, mo
     assert (tmp_path / "o" / F.PLOT_NAME).stat().st_size > 0
     args = parser.parse_args(["frontier", "--out", str(tmp_path / "o"), "--plot-only"])
     assert args.func(args) == 0
+
+
+def test_mauve_column_compares_samples_with_held_out_blocks(runs, tmp_path):
+    from ddlm.evaluate.bound import run_blocks
+
+    run = runs["mdm"]
+    reference = F.held_out_texts(run, 16, 16, seed=0)
+    val = {run.tokenizer.decode(b) for b in run_blocks(run, None)[0].tolist()}
+    assert len(reference) == 16 and set(reference) <= val
+    rows = F.sweep([run], F.grid([None], [4], [1.0], [1.0], SamplerSettings()), LetterJudge(), tmp_path,
+                   num_samples=16, mauve=True, progress=False, log=lambda *_: None)
+    assert rows[0]["mauve_reference"] == "validation" and 0.0 < float(rows[0]["mauve"]) <= 1.0
+    with pytest.raises(ValueError, match="held-out blocks"):
+        F.held_out_texts(run, 10**6, 16)

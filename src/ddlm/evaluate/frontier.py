@@ -8,6 +8,9 @@ the judge and records one CSV row with every setting. Points already in the CSV 
 interrupted sweep resumes where it stopped, and sweeps with other options (a corrector, remasking,
 temperature on the denoiser, another run) can be added to the same folder and plotted together.
 
+With ``--mauve`` each point also gets MAUVE between its samples and as many held-out blocks of the
+run's validation split (decoded, cut the same way as the samples), on the judge's features.
+
 Files in the output folder: ``frontier.csv`` (one row per point), ``samples/<key>.jsonl`` (the
 decoded samples of each point) and ``frontier.png``.
 """
@@ -29,8 +32,8 @@ from .options import SamplerSettings, TEMPERATURE_ON, draw, resolve_sampler
 
 #: settings that identify a point (a resumed sweep skips rows whose key is already in the CSV)
 KEY_FIELDS = ("run", "checkpoint", "step", "process", "sampler", "nfe", "temperature", "temperature_on", "top_p",
-              "corrector", "remasking", "seed", "num_samples", "length", "batch_size", "judge")
-RESULT_FIELDS = ("gen_ppl", "mean_nll", "judge_tokens", "num_empty", "entropy", "pooled_entropy", "seconds")
+              "corrector", "remasking", "seed", "num_samples", "length", "batch_size", "judge", "mauve_reference")
+RESULT_FIELDS = ("gen_ppl", "mean_nll", "judge_tokens", "num_empty", "entropy", "pooled_entropy", "mauve", "seconds")
 FIELDS = ("label",) + KEY_FIELDS + RESULT_FIELDS + ("samples_file", "ddlm_version")
 CSV_NAME, PLOT_NAME = "frontier.csv", "frontier.png"
 
@@ -97,7 +100,7 @@ def _check_list(name: str, values, kind=float) -> list:
 
 def sweep(runs: list, settings: list[SamplerSettings], judge, out_dir: str | os.PathLike, *, num_samples: int = 64,
           length: int | None = None, batch_size: int = 32, labels: list[str] | None = None, device=None,
-          progress: bool = True, log=print) -> list[dict]:
+          mauve: bool = False, progress: bool = True, log=print) -> list[dict]:
     """Score every (run, settings) point not yet in ``out_dir/frontier.csv``; return all rows of the CSV.
 
     Args:
@@ -109,6 +112,7 @@ def sweep(runs: list, settings: list[SamplerSettings], judge, out_dir: str | os.
         out_dir: the sweep's folder (created); its CSV is appended to point by point.
         num_samples, length, batch_size: per point; length defaults to each run's block size.
         labels: curve labels per run (default: the run folder's name).
+        mauve: also score MAUVE against held-out text (:func:`held_out_texts`; needs ``judge.features``).
         device, progress: where sampling runs; progress bars.
 
     Raises:
@@ -132,6 +136,7 @@ def sweep(runs: list, settings: list[SamplerSettings], judge, out_dir: str | os.
         seen = set()
         for s in settings:
             row = _point_settings(run, s, judge.name, num_samples, length_, batch_size)
+            row["mauve_reference"] = "validation" if mauve else None
             key = point_key(row)
             if key in seen:
                 continue  # an autoregressive run has one point per (temperature, top_p) whatever the NFE
@@ -148,6 +153,11 @@ def sweep(runs: list, settings: list[SamplerSettings], judge, out_dir: str | os.
                  device=device)
         texts = [run.tokenizer.decode(r) for r in x.tolist()]
         scored = judge.gen_ppl(texts)
+        if mauve:
+            from .mauve import mauve_score
+
+            reference = held_out_texts(run, num_samples, row["length"], seed=s.seed)
+            row["mauve"] = mauve_score(reference, [t for t in texts if t.strip()], judge)["mauve"]
         ent = content_entropy(x.tolist(), run.tokenizer)
         name = hashlib.sha1(repr(point_key(row)).encode()).hexdigest()[:16] + ".jsonl"
         with open(out / "samples" / name, "w") as f:
@@ -160,6 +170,25 @@ def sweep(runs: list, settings: list[SamplerSettings], judge, out_dir: str | os.
                    ddlm_version=__version__)
         append_row(csv_path, row)
     return read_rows(csv_path)
+
+
+def held_out_texts(run, num: int, length: int, seed: int = 0) -> list[str]:
+    """``num`` blocks of the run's validation split (a seeded random choice), cut to ``length`` tokens
+    and decoded: the human text MAUVE compares samples with.
+
+    Raises:
+        ValueError: the split has fewer than ``num`` blocks.
+    """
+    import torch
+
+    from .bound import run_blocks
+
+    blocks, _ = run_blocks(run, None)
+    if blocks.shape[0] < num:
+        raise ValueError(f"MAUVE needs {num} held-out blocks (one per sample), the validation split of "
+                         f"{run.info['run']!r} has {blocks.shape[0]}; use fewer --num-samples")
+    pick = torch.randperm(blocks.shape[0], generator=torch.Generator().manual_seed(seed))[:num]
+    return [run.tokenizer.decode(row[:length]) for row in blocks[pick].tolist()]
 
 
 def content_entropy(rows: list[list[int]], tokenizer) -> dict:
@@ -293,7 +322,7 @@ def _handler(args) -> int:
     points = grid(args.sampler or [None], _check_list("--nfe", args.nfe, int), temps, top_ps, base)
     from .judge import load_judge
 
-    judge = load_judge(args.judge, device=args.device or "cpu")
+    judge = load_judge(args.judge, device=args.device or "cpu", progress=not args.no_progress)
     runs = [load_run(r, device=args.device or "cpu") for r in args.runs]
     for run in runs:  # fail before any sampling if an option does not apply to a run
         from .options import check_applicable
@@ -301,7 +330,8 @@ def _handler(args) -> int:
         for s in points:
             check_applicable(_for_run(run, s), run.process)
     rows = sweep(runs, points, judge, out, num_samples=args.num_samples, length=args.length,
-                 batch_size=args.batch_size, labels=args.labels, device=args.device, progress=not args.no_progress)
+                 batch_size=args.batch_size, labels=args.labels, device=args.device, mauve=args.mauve,
+                 progress=not args.no_progress)
     print(f"{len(rows)} points in {out / CSV_NAME}; wrote {plot_frontier(rows, out / PLOT_NAME)}")
     return 0
 
@@ -336,6 +366,8 @@ def add_command(subparsers) -> None:
     p.add_argument("--length", type=int, default=None, help="tokens per sample (default: the run's block size)")
     p.add_argument("--batch-size", type=int, default=32)
     p.add_argument("--device", default=None, help="cpu (default), cuda, ...")
+    p.add_argument("--mauve", action="store_true",
+                   help="also MAUVE against as many held-out validation blocks, on the judge's features")
     p.add_argument("--plot-only", action="store_true", help="only redraw OUT/frontier.png from the CSV")
     p.add_argument("--no-progress", action="store_true")
     p.set_defaults(func=_handler)
