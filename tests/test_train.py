@@ -178,6 +178,13 @@ def test_export_writes_a_small_loadable_checkpoint(tmp_path):
     assert not (out / "trainer.safetensors").exists() or (out / "trainer.safetensors").stat().st_size < 10_000
     with pytest.raises(FileExistsError, match="already exists"):
         export(tmp_path / "e", out)
+    half = export(tmp_path / "e", tmp_path / "half", dtype="float16")
+    assert (half / "model.safetensors").stat().st_size < 0.6 * (out / "model.safetensors").stat().st_size
+    model16, _, _ = load(half)
+    for p, q in zip(model16.state_dict().values(), ema_model.state_dict().values()):
+        assert p.dtype == q.dtype and torch.equal(p, q.half().to(q.dtype) if q.is_floating_point() else q)
+    with pytest.raises(ValueError, match="dtype must be one of"):
+        export(tmp_path / "e", tmp_path / "x", dtype="int8")
 
 
 def test_sudoku_corpus_trains_on_valid_solutions(tmp_path):

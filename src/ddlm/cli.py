@@ -23,7 +23,8 @@ def _demo(args) -> int:
 def _export(args) -> int:
     from .train import export
 
-    path = export(args.run, args.out, description=args.description, train_minutes=args.train_minutes)
+    path = export(args.run, args.out, description=args.description, train_minutes=args.train_minutes,
+                  dtype=args.dtype)
     print(f"exported {path}")
     return 0
 
@@ -57,6 +58,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("out", help="new checkpoint folder")
     p.add_argument("--description", default="", help="free text stored with the metrics")
     p.add_argument("--train-minutes", type=float, default=None, help="record the training time (if the run did not)")
+    p.add_argument("--dtype", default="float32", choices=("float32", "float16", "bfloat16"),
+                   help="storage type of the weights (half precision halves the size; loaded as float32)")
     p.set_defaults(func=_export)
     p = sub.add_parser("train", help="train a model from a YAML config (resumes the run if it has checkpoints)")
     p.add_argument("config", help="a packaged config name (e.g. demo-mdm) or a YAML file; - for the defaults")

@@ -418,19 +418,30 @@ def load(path: str | Path, ema: bool = True):
     return model.eval(), getattr(model, "process", None), tokenizer
 
 
-def export(run: str | Path, out: str | Path, description: str = "", train_minutes: float | None = None) -> Path:
+EXPORT_DTYPES = {"float32": torch.float32, "float16": torch.float16, "bfloat16": torch.bfloat16}
+
+
+def export(run: str | Path, out: str | Path, description: str = "", train_minutes: float | None = None,
+           dtype: str = "float32") -> Path:
     """Write the EMA weights of a run's latest checkpoint (or of a checkpoint folder), with its config,
-    tokenizer and metrics, as a small standalone checkpoint (no optimizer state) at ``out``."""
+    tokenizer and metrics, as a small standalone checkpoint (no optimizer state) at ``out``.
+
+    ``dtype`` "float16" or "bfloat16" stores the floating-point weights at half the size; ``load``
+    casts them back to float32 (the model then computes in float32 with rounded weights)."""
+    if dtype not in EXPORT_DTYPES:
+        raise ValueError(f"dtype must be one of {sorted(EXPORT_DTYPES)}, got {dtype!r}")
     run = Path(run)
     ckpt_path = latest_checkpoint(run) if (run / "checkpoints").is_dir() else run
     if ckpt_path is None:
         raise FileNotFoundError(f"no checkpoint found in run folder {str(run)!r}")
     ckpt = load_checkpoint(ckpt_path)
-    metrics = dict(ckpt.metrics or {}, description=description, exported_from=str(ckpt_path))
+    metrics = dict(ckpt.metrics or {}, description=description, exported_from=str(ckpt_path), weights_dtype=dtype)
     if train_minutes is not None:
         metrics["train_minutes"] = train_minutes
     out = Path(out)
     if out.exists():
         raise FileExistsError(f"out {str(out)!r} already exists; choose a new folder (nothing was overwritten)")
     return save_checkpoint(out, step=ckpt.step, config=ckpt.config, tokenizer=ckpt.tokenizer,
-                           model=ckpt.ema if ckpt.ema is not None else ckpt.model, metrics=metrics)
+                           model={k: v.to(EXPORT_DTYPES[dtype]) if v.is_floating_point() else v
+                                  for k, v in (ckpt.ema if ckpt.ema is not None else ckpt.model).items()},
+                           metrics=metrics)
