@@ -90,6 +90,13 @@ def test_run_bound_on_its_validation_split_and_on_a_corpus(tmp_path):
     n_val = (sum(len(d) for d in val_docs) + 2) // 16
     assert r["blocks"] == n_val > 0 and r["t_min"] == 1e-3
     assert r["num_batches"] == max(2, math.ceil(n_val / 4))
+    three = nll_bound(run, batch_size=4, seed=0, passes=3)
+    assert three["num_batches"] == max(2, 3 * math.ceil(n_val / 4)) and three["passes"] == 3
+    assert three["per_batch"][: r["num_batches"]] == r["per_batch"]  # the first pass is the one-pass estimate
+    with pytest.raises(ValueError, match="not both"):
+        nll_bound(run, batch_size=4, passes=2, num_batches=3)
+    with pytest.raises(ValueError, match="passes must be an integer >= 1"):
+        nll_bound(run, batch_size=4, passes=0)
     # an explicit corpus: all of it, packed with the run's tokenizer
     corpus = tmp_path / "other.txt"
     corpus.write_text("a lazy dog. " * 30)

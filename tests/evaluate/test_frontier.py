@@ -37,7 +37,8 @@ class LetterJudge:
         self.calls += 1
         total = sum(self.nll(c) for t in texts for c in t)
         n = sum(len(t) for t in texts)
-        return {"gen_ppl": math.exp(total / n), "mean_nll": total / n, "num_tokens": n, "num_texts": len(texts),
+        return {"gen_ppl": math.exp(total / n), "mean_nll": total / n, "mean_nll_se": 0.125, "num_tokens": n,
+                "num_texts": len(texts),
                 "num_empty": sum(1 for t in texts if not t), "judge": self.name}
 
 
@@ -73,6 +74,7 @@ def test_points_record_the_judge_and_entropy_of_their_own_samples(runs, tmp_path
         ids = [tok.encode(t) for t in texts if t]  # the content the judge saw, char level: one id per char
         assert float(row["entropy"]) == pytest.approx(sample_entropy(ids)["mean_entropy"], abs=1e-9)
         assert row["judge"] == "letter-judge" and row["process"] == "mdm" and row["sampler"] == "ancestral"
+        assert float(row["mean_nll_se"]) == 0.125
         assert int(row["num_samples"]) == 5 and row["seed"] == "3"
     assert {(r["nfe"], r["temperature"]) for r in rows} == {("4", "0.8"), ("4", "1.0"), ("8", "0.8"), ("8", "1.0")}
 

@@ -451,3 +451,22 @@ def test_smollm2_padding_invariance_and_features(smollm2) -> None:
     for i, text in enumerate(texts):
         torch.testing.assert_close(smollm2.token_nlls([text])[0], batched[i], rtol=1e-5, atol=1e-4)
         torch.testing.assert_close(smollm2.features([text])[0], feats[i], rtol=1e-4, atol=1e-4)
+
+
+def test_mean_nll_standard_error_is_the_ratio_estimators():
+    """Texts are the independent units: the SE is the delta-method SE of sum(s_i)/sum(n_i); it equals
+    the plain SE of the per-text means when every text has the same number of tokens."""
+    from ddlm.evaluate.judge import summarize_nlls
+
+    same = [torch.tensor([1.0, 3.0]), torch.tensor([2.0, 2.0]), torch.tensor([4.0, 6.0])]
+    per_text = torch.tensor([2.0, 2.0, 5.0], dtype=torch.float64)
+    r = summarize_nlls(same, "j")
+    assert r["mean_nll"] == pytest.approx(3.0)
+    assert r["mean_nll_se"] == pytest.approx(float(per_text.std() / math.sqrt(3)), rel=1e-12)
+    mixed = [torch.tensor([1.0]), torch.tensor([2.0, 2.0, 2.0]), torch.tensor([]), torch.tensor([6.0, 6.0])]
+    r = summarize_nlls(mixed, "j")
+    s, n = torch.tensor([1.0, 6.0, 12.0], dtype=torch.float64), torch.tensor([1.0, 3.0, 2.0], dtype=torch.float64)
+    mean = s.sum() / n.sum()
+    want = math.sqrt(float(((s - mean * n) ** 2).sum()) / (3 * 2)) / float(n.mean())
+    assert r["mean_nll"] == pytest.approx(float(mean)) and r["mean_nll_se"] == pytest.approx(want, rel=1e-12)
+    assert r["num_empty"] == 1 and summarize_nlls([torch.tensor([1.0, 2.0])], "j")["mean_nll_se"] is None

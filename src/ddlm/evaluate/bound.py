@@ -178,7 +178,7 @@ def run_blocks(run, data: str | os.PathLike | None) -> tuple[Tensor, dict]:
 
 
 def nll_bound(run_or_path, data: str | os.PathLike | None = None, *, num_batches: int | None = None,
-              batch_size: int | None = None, seed: int = 0, device: str | None = "cpu",
+              passes: int | None = None, batch_size: int | None = None, seed: int = 0, device: str | None = "cpu",
               progress: bool = False) -> dict:
     """NLL bound of a run's EMA model on its validation split (default) or on a corpus.
 
@@ -187,6 +187,8 @@ def nll_bound(run_or_path, data: str | os.PathLike | None = None, *, num_batches
         data: None (the run's validation split, the same split as training, rebuilt from its config),
             or a text file / folder / JSONL corpus tokenized with the run's tokenizer.
         num_batches: batches to average (default: every block once, see :func:`model_bound`).
+        passes: instead of ``num_batches``: ``passes * ceil(N / batch_size)`` batches, i.e. every block
+            scored ``passes`` times with fresh draws (an autoregressive run's exact NLL needs one pass).
         batch_size: rows per batch (default: the run's batch size per accumulation step).
         seed: seed of the Monte-Carlo draws.
         device: where the model runs.
@@ -202,9 +204,15 @@ def nll_bound(run_or_path, data: str | os.PathLike | None = None, *, num_batches
     blocks, described = run_blocks(run, data)
     if batch_size is None:
         batch_size = max(1, run.config.batch_size // run.config.grad_accum)
+    if passes is not None:
+        if num_batches is not None:
+            raise ValueError("give num_batches or passes, not both")
+        if isinstance(passes, bool) or not isinstance(passes, int) or passes < 1:
+            raise ValueError(f"passes must be an integer >= 1, got {passes!r}")
+        num_batches = max(2, passes * math.ceil(blocks.shape[0] / batch_size))
     result = model_bound(run.model, blocks, batch_size=batch_size, num_batches=num_batches, seed=seed,
                          t_min=run.config.t_min, tokenizer=run.tokenizer, progress=progress)
-    return {"command": "eval", "run": run.info, "data": described, **result}
+    return {"command": "eval", "run": run.info, "data": described, "passes": passes, **result}
 
 
 def format_bound(r: dict) -> str:
@@ -221,8 +229,10 @@ def _handler(args) -> int:
     from .results import check_out, write_json
 
     check_out(args.out, args.overwrite)
-    result = nll_bound(args.run, args.data, num_batches=args.batches, batch_size=args.batch_size, seed=args.seed,
-                       device=args.device, progress=not args.no_progress)
+    if args.passes is not None and args.batches is not None:
+        raise ValueError("give --batches or --passes, not both")
+    result = nll_bound(args.run, args.data, num_batches=args.batches, passes=args.passes, batch_size=args.batch_size,
+                       seed=args.seed, device=args.device, progress=not args.no_progress)
     print(format_bound(result))
     if args.out is not None:
         write_json(args.out, result, overwrite=args.overwrite)
@@ -240,6 +250,9 @@ def add_command(subparsers) -> None:
     p.add_argument("--data", default=None,
                    help="text file, folder of .txt files or .jsonl corpus (default: the run's validation split)")
     p.add_argument("--batches", type=int, default=None, help="batches to average (default: every block once)")
+    p.add_argument("--passes", type=int, default=None,
+                   help="score every block this many times with fresh Monte-Carlo draws (default 1); the ELBO's "
+                        "per-batch values are heavy-tailed, several passes steady the estimate")
     p.add_argument("--batch-size", type=int, default=None, help="blocks per batch (default: the run's)")
     p.add_argument("--seed", type=int, default=0, help="seed of the Monte-Carlo draws (default 0)")
     p.add_argument("--device", default="cpu", help="cpu, cuda or auto (default cpu)")

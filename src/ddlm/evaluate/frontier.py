@@ -33,7 +33,7 @@ from .options import SamplerSettings, TEMPERATURE_ON, draw, resolve_sampler
 #: settings that identify a point (a resumed sweep skips rows whose key is already in the CSV)
 KEY_FIELDS = ("run", "checkpoint", "step", "process", "sampler", "nfe", "temperature", "temperature_on", "top_p",
               "corrector", "remasking", "seed", "num_samples", "length", "batch_size", "judge", "mauve_reference")
-RESULT_FIELDS = ("gen_ppl", "mean_nll", "judge_tokens", "num_empty", "entropy", "pooled_entropy", "mauve", "seconds")
+RESULT_FIELDS = ("gen_ppl", "mean_nll", "mean_nll_se", "judge_tokens", "num_empty", "entropy", "pooled_entropy", "mauve", "seconds")
 FIELDS = ("label",) + KEY_FIELDS + RESULT_FIELDS + ("samples_file", "ddlm_version")
 CSV_NAME, PLOT_NAME = "frontier.csv", "frontier.png"
 
@@ -164,6 +164,7 @@ def sweep(runs: list, settings: list[SamplerSettings], judge, out_dir: str | os.
             for text in texts:
                 f.write(json.dumps({"text": text}) + "\n")
         row.update(label=label, gen_ppl=scored["gen_ppl"], mean_nll=scored["mean_nll"],
+                   mean_nll_se=scored.get("mean_nll_se"),
                    judge_tokens=scored["num_tokens"], num_empty=scored.get("num_empty", 0),
                    entropy=ent["mean_entropy"], pooled_entropy=ent["pooled_entropy"],
                    seconds=round(time.perf_counter() - start, 3), samples_file=f"samples/{name}",

@@ -124,7 +124,9 @@ def next_token_nll(logits: Tensor, targets: Tensor, chunk: int = _NLL_CHUNK) -> 
 
 
 def summarize_nlls(nlls: Sequence[Tensor], name: str) -> dict:
-    """Token-weighted generative perplexity of per-text NLL tensors (see :meth:`Judge.gen_ppl`).
+    """Token-weighted generative perplexity of per-text NLL tensors (see :meth:`Judge.gen_ppl`), with
+    the standard error of the mean NLL over texts (``mean_nll_se``, None for a single text); a
+    confidence band for the gen-PPL is exp(mean_nll +- 2 se).
 
     Raises:
         ValueError: no text has a scored token.
@@ -136,8 +138,18 @@ def summarize_nlls(nlls: Sequence[Tensor], name: str) -> dict:
         raise ValueError(f"none of the {len(nlls)} texts has a token for judge {name!r} to score; "
                          "gen-PPL is undefined")
     mean = total / num_tokens
-    return {"gen_ppl": math.exp(mean), "mean_nll": mean, "num_tokens": num_tokens, "num_texts": len(nlls),
-            "num_empty": num_empty, "judge": name}
+    # standard error of the ratio estimator sum(s_i) / sum(n_i) over texts (delta method): the texts
+    # are the independent units, their tokens are not
+    scored = [(float(t.double().sum()), int(t.numel())) for t in nlls if t.numel()]
+    m = len(scored)
+    if m > 1:
+        n_bar = num_tokens / m
+        resid = sum((s_i - mean * n_i) ** 2 for s_i, n_i in scored)
+        se = math.sqrt(resid / (m * (m - 1))) / n_bar
+    else:
+        se = None
+    return {"gen_ppl": math.exp(mean), "mean_nll": mean, "mean_nll_se": se, "num_tokens": num_tokens,
+            "num_texts": len(nlls), "num_empty": num_empty, "judge": name}
 
 
 def _progress(iterable, enabled: bool, desc: str, total: int):
