@@ -231,6 +231,10 @@ def _curve_name(row: dict, varying: str) -> str:
         parts.append(f"Gibbs {c['sweeps']}x k={c['k']} {c['selection']}")
     if row["remasking"]:
         parts.append(f"remask {json.loads(row['remasking'])['kind']}")
+    if str(row["seed"]) != "0":
+        parts.append(f"seed {row['seed']}")
+    if row.get("mauve_reference"):
+        parts.append("with MAUVE")
     fixed = "top_p" if varying == "temperature" else "temperature"
     if float(row[fixed]) != 1.0:
         parts.append(f"{'p' if fixed == 'top_p' else 'T'}={float(row[fixed]):g}")
