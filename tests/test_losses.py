@@ -243,3 +243,18 @@ def test_fused_plugin_elbo_float32_and_bfloat16_track_float64():
     assert bf16.dtype == torch.float32
     ref_bf = losses.udm_elbo(logits.bfloat16().double(), x0, xt, a, -1.0)
     torch.testing.assert_close(bf16.double(), ref_bf, rtol=1e-4, atol=1e-5)
+
+
+@pytest.mark.parametrize("alpha", [1e-6, 1e-3, 0.5, 0.999, 1 - 1e-9])
+def test_fused_loo_cross_entropy_equals_converting_first(alpha):
+    k = 6
+    g = torch.Generator().manual_seed(3)
+    logits = (3 * torch.randn(4, 9, k, generator=g, dtype=torch.float64)).requires_grad_(True)
+    x0 = torch.randint(k, (4, 9), generator=g)
+    xt = torch.where(torch.rand(4, 9, generator=g) < 0.5, x0, torch.randint(k, (4, 9), generator=g))
+    got = losses.compute("cross_entropy", logits, output="loo", x0=x0, xt=xt, alpha=alpha, dalpha=-1.0)
+    ref = losses.cross_entropy(C.loo_to_denoiser(logits, xt, alpha), x0)
+    torch.testing.assert_close(got, ref, rtol=1e-10, atol=1e-10)
+    g1, = torch.autograd.grad(got.sum(), logits)
+    g2, = torch.autograd.grad(ref.sum(), logits)
+    torch.testing.assert_close(g1, g2, rtol=1e-8, atol=1e-10)

@@ -232,6 +232,21 @@ def cross_entropy(logp: Tensor, x0: Tensor) -> Tensor:
     return -_gather(torch.log_softmax(logp, dim=-1), x0)
 
 
+def _log1mexp(x: Tensor) -> Tensor:
+    """log(1 - e^x) for x <= 0, accurate on both sides of -log 2."""
+    return torch.where(x > -0.6931471805599453, torch.log(-torch.expm1(x)), torch.log1p(-torch.exp(x)))
+
+
+def _loo_cross_entropy(logits: Tensor, x0: Tensor, xt: Tensor, a: Tensor) -> Tensor:
+    """-log d(x_0) for the denoiser d implied by LOO logits: log d = log r + delta e_x - log Z with
+    Z = 1 - r(x) + r(x) e^delta (``conversions``), so only r(x) and r(x_0) are needed."""
+    logr = torch.log_softmax(logits, dim=-1)
+    lr_x, lr_x0 = _gather(logr, xt), _gather(logr, x0)
+    delta = self_evidence(a, logits.shape[-1]).to(logr.dtype)
+    log_z = torch.logaddexp(_log1mexp(lr_x.clamp(max=0.0)), lr_x + delta)
+    return log_z - lr_x0 - torch.where(x0 == xt, delta, torch.zeros_like(delta))
+
+
 #: objective name -> (loss function, the prediction it consumes)
 OBJECTIVES = {
     "udm_elbo": (udm_elbo, "loo"),
@@ -289,6 +304,10 @@ def compute(
         _, a, da = _prepare(logits, x0, xt, alpha, dalpha, normalise=False)
         shift = None if output == "loo" else self_evidence(torch.broadcast_to(a, xt.shape), logits.shape[-1])
         return _udm_elbo(logits, x0, xt, a, da, shift)
+    if objective == "cross_entropy" and output == "loo":  # fused: no converted copy of the logits
+        check_logp(logits, xt)
+        _, a, _ = _prepare(logits, x0, xt, alpha, dalpha, normalise=False)
+        return _loo_cross_entropy(logits, x0, xt, torch.broadcast_to(a, xt.shape))
     logp = logits
     if output != wants:
         check_logp(logits, xt)
