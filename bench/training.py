@@ -13,7 +13,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import resource
 import statistics
 import subprocess
 import sys
@@ -75,6 +74,23 @@ def step_times(case, vocab, batch, length, steps):
     return full, trivial
 
 
+def _reset_peak_rss() -> None:
+    """Reset the kernel's peak-RSS counter of this process (Linux: "5" > /proc/self/clear_refs).
+    ru_maxrss cannot be used: Linux carries it across fork + exec, so a child started by a large
+    parent would report the parent's peak."""
+    with open("/proc/self/clear_refs", "w") as f:
+        f.write("5")
+
+
+def _peak_rss() -> int:
+    """Peak resident set size of this process since the last reset, in bytes (VmHWM)."""
+    with open("/proc/self/status") as f:
+        for line in f:
+            if line.startswith("VmHWM:"):
+                return int(line.split()[1]) * 1024
+    raise RuntimeError("VmHWM not found in /proc/self/status (Linux only)")
+
+
 def _memory_child(index, vocab, batch, length):
     name, proc_name, output, objective = CASES[index]
     from ddlm.processes import get_process
@@ -87,10 +103,11 @@ def _memory_child(index, vocab, batch, length):
     xs = xt[:2, :3]
     losses.compute(objective, small, output=output, x0=x0[:2, :3], xt=xs, alpha=alpha[:2], dalpha=dalpha[:2],
                    noise=None if noise is None else noise[:2, :3]).sum().backward()
-    base = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
+    _reset_peak_rss()
+    base = _peak_rss()
     loss = losses.compute(objective, logits, output=output, x0=x0, xt=xt, alpha=alpha, dalpha=dalpha, noise=noise)
     loss.mean().backward()
-    peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
+    peak = _peak_rss()
     # the gradient itself is one (B, L, K) tensor the caller needs; count what the loss adds beyond it
     return (peak - base) / (logits.numel() * 4) - 1.0
 
