@@ -23,6 +23,7 @@ import dataclasses
 import hashlib
 import itertools
 import json
+import math
 import os
 import time
 from pathlib import Path
@@ -261,7 +262,9 @@ def curves(rows: list[dict]) -> dict[str, list[dict]]:
 
 def plot_frontier(rows: list[dict], path: str | os.PathLike, title: str | None = None) -> Path:
     """Gen-PPL (log scale) against mean sample entropy, one line per curve, points labelled with the
-    swept value; the judge's name in the axis label. Writes a PNG.
+    swept value and error bars exp(mean NLL +- 1 SE); one panel per NFE when there are several (an
+    autoregressive run, which has no NFE, is drawn in every panel). The judge is named in the title.
+    Writes a PNG.
 
     Raises:
         ValueError: no rows, or rows scored by different judges (their numbers are not comparable).
@@ -277,29 +280,48 @@ def plot_frontier(rows: list[dict], path: str | os.PathLike, title: str | None =
     if len(judges) > 1:
         raise ValueError(f"rows come from several judges {judges}; their generative perplexities are not "
                          "comparable: plot them separately")
-    fig, ax = plt.subplots(figsize=(8, 5.5))
-    for name, curve in curves(rows).items():
-        xs = [float(r["entropy"]) for r in curve]
-        ys = [float(r["gen_ppl"]) for r in curve]
-        (line,) = ax.plot(xs, ys, marker="o", label=name)
-        for r, x, y in zip(curve, xs, ys):
-            tag = "T" if r["_varying"] == "temperature" else "p"
-            ax.annotate(f"{tag}={float(r[r['_varying']]):g}", (x, y), textcoords="offset points", xytext=(4, 3),
-                        fontsize=7, color=line.get_color())
-    ax.set_yscale("log")
-    ax.set_xlabel("mean unigram entropy of a sample (nats, model tokens)")
-    ax.set_ylabel(f"generative perplexity ({judges[0]})")
-    n = sorted({r["num_samples"] for r in rows})
-    ax.set_title(title or f"generative frontier ({', '.join(n)} samples per point; lower right is better)")
-    ax.grid(True, which="both", alpha=0.3)
-    ax.legend(fontsize=7)
-    fig.tight_layout()
+    all_curves = curves(rows)
+    nfes = sorted({int(r["nfe"]) for r in rows if r["nfe"]}) or [None]
+    fig, axes = plt.subplots(1, len(nfes), figsize=(5.2 * len(nfes) + 1, 5.2), sharey=True, squeeze=False)
+    colours = {name: f"C{i % 10}" for i, name in enumerate(sorted({_without_nfe(n) for n in all_curves}))}
+    handles = {}
+    for ax, nfe in zip(axes[0], nfes):
+        for name, curve in all_curves.items():
+            if curve[0]["nfe"] and int(curve[0]["nfe"]) != nfe:
+                continue
+            xs = [float(r["entropy"]) for r in curve]
+            ys = [float(r["gen_ppl"]) for r in curve]
+            se = [float(r["mean_nll_se"]) if r.get("mean_nll_se") else 0.0 for r in curve]
+            err = [[y - y * math.exp(-e) for y, e in zip(ys, se)], [y * math.exp(e) - y for y, e in zip(ys, se)]]
+            colour = colours[_without_nfe(name)]
+            handles[_without_nfe(name)] = ax.errorbar(xs, ys, yerr=err, marker="o", ms=4, capsize=2, lw=1.2,
+                                                      color=colour)
+            for r, x, y in zip(curve, xs, ys):
+                tag = "T" if r["_varying"] == "temperature" else "p"
+                ax.annotate(f"{tag}={float(r[r['_varying']]):g}", (x, y), textcoords="offset points",
+                            xytext=(4, 3), fontsize=6, color=colour)
+        ax.set_yscale("log")
+        ax.set_xlabel("mean unigram entropy of a sample (nats)")
+        ax.set_title(f"NFE {nfe}" if nfe is not None else "")
+        ax.grid(True, which="both", alpha=0.3)
+    axes[0][0].set_ylabel("generative perplexity")
+    fig.legend(list(handles.values()), list(handles), loc="lower center", ncol=min(4, len(handles)), fontsize=7,
+               frameon=False)
+    n = ", ".join(sorted({r["num_samples"] for r in rows}))
+    fig.suptitle(title or f"Generative frontier: judge {judges[0]}\n{n} samples per point, error bars "
+                          "exp(mean NLL +- 1 SE); lower at equal entropy is better", fontsize=9)
+    rows_of_legend = math.ceil(len(handles) / 4)
+    fig.tight_layout(rect=(0, 0.045 * rows_of_legend + 0.02, 1, 1))
     path = Path(path)
     tmp = path.with_name(path.name + ".tmp.png")
     fig.savefig(tmp, dpi=120)
     plt.close(fig)
     os.replace(tmp, path)
     return path
+
+
+def _without_nfe(name: str) -> str:
+    return ", ".join(part for part in name.split(", ") if not part.startswith("nfe "))
 
 
 # ---- command line ---------------------------------------------------------------------------------
