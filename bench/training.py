@@ -53,25 +53,28 @@ def step_times(case, vocab, batch, length, steps):
     g = torch.Generator().manual_seed(0)
     data = [_batch(model.process, vocab, batch, length, g) for _ in range(steps)]
 
-    def run(trivial: bool) -> float:
-        times = []
-        for x0, xt, noise, t, alpha, dalpha in data:
-            start = time.perf_counter()
-            opt.zero_grad(set_to_none=True)
-            logits = model(xt, t, noise)
-            if trivial:
-                loss = logits.float().mean()
-            else:
-                loss = losses.compute(objective, logits, output=output, x0=x0, xt=xt, alpha=alpha, dalpha=dalpha,
-                                      noise=noise).mean()
-            loss.backward()
-            opt.step()
-            times.append(time.perf_counter() - start)
-        return statistics.median(times[1:])
+    def step(batch, trivial: bool) -> float:
+        x0, xt, noise, t, alpha, dalpha = batch
+        start = time.perf_counter()
+        opt.zero_grad(set_to_none=True)
+        logits = model(xt, t, noise)
+        if trivial:
+            loss = logits.float().mean()
+        else:
+            loss = losses.compute(objective, logits, output=output, x0=x0, xt=xt, alpha=alpha, dalpha=dalpha,
+                                  noise=noise).mean()
+        loss.backward()
+        opt.step()
+        return time.perf_counter() - start
 
-    run(False)  # warm-up
-    full, trivial = run(False), run(True)
-    return full, trivial
+    for batch in data[:2]:  # warm-up
+        step(batch, False), step(batch, True)
+    # full and trivial steps alternate on the same batches, so that load drifts hit both alike
+    full, trivial = [], []
+    for batch in data:
+        full.append(step(batch, False))
+        trivial.append(step(batch, True))
+    return statistics.median(full), statistics.median(trivial)
 
 
 def _reset_peak_rss() -> None:
