@@ -226,7 +226,7 @@ def format_bound(r: dict) -> str:
 
 
 def _handler(args) -> int:
-    from .results import check_out, write_json
+    from .results import check_out, write_out
 
     check_out(args.out, args.overwrite)
     if args.passes is not None and args.batches is not None:
@@ -234,9 +234,7 @@ def _handler(args) -> int:
     result = nll_bound(args.run, args.data, num_batches=args.batches, passes=args.passes, batch_size=args.batch_size,
                        seed=args.seed, device=args.device, progress=not args.no_progress)
     print(format_bound(result))
-    if args.out is not None:
-        write_json(args.out, result, overwrite=args.overwrite)
-        print(f"wrote {args.out}")
+    write_out(args.out, result, overwrite=args.overwrite)
     return 0
 
 

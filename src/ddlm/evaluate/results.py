@@ -198,3 +198,11 @@ def write_jsonl(path: str | os.PathLike, records: list[dict], overwrite: bool = 
     """Write ``records`` as JSON lines at ``path`` atomically (same rules as :func:`write_json`)."""
     lines = [json.dumps(_jsonable(r), allow_nan=False) for r in records]
     return _atomic_write(Path(path), "".join(line + "\n" for line in lines), overwrite)
+
+
+def write_out(out: str | os.PathLike | None, record: dict, overwrite: bool = False) -> None:
+    """A command's ``--out``: write ``record`` there as JSON (see :func:`write_json`) and say so;
+    nothing when ``out`` is None."""
+    if out is not None:
+        write_json(out, record, overwrite=overwrite)
+        print(f"wrote {out}")

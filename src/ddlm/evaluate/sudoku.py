@@ -168,16 +168,14 @@ def format_sudoku(r: dict) -> str:
 
 
 def _handler(args) -> int:
-    from .results import check_out, write_json
+    from .results import check_out, write_out
 
     check_out(args.out, args.overwrite)
     settings = settings_from_args(args)
     result = evaluate_sudoku(args.run, settings, num_puzzles=args.puzzles, clues=args.clues, seed=args.puzzle_seed,
                              batch_size=args.batch_size, device=args.device, progress=not args.no_progress)
     print(format_sudoku(result))
-    if args.out is not None:
-        write_json(args.out, result, overwrite=args.overwrite)
-        print(f"wrote {args.out}")
+    write_out(args.out, result, overwrite=args.overwrite)
     return 0
 
 
