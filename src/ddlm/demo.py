@@ -129,8 +129,15 @@ def train_demo(minutes: float = 4.0, run_dir: str = "runs/demo-mdm", nfe: int = 
 
     ref = load_checkpoint(REFERENCE).metrics
     out(f"\nReference checkpoint shipped with ddlm ({REFERENCE.name}: {ref.get('description', '')}):")
-    out(f"validation bound {ref['val_nll']:.3f} +- {ref['val_nll_se']:.3f} nats/char "
-        f"({ref['val_nll'] / math.log(2):.3f} bits/char) after {ref['step']} steps, {ref.get('train_minutes', '?')} minutes.")
+    from .evaluate.bound import model_bound
+    from .train import prepare_data
+
+    _, _, val_blocks = prepare_data(cfg, tokenizer)
+    bound = model_bound(model, val_blocks, batch_size=32, seed=0, t_min=cfg.t_min)  # every block once
+    out(f"validation bound {bound['nats_per_token']:.3f} +- {bound['se']:.3f} nats/char "
+        f"({bound['bits_per_token']:.3f} bits/char, all {bound['blocks']} validation blocks) after {ref['step']} "
+        f"steps, {_minutes(ref.get('train_minutes'))} of training.")
+    ref = dict(ref, val_nll_all_blocks=bound["nats_per_token"], val_nll_all_blocks_se=bound["se"])
     x = sample(model, process, num_samples, cfg.data.block_size, nfe, prediction=model.prediction,
                generator=torch.Generator().manual_seed(0), progress=True)
     for i, row in enumerate(x):
@@ -142,6 +149,10 @@ def train_demo(minutes: float = 4.0, run_dir: str = "runs/demo-mdm", nfe: int = 
         result[f"reference_words_T{temperature}"] = words
     result["reference"] = ref
     return result
+
+
+def _minutes(value) -> str:
+    return "an unrecorded time" if value is None else f"{float(value):.0f} minutes"
 
 
 def _pct(fraction) -> str:
