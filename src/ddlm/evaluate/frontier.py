@@ -93,7 +93,7 @@ def grid(samplers, nfes, temperatures, top_ps, base: SamplerSettings) -> list[Sa
     return out
 
 
-def _check_list(name: str, values, kind=float) -> list:
+def _check_list(name: str, values) -> list:
     if not values:
         raise ValueError(f"{name} must hold at least one value, got {values!r}")
     return list(values)
@@ -346,7 +346,7 @@ def _handler(args) -> int:
     fixed = argparse.Namespace(**vars(args))
     fixed.sampler, fixed.nfe, fixed.temperature, fixed.top_p = None, None, 1.0, 1.0
     base = settings_from_args(fixed)
-    points = grid(args.sampler or [None], _check_list("--nfe", args.nfe, int), temps, top_ps, base)
+    points = grid(args.sampler or [None], _check_list("--nfe", args.nfe), temps, top_ps, base)
     from .judge import load_judge
 
     judge = load_judge(args.judge, device=args.device or "cpu", progress=not args.no_progress)

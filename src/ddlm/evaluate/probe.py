@@ -22,7 +22,6 @@ from __future__ import annotations
 import dataclasses
 import math
 from pathlib import Path
-from typing import Callable
 
 import torch
 from torch import Tensor
