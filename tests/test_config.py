@@ -37,6 +37,7 @@ def test_shipped_configs_load():
         (["max_steps=ten"], "config key 'max_steps' is 'ten'"),
         (["data.val_fraction=0.9"], "data.val_fraction"),
         (["lr"], "must look like key=value"),
+        (["parallel=zero3"], "config key 'parallel' is 'zero3', expected 'ddp' or 'fsdp'"),
     ],
 )
 def test_bad_configs(overrides, match):

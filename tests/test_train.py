@@ -70,26 +70,66 @@ def test_loss_decreases(tmp_path):
     assert last < 0.8 * first
 
 
-@pytest.mark.slow
-def test_torchrun_two_processes_match_one(tmp_path):
-    """DDP over 2 gloo processes with the same global batch reproduces the single-process run."""
+BASE = ["data.block_size=16", "model.hidden=32", "model.blocks=1", "model.heads=2", "batch_size=8", "max_steps=6",
+        "eval_every=3", "save_every=3", "eval_batches=2", "optim.warmup_steps=2", "log_every=1"]
+
+
+def _torchrun(tmp_path, name, port, *over):
+    """``torchrun --nproc-per-node 2 -m ddlm train`` with _cfg's settings (and ``over``) in run ``name``."""
     import subprocess
     import sys
 
-    single = _cfg(tmp_path, "one")
-    train(single, progress=False, log=lambda *_: None)
-    corpus = tmp_path / "corpus.txt"
-    args = [f"run_dir={tmp_path / 'two'}", f"data.corpus={corpus}", "data.block_size=16", "model.hidden=32",
-            "model.blocks=1", "model.heads=2", "batch_size=8", "max_steps=6", "eval_every=3", "save_every=3",
-            "eval_batches=2", "optim.warmup_steps=2", "log_every=1"]
-    cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc-per-node", "2", "--master-port", "29517",
+    args = [f"run_dir={tmp_path / name}", f"data.corpus={tmp_path / 'corpus.txt'}", *BASE, *over]
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc-per-node", "2", "--master-port", str(port),
            "-m", "ddlm", "train", "-", *args, "--no-progress"]
     out = subprocess.run(cmd, capture_output=True, text=True, timeout=300)
     assert out.returncode == 0, out.stderr[-3000:]
-    a, _, _ = load(tmp_path / "one", ema=False)
-    b, _, _ = load(tmp_path / "two", ema=False)
-    for (name, p), q in zip(a.state_dict().items(), b.state_dict().values()):
+    return out
+
+
+def _assert_same_weights(tmp_path, a, b, ema=False):
+    p_a, _, _ = load(tmp_path / a, ema=ema)
+    p_b, _, _ = load(tmp_path / b, ema=ema)
+    for (name, p), q in zip(p_a.state_dict().items(), p_b.state_dict().values()):
         assert torch.allclose(p, q, atol=1e-5, rtol=1e-4), name
+
+
+@pytest.mark.slow
+def test_torchrun_two_processes_match_one(tmp_path):
+    """DDP over 2 gloo processes with the same global batch reproduces the single-process run."""
+    train(_cfg(tmp_path, "one"), progress=False, log=lambda *_: None)
+    _torchrun(tmp_path, "two", 29517)
+    _assert_same_weights(tmp_path, "one", "two")
+
+
+@pytest.mark.slow
+def test_fsdp_matches_one_process_and_resumes_across_modes(tmp_path):
+    """FSDP over 2 gloo processes (weights, gradients, AdamW state and EMA sharded; gradient
+    accumulation) gives the single-process run's weights and EMA; its checkpoints resume on one
+    process, and a one-process checkpoint resumes under FSDP, with the same result."""
+    from ddlm.checkpoint import set_latest
+
+    over = {"process": "audm", "model.blocks": 2}
+    train(_cfg(tmp_path, "one", **over), progress=False, log=lambda *_: None)
+    flags = [f"{k}={v}" for k, v in over.items()]
+    out = _torchrun(tmp_path, "fsdp", 29519, "parallel=fsdp", "grad_accum=2", *flags)
+    assert "2 processes (FSDP)" in out.stdout + out.stderr
+    for ema in (False, True):
+        _assert_same_weights(tmp_path, "one", "fsdp", ema=ema)
+    # FSDP's step-3 checkpoint (full tensors) resumed by one process
+    import shutil
+
+    shutil.copytree(tmp_path / "fsdp", tmp_path / "fsdp-then-one")
+    ckpts = tmp_path / "fsdp-then-one" / "checkpoints"
+    shutil.rmtree(ckpts / "step_000006")
+    set_latest(tmp_path / "fsdp-then-one", ckpts / "step_000003")
+    train(_cfg(tmp_path, "fsdp-then-one", **over), progress=False, log=lambda *_: None)
+    # a one-process checkpoint resumed under FSDP
+    train(_cfg(tmp_path, "one-then-fsdp", **over), progress=False, log=lambda *_: None, stop_at=3)
+    _torchrun(tmp_path, "one-then-fsdp", 29521, "parallel=fsdp", *flags)
+    for name in ("fsdp-then-one", "one-then-fsdp"):
+        for ema in (False, True):
+            _assert_same_weights(tmp_path, "one", name, ema=ema)
 
 
 def test_gradient_accumulation_matches_one_big_batch(tmp_path):

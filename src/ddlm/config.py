@@ -73,6 +73,7 @@ class TrainConfig:
     num_samples: int = 2
     sample_nfe: int = 64
     device: str = "auto"  # "auto" | "cpu" | "cuda"
+    parallel: str = "ddp"  # under torchrun: "ddp" (replicated) or "fsdp" (sharded weights and optimizer state)
 
     def validate(self) -> "TrainConfig":
         def need(cond, key, value, expected):
@@ -109,6 +110,7 @@ class TrainConfig:
         need(self.optim.warmup_steps >= 0, "optim.warmup_steps", self.optim.warmup_steps, "an integer >= 0")
         need(self.optim.grad_clip > 0, "optim.grad_clip", self.optim.grad_clip, "a positive number")
         need(self.device in ("auto", "cpu", "cuda"), "device", self.device, "'auto', 'cpu' or 'cuda'")
+        need(self.parallel in ("ddp", "fsdp"), "parallel", self.parallel, "'ddp' or 'fsdp'")
         return self
 
     @property

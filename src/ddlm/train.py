@@ -4,7 +4,7 @@ Read top to bottom: set up (distributed, data, model, optimiser), resume if a ch
 then for each step draw antithetic times stratified over the global batch, corrupt, predict, take
 the per-token loss through ``ddlm.losses.compute``, step, update the EMA; periodically validate,
 sample, checkpoint. Runs on a CPU as is and under ``torchrun --nproc-per-node N`` (gloo on CPU,
-nccl on GPU). Every random draw of a step comes from a generator seeded by (seed, step, rank), so a
+nccl on GPU), with DDP or FSDP (``ddlm.parallel``). Every random draw of a step comes from a generator seeded by (seed, step, rank), so a
 resumed run continues exactly as an uninterrupted one.
 """
 
@@ -12,13 +12,10 @@ from __future__ import annotations
 
 import json
 import math
-import os
 import time
-from dataclasses import dataclass
 from pathlib import Path
 
 import torch
-import torch.distributed as dist
 from torch import Tensor
 
 from . import losses
@@ -29,30 +26,10 @@ from .data.corpora import load_corpus, pack, split_documents, unigram_entropy
 from .data.tokenizers import BPETokenizer, CharTokenizer, tokenizer_from_dict
 from .models.ar import ARConfig, ARTransformer
 from .models.diffusion import DiffusionModel
+from .parallel import Parallel, setup_distributed
 from .sampling import sample
 
 ELBO = {"mdm": "mdm_elbo", "udm": "udm_elbo", "audm": "audm_elbo"}
-
-
-@dataclass
-class Dist:
-    rank: int = 0
-    world: int = 1
-    local_rank: int = 0
-
-    @property
-    def main(self) -> bool:
-        return self.rank == 0
-
-
-def setup_distributed(device: str) -> Dist:
-    """Initialise torch.distributed when launched by torchrun (WORLD_SIZE > 1)."""
-    world = int(os.environ.get("WORLD_SIZE", "1"))
-    if world == 1:
-        return Dist()
-    if not dist.is_initialized():
-        dist.init_process_group("nccl" if device == "cuda" else "gloo")
-    return Dist(dist.get_rank(), dist.get_world_size(), int(os.environ.get("LOCAL_RANK", "0")))
 
 
 def step_generator(seed: int, step: int) -> torch.Generator:
@@ -234,26 +211,44 @@ def train(cfg: TrainConfig, resume: bool = True, progress: bool = True, log=prin
     ema = build_model(cfg, tokenizer.vocab_size).to(device)
     ema.load_state_dict(model.state_dict())
     ema.requires_grad_(False)
-    o = cfg.optim
-    optimizer = torch.optim.AdamW(model.parameters(), lr=o.lr, betas=(o.beta1, o.beta2), weight_decay=o.weight_decay)
-    scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lr_lambda(cfg))
     start = 0
     if ckpt is not None:
         model.load_state_dict(ckpt.model)
         ema.load_state_dict(ckpt.ema)
-        optimizer.load_state_dict(ckpt.optimizer)
-        scheduler.load_state_dict(ckpt.scheduler)
         start = ckpt.step
-    net = torch.nn.parallel.DistributedDataParallel(model) if ddp.world > 1 else model
+    # FSDP shards the weights in place, so the optimizer is made after wrapping
+    par = Parallel(cfg.parallel, ddp, model, ema,
+                   make_eval_copy=lambda: build_model(cfg, tokenizer.vocab_size).to(device).requires_grad_(False))
+    o = cfg.optim
+    optimizer = torch.optim.AdamW(model.parameters(), lr=o.lr, betas=(o.beta1, o.beta2), weight_decay=o.weight_decay)
+    scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lr_lambda(cfg))
+    if ckpt is not None:
+        par.load_optimizer_state(optimizer, ckpt.optimizer)
+        scheduler.load_state_dict(ckpt.scheduler)
+
+    def save(step: int, metrics: dict) -> None:  # every rank calls it (FSDP gathers the state)
+        states = par.model_state(model), par.model_state(ema), par.optimizer_state(optimizer)
+        if ddp.main:
+            _save(run, cfg, tokenizer, *states, scheduler, step, metrics)
+
+    def evaluate(step: int, metrics: dict) -> None:  # every rank calls it; rank 0 evaluates
+        averaged = par.evaluation_ema()
+        if averaged is None:
+            return
+        nll, se = validation_bound(averaged, val_blocks, micro, cfg.eval_batches, cfg.seed, cfg.t_min)
+        metrics.update(step=step, val_nll=nll, val_nll_se=se)
+        _append(metrics_file, {"step": step, "val_nll": nll, "val_nll_se": se, "unigram_entropy": entropy})
+        log(f"step {step}: validation bound {nll:.4f} +- {se:.4f} nats/token (unigram entropy {entropy:.4f})")
 
     entropy = unigram_entropy(train_blocks.flatten().tolist(), tokenizer.vocab_size)
     if ddp.main:
         run.mkdir(parents=True, exist_ok=True)
         (run / "config.json").write_text(json.dumps(cfg.to_dict(), indent=2))
-        n_params = sum(p.numel() for p in model.parameters())
+        n_params = sum(p.numel() for p in model.parameters())  # (global sizes under FSDP too)
+        mode = f"; {ddp.world} processes ({par.kind.upper()})" if ddp.world > 1 else ""
         log(f"{cfg.process.upper()} run {run}: {n_params / 1e6:.2f}M parameters, vocab {tokenizer.vocab_size}, "
             f"{train_blocks.shape[0]} train / {val_blocks.shape[0]} val blocks of {cfg.data.block_size}; "
-            f"unigram entropy {entropy:.4f} nats/token" + (f"; resuming at step {start}" if start else ""))
+            f"unigram entropy {entropy:.4f} nats/token" + mode + (f"; resuming at step {start}" if start else ""))
     per_rank = cfg.batch_size // ddp.world
     micro = per_rank // cfg.grad_accum
     if micro < 1 or cfg.batch_size % (ddp.world * cfg.grad_accum):
@@ -272,7 +267,7 @@ def train(cfg: TrainConfig, resume: bool = True, progress: bool = True, log=prin
                    mininterval=0.1 if sys.stderr.isatty() else 30.0)
     t0, tokens_seen, metrics = time.time(), 0, {"unigram_entropy": entropy}
     prior_minutes = float((ckpt.metrics or {}).get("train_minutes", 0.0)) if ckpt is not None else 0.0
-    step = start
+    step, evaluated = start, False
     try:
         while step < min(cfg.max_steps, stop_at if stop_at is not None else cfg.max_steps):
             # the whole global batch is drawn identically on every rank (blocks, times, corruption), so
@@ -284,25 +279,23 @@ def train(cfg: TrainConfig, resume: bool = True, progress: bool = True, log=prin
             t_all = stratified_times(u0, torch.arange(cfg.batch_size), cfg.batch_size, cfg.t_min)
             ar = cfg.process == "ar"
             xt_all, noise_all = (x0_all, None) if ar else corrupt(model.process, x0_all, t_all, g)
-            net.train()
+            model.train()
             optimizer.zero_grad(set_to_none=True)
             total = 0.0
+            net = par.forward_module()
             for m in range(cfg.grad_accum):
                 rows = ddp.rank * per_rank + m * micro + torch.arange(micro)
                 x0, xt, t = x0_all[rows].to(device), xt_all[rows].to(device), t_all[rows].to(device)
                 noise = None if noise_all is None else noise_all[rows].to(device)
-                with torch.autocast("cuda", dtype=torch.bfloat16, enabled=device == "cuda"):
-                    if ar:
-                        loss = ar_token_losses(net, x0).mean()
-                    else:
-                        view = net if ddp.world == 1 else _DDPView(net, model)
-                        loss = token_losses(view, objective, x0, xt, noise, t).mean()
-                (loss / cfg.grad_accum).backward()
+                with par.sync_gradients(last=m == cfg.grad_accum - 1):
+                    with torch.autocast("cuda", dtype=torch.bfloat16, enabled=device == "cuda"):
+                        if ar:
+                            loss = ar_token_losses(net, x0).mean()
+                        else:
+                            loss = token_losses(net, objective, x0, xt, noise, t).mean()
+                    (loss / cfg.grad_accum).backward()
                 total += loss.item() / cfg.grad_accum
-            if ddp.world > 1:  # report the global mean loss
-                buf = torch.tensor([total], device=device)
-                dist.all_reduce(buf)
-                total = buf.item() / ddp.world
+            total = par.mean(total)  # the global mean loss
             grad_norm = torch.nn.utils.clip_grad_norm_(model.parameters(), o.grad_clip)
             optimizer.step()
             scheduler.step()
@@ -312,6 +305,7 @@ def train(cfg: TrainConfig, resume: bool = True, progress: bool = True, log=prin
                     pe.lerp_(pm, 1.0 - decay)
             step += 1
             tokens_seen += cfg.batch_size * cfg.data.block_size
+            grad_norm = float(grad_norm.full_tensor() if hasattr(grad_norm, "full_tensor") else grad_norm)
             if ddp.main:
                 rate = tokens_seen / max(1e-9, time.time() - t0)
                 if bar is not None:
@@ -319,40 +313,40 @@ def train(cfg: TrainConfig, resume: bool = True, progress: bool = True, log=prin
                     bar.set_postfix(loss=f"{total:.3f}", tok_s=f"{rate:.0f}")
                 if step % cfg.log_every == 0 or step == cfg.max_steps:
                     _append(metrics_file, {"step": step, "loss": total, "lr": scheduler.get_last_lr()[0],
-                                           "grad_norm": float(grad_norm), "tokens_per_s": rate})
-                if step % cfg.eval_every == 0 or step == cfg.max_steps:
-                    nll, se = validation_bound(ema, val_blocks, micro, cfg.eval_batches, cfg.seed, cfg.t_min)
-                    metrics.update(step=step, val_nll=nll, val_nll_se=se)
-                    _append(metrics_file, {"step": step, "val_nll": nll, "val_nll_se": se, "unigram_entropy": entropy})
-                    log(f"step {step}: validation bound {nll:.4f} +- {se:.4f} nats/token "
-                        f"(unigram entropy {entropy:.4f})")
-                if (cfg.sample_every and step % cfg.sample_every == 0) or step == cfg.max_steps:
-                    texts = decoded_samples(ema, tokenizer, cfg, step)
+                                           "grad_norm": grad_norm, "tokens_per_s": rate})
+            evaluated = step % cfg.eval_every == 0 or step == cfg.max_steps
+            if evaluated:
+                evaluate(step, metrics)
+            if (cfg.sample_every and step % cfg.sample_every == 0) or step == cfg.max_steps:
+                averaged = par.evaluation_ema()
+                if averaged is not None:
+                    texts = decoded_samples(averaged, tokenizer, cfg, step)
                     _append(run / "samples.jsonl", {"step": step, "nfe": cfg.sample_nfe, "samples": texts})
                     for text in texts:
                         log(f"sample at step {step}: {text[:200]!r}")
-                metrics["train_minutes"] = prior_minutes + (time.time() - t0) / 60
-                if step % cfg.save_every == 0:
-                    _save(run, cfg, tokenizer, model, ema, optimizer, scheduler, step, metrics)
-            if cfg.max_minutes is not None and (time.time() - t0) / 60 > cfg.max_minutes:
+            metrics["train_minutes"] = prior_minutes + (time.time() - t0) / 60
+            if step % cfg.save_every == 0:
+                save(step, metrics)
+            if cfg.max_minutes is not None and par.agree((time.time() - t0) / 60 > cfg.max_minutes):
                 if ddp.main:
                     log(f"stopping at step {step}: max_minutes = {cfg.max_minutes} reached")
                 break
     except KeyboardInterrupt:
-        if ddp.main:
+        if par.kind == "fsdp":  # gathering the shards needs every rank, which may be anywhere now
+            if ddp.main:
+                log(f"interrupted at step {step}: under FSDP no checkpoint is written now; the last periodic "
+                    "checkpoint stands")
+        elif ddp.main:
             log(f"interrupted at step {step}: saving a checkpoint")
-            _save(run, cfg, tokenizer, model, ema, optimizer, scheduler, step, metrics)
+            _save(run, cfg, tokenizer, model.state_dict(), ema.state_dict(), optimizer.state_dict(), scheduler,
+                  step, metrics)
         raise
     finally:
         if bar is not None:
             bar.close()
-    if ddp.main:
-        if metrics.get("step") != step:  # stopped between evaluations (max_minutes): evaluate now
-            nll, se = validation_bound(ema, val_blocks, micro, cfg.eval_batches, cfg.seed, cfg.t_min)
-            metrics.update(step=step, val_nll=nll, val_nll_se=se)
-            _append(metrics_file, {"step": step, "val_nll": nll, "val_nll_se": se, "unigram_entropy": entropy})
-            log(f"step {step}: validation bound {nll:.4f} +- {se:.4f} nats/token (unigram entropy {entropy:.4f})")
-        _save(run, cfg, tokenizer, model, ema, optimizer, scheduler, step, metrics)
+    if not evaluated:  # stopped between evaluations (max_minutes, stop_at) or nothing left to do
+        evaluate(step, metrics)
+    save(step, metrics)
     metrics["step"] = step
     return metrics
 
@@ -371,26 +365,16 @@ def decoded_samples(model: DiffusionModel, tokenizer, cfg: TrainConfig, step: in
     return [tokenizer.decode(row.tolist()) for row in x.cpu()]
 
 
-class _DDPView(torch.nn.Module):
-    """Calls the DDP wrapper (for gradient sync) while exposing the inner model's process/output."""
-
-    def __init__(self, ddp_net, inner: DiffusionModel):
-        super().__init__()
-        self.ddp_net, self.process, self.output = ddp_net, inner.process, inner.output
-
-    def forward(self, xt, t, noise=None):
-        return self.ddp_net(xt, t, noise)
-
-
 def _append(path: Path, record: dict) -> None:
     with open(path, "a") as f:
         f.write(json.dumps(record) + "\n")
 
 
-def _save(run: Path, cfg, tokenizer, model, ema, optimizer, scheduler, step, metrics) -> None:
+def _save(run: Path, cfg, tokenizer, model: dict, ema: dict, optimizer: dict, scheduler, step, metrics) -> None:
+    """Write the checkpoint of ``step`` from full state dicts (of the model, EMA and optimizer)."""
     path = run / "checkpoints" / checkpoint_name(step)
     save_checkpoint(path, step=step, config=cfg.to_dict(), tokenizer=tokenizer.to_dict(),
-                    model=model.state_dict(), ema=ema.state_dict(), optimizer=optimizer.state_dict(),
+                    model=model, ema=ema, optimizer=optimizer,
                     scheduler=scheduler.state_dict(), rng=capture_rng(), data={"step": step, "seed": cfg.seed},
                     metrics=metrics)
     set_latest(run, path)
