@@ -60,7 +60,9 @@ class Parallel:
         kind: "ddp" or "fsdp" (with one process both mean no wrapping at all).
         d: the process group's ranks (:func:`setup_distributed`).
         model: the trained model (a DiffusionModel or ARTransformer), already holding its weights.
-        ema: its exponential moving average (same architecture), sharded like ``model`` under FSDP.
+        ema: its exponential moving average (same architecture), sharded like ``model`` under FSDP;
+            under FSDP it may be built on the meta device, and then starts as a copy of ``model``'s
+            shards (no process ever holds a full EMA).
         make_eval_copy: under FSDP, makes (on rank 0) an unsharded model of the same architecture that
             rank 0 evaluates and samples with (the EMA gathered into it); unused otherwise.
     """
@@ -83,6 +85,11 @@ class Parallel:
                 for unit in _shard_units(m):
                     fully_shard(unit)
                 fully_shard(m)
+            if any(p.is_meta for p in ema.parameters()):  # an EMA built on the meta device: never unsharded
+                ema.to_empty(device=_device(model))
+                with torch.no_grad():
+                    for pe, pm in zip(ema.parameters(), model.parameters()):
+                        pe.to_local().copy_(pm.to_local())
             self.eval_copy = make_eval_copy() if d.main else None
 
     # -- the forward pass and gradient synchronisation -------------------------------------------
@@ -125,6 +132,15 @@ class Parallel:
             state = get_model_state_dict(module, options=StateDictOptions(full_state_dict=True, cpu_offload=True))
             return state if self.d.main else None
         return module.state_dict() if self.d.main else None
+
+    def load_model_state(self, module: nn.Module, state: dict) -> None:
+        """Load a full state dict (as :meth:`model_state` returns) into ``module`` (on every rank)."""
+        if self.kind != "fsdp":
+            module.load_state_dict(state)
+            return
+        from torch.distributed.checkpoint.state_dict import StateDictOptions, set_model_state_dict
+
+        set_model_state_dict(module, state, options=StateDictOptions(full_state_dict=True))
 
     def optimizer_state(self, optimizer: torch.optim.Optimizer) -> dict | None:
         """The optimizer's full state on rank 0 in ``optimizer.state_dict()``'s own format

@@ -208,14 +208,17 @@ def train(cfg: TrainConfig, resume: bool = True, progress: bool = True, log=prin
 
     torch.manual_seed(cfg.seed)
     model = build_model(cfg, tokenizer.vocab_size).to(device)
-    ema = build_model(cfg, tokenizer.vocab_size).to(device)
-    ema.load_state_dict(model.state_dict())
-    ema.requires_grad_(False)
     start = 0
     if ckpt is not None:
         model.load_state_dict(ckpt.model)
-        ema.load_state_dict(ckpt.ema)
         start = ckpt.step
+    if cfg.parallel == "fsdp" and ddp.world > 1:  # sharded as soon as it exists: no process holds it whole
+        with torch.device("meta"):
+            ema = build_model(cfg, tokenizer.vocab_size)
+    else:
+        ema = build_model(cfg, tokenizer.vocab_size).to(device)
+        ema.load_state_dict(model.state_dict())
+    ema.requires_grad_(False)
     # FSDP shards the weights in place, so the optimizer is made after wrapping
     par = Parallel(cfg.parallel, ddp, model, ema,
                    make_eval_copy=lambda: build_model(cfg, tokenizer.vocab_size).to(device).requires_grad_(False))
@@ -223,6 +226,7 @@ def train(cfg: TrainConfig, resume: bool = True, progress: bool = True, log=prin
     optimizer = torch.optim.AdamW(model.parameters(), lr=o.lr, betas=(o.beta1, o.beta2), weight_decay=o.weight_decay)
     scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lr_lambda(cfg))
     if ckpt is not None:
+        par.load_model_state(ema, ckpt.ema)
         par.load_optimizer_state(optimizer, ckpt.optimizer)
         scheduler.load_state_dict(ckpt.scheduler)
 
