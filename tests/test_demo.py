@@ -37,3 +37,22 @@ def test_train_demo_runs_and_samples_the_reference(tmp_path):
     assert 0 <= res["demo_words"]["known_fraction"] <= 1 and res["demo_words"]["total_words"] > 100
     # the shipped reference writes mostly real words (at temperature 0.8; see docs/training.md)
     assert res["reference_words_T0.8"]["known_fraction"] > 0.5
+
+
+def test_real_words_of_an_autoregressive_model_counts_its_own_samples():
+    import torch
+
+    from ddlm.data.tokenizers import CharTokenizer
+    from ddlm.models.ar import ARConfig, ARTransformer
+
+    tok = CharTokenizer.from_text("the cat sat on a mat\n")
+    torch.manual_seed(0)
+    model = ARTransformer(ARConfig.preset("tiny", tok.vocab_size, 17, hidden=32, blocks=1, heads=2))
+    res = demo.real_words(model, None, tok, 16, nfe=0, num_samples=5, temperature=0.7, seed=3)
+    bos = torch.full((5, 1), tok.bos_id, dtype=torch.long)
+    x = model.generate(bos, 17, temperature=0.7, generator=torch.Generator().manual_seed(3))[:, 1:]
+    texts = [tok.decode(row.tolist()) for row in x]
+    assert x.shape == (5, 16)
+    expected = demo._known(texts)
+    assert {k: res[k] for k in expected} == expected
+    assert res["num_samples"] == 5 and res["temperature"] == 0.7

@@ -24,6 +24,9 @@ class ModelConfig:
     blocks: int | None = None
     heads: int | None = None
     dropout: float = 0.0
+    # process "ar": BOS before every block as its start context, so the NLL covers all L tokens and
+    # samples drawn from BOS are blocks like the diffusion models' (False: the first token is context only)
+    block_start: bool = True
 
 
 @dataclass

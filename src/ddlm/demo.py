@@ -177,8 +177,15 @@ def real_words(model, process, tokenizer, length: int, nfe: int, num_samples: in
                seed: int = 1) -> dict:
     """How much of a model's samples is made of real words: ``known_word_fraction`` of ``num_samples``
     ancestral samples against the embedded corpus (whose held-out blocks score about 95%: words cut
-    at the block edges are the misses)."""
-    x = sample(model, process, num_samples, length, nfe, prediction=model.prediction, temperature=temperature,
-               generator=torch.Generator().manual_seed(seed))
+    at the block edges are the misses). An autoregressive model (``process`` None) generates
+    ``length`` tokens after BOS (``length`` - 1 when its context holds no more; ``nfe`` is unused)."""
+    g = torch.Generator().manual_seed(seed)
+    if process is None:
+        bos = torch.full((num_samples, 1), tokenizer.bos_id, dtype=torch.long)
+        total = min(length + 1, model.config.max_len)
+        x = model.eval().generate(bos, total, temperature=temperature, generator=g)[:, 1:]
+    else:
+        x = sample(model, process, num_samples, length, nfe, prediction=model.prediction, temperature=temperature,
+                   generator=g)
     words = _known([tokenizer.decode(row.tolist()) for row in x])
     return dict(words, num_samples=num_samples, nfe=nfe, temperature=temperature, seed=seed)

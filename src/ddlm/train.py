@@ -75,9 +75,11 @@ def token_losses(model: DiffusionModel, objective: str, x0: Tensor, xt: Tensor, 
 
 
 def ar_token_losses(model, x0: Tensor) -> Tensor:
-    """Next-token cross-entropy (B, L - 1) of the autoregressive baseline."""
-    logits = model(x0)[:, :-1]
-    return torch.nn.functional.cross_entropy(logits.transpose(1, 2), x0[:, 1:], reduction="none")
+    """Next-token cross-entropy of the autoregressive baseline on blocks x0 (B, L): (B, L) with a
+    block-start token, (B, L - 1) without (``ARTransformer.block_losses``); ``model`` may be the
+    DDP view of training."""
+    inner = model.ddp_net.module if hasattr(model, "ddp_net") else model
+    return inner.block_losses(x0, forward=model)
 
 
 @torch.no_grad()
@@ -162,12 +164,16 @@ def check_resumable(cfg: TrainConfig, saved: dict, path) -> None:
             )
 
 
-def build_model(cfg: TrainConfig, vocab_size: int):
-    """The DiT of the run's process, or the autoregressive baseline on the same trunk (process "ar")."""
+def build_model(cfg: TrainConfig, vocab_size: int, start_id: int | None = None):
+    """The DiT of the run's process, or the autoregressive baseline on the same trunk (process "ar";
+    ``start_id``, the tokenizer's BOS, is required when ``model.block_start`` is true)."""
     overrides = {k: getattr(cfg.model, k) for k in ("hidden", "blocks", "heads") if getattr(cfg.model, k) is not None}
     if cfg.process == "ar":
-        return ARTransformer(ARConfig.preset(cfg.model.preset, vocab_size, cfg.data.block_size,
-                                             dropout=cfg.model.dropout, **overrides))
+        if cfg.model.block_start and start_id is None:
+            raise ValueError("build_model: an autoregressive run with model.block_start needs start_id (the BOS id)")
+        start = start_id if cfg.model.block_start else None
+        return ARTransformer(ARConfig.preset(cfg.model.preset, vocab_size, cfg.data.block_size + (start is not None),
+                                             dropout=cfg.model.dropout, start_id=start, **overrides))
     return DiffusionModel.build(cfg.process, vocab_size, cfg.data.block_size, preset=cfg.model.preset,
                                 output=cfg.model.output, schedule=cfg.schedule, eps=cfg.eps,
                                 time_conditioning=cfg.model.time_conditioning, dropout=cfg.model.dropout,
@@ -207,21 +213,21 @@ def train(cfg: TrainConfig, resume: bool = True, progress: bool = True, log=prin
     tokenizer, train_blocks, val_blocks = prepare_data(cfg, tokenizer)
 
     torch.manual_seed(cfg.seed)
-    model = build_model(cfg, tokenizer.vocab_size).to(device)
+    model = build_model(cfg, tokenizer.vocab_size, tokenizer.bos_id).to(device)
     start = 0
     if ckpt is not None:
         model.load_state_dict(ckpt.model)
         start = ckpt.step
     if cfg.parallel == "fsdp" and ddp.world > 1:  # sharded as soon as it exists: no process holds it whole
         with torch.device("meta"):
-            ema = build_model(cfg, tokenizer.vocab_size)
+            ema = build_model(cfg, tokenizer.vocab_size, tokenizer.bos_id)
     else:
-        ema = build_model(cfg, tokenizer.vocab_size).to(device)
+        ema = build_model(cfg, tokenizer.vocab_size, tokenizer.bos_id).to(device)
         ema.load_state_dict(model.state_dict())
     ema.requires_grad_(False)
     # FSDP shards the weights in place, so the optimizer is made after wrapping
     par = Parallel(cfg.parallel, ddp, model, ema,
-                   make_eval_copy=lambda: build_model(cfg, tokenizer.vocab_size).to(device).requires_grad_(False))
+                   make_eval_copy=lambda: build_model(cfg, tokenizer.vocab_size, tokenizer.bos_id).to(device).requires_grad_(False))
     o = cfg.optim
     optimizer = torch.optim.AdamW(model.parameters(), lr=o.lr, betas=(o.beta1, o.beta2), weight_decay=o.weight_decay)
     scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lr_lambda(cfg))
@@ -362,7 +368,7 @@ def decoded_samples(model: DiffusionModel, tokenizer, cfg: TrainConfig, step: in
     g = torch.Generator(device=device).manual_seed(cfg.seed + step)
     if isinstance(model, ARTransformer):
         prefix = torch.full((cfg.num_samples, 1), tokenizer.bos_id, dtype=torch.long, device=device)
-        x = model.eval().generate(prefix, cfg.data.block_size, generator=g)
+        x = model.eval().generate(prefix, model.config.max_len, generator=g)  # BOS + a block
         return [tokenizer.decode(row.tolist()) for row in x.cpu()]
     x = sample(model.eval(), model.process, cfg.num_samples, cfg.data.block_size, cfg.sample_nfe,
                prediction=model.prediction, generator=g, device=device)
@@ -399,9 +405,12 @@ def load(path: str | Path, ema: bool = True):
     if ckpt_path is None:
         raise FileNotFoundError(f"no checkpoint found in run folder {str(path)!r}")
     ckpt = load_checkpoint(ckpt_path)
-    cfg = from_dict(TrainConfig, ckpt.config).validate()
+    saved = ckpt.config
+    if saved.get("process") == "ar" and "block_start" not in saved.get("model", {}):  # made before 2026-11-24
+        saved = {**saved, "model": {**saved.get("model", {}), "block_start": False}}
+    cfg = from_dict(TrainConfig, saved).validate()
     tokenizer = tokenizer_from_dict(ckpt.tokenizer)
-    model = build_model(cfg, tokenizer.vocab_size)
+    model = build_model(cfg, tokenizer.vocab_size, tokenizer.bos_id)
     model.load_state_dict(ckpt.ema if ema and ckpt.ema is not None else ckpt.model)
     return model.eval(), getattr(model, "process", None), tokenizer
 

@@ -24,6 +24,10 @@ class ARConfig:
         mlp_ratio: MLP width as a multiple of ``hidden``.
         max_len: Longest sequence accepted.
         dropout: Dropout probability (attention, MLP and residual branches).
+        start_id: Token put before every block as its start context (the tokenizer's BOS), so that
+            :meth:`ARTransformer.block_losses` scores all L tokens of a block and generation from it
+            draws whole blocks; None: a block's first token is context only (runs made before
+            2026-11-24).
     """
 
     vocab_size: int
@@ -33,10 +37,13 @@ class ARConfig:
     mlp_ratio: int = 4
     max_len: int
     dropout: float = 0.0
+    start_id: int | None = None
 
     def __post_init__(self) -> None:
         if not isinstance(self.vocab_size, int) or self.vocab_size < 1:
             raise ValueError(f"vocab_size must be a positive int; got {self.vocab_size!r}")
+        if self.start_id is not None and not (isinstance(self.start_id, int) and 0 <= self.start_id < self.vocab_size):
+            raise ValueError(f"start_id must be None or a token id in [0, {self.vocab_size}); got {self.start_id!r}")
         check_trunk_config(self.hidden, self.blocks, self.heads, self.mlp_ratio, self.max_len, self.dropout)
 
     @classmethod
@@ -90,6 +97,21 @@ class ARTransformer(nn.Module):
             Float32 logits (B, L, vocab_size); position j scores token j + 1 given x[:, : j + 1].
         """
         return self.head(self.hidden(x)).float()
+
+    def block_losses(self, blocks: Tensor, forward=None) -> Tensor:
+        """Next-token cross-entropy (nats) of every scored token of data blocks (B, L): all L tokens
+        given ``start_id`` before each block, shape (B, L); without a start token, tokens 1..L-1
+        given their prefix, shape (B, L - 1). ``forward`` replaces ``self`` as the logits function
+        (a DDP wrapper of this model, whose forward synchronises gradients)."""
+        cfg = self.config
+        forward = self if forward is None else forward
+        if cfg.start_id is None:
+            x, targets = blocks, blocks[:, 1:]
+        else:
+            start = torch.full_like(blocks[:, :1], cfg.start_id)
+            x, targets = torch.cat([start, blocks], dim=1), blocks
+        logits = forward(x)[:, :-1]
+        return F.cross_entropy(logits.transpose(1, 2), targets, reduction="none")
 
     def nll(self, x: Tensor) -> Tensor:
         """Summed negative log-likelihood (nats) of x[:, 1:] given its prefix, per sequence: shape (B,)."""
