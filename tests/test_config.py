@@ -52,3 +52,15 @@ def test_missing_and_corrupt_files(tmp_path):
     bad.write_text("process: [unclosed\n")
     with pytest.raises(ValueError, match="is not valid YAML"):
         load_config(bad)
+
+
+def test_saved_configs_keep_the_convention_they_were_made_with():
+    from ddlm.config import TrainConfig, saved_config
+
+    new = TrainConfig(process="ar").to_dict()
+    assert new["model"]["block_start"] is True and saved_config(new).model.block_start is True
+    old = {**new, "model": {k: v for k, v in new["model"].items() if k != "block_start"}}
+    assert saved_config(old).model.block_start is False  # an AR run saved before block-start tokens
+    mdm = {**old, "process": "mdm"}
+    assert saved_config(mdm).model.block_start is True  # unused by diffusion runs
+

@@ -217,3 +217,16 @@ def load_config(path: str | Path | None, overrides: list[str] = ()) -> TrainConf
             raise ValueError(f"config file {str(path)!r} is not valid YAML: {e}") from None
     data = apply_overrides(data, list(overrides))
     return from_dict(TrainConfig, data).validate()
+
+
+def saved_config(saved: dict) -> TrainConfig:
+    """The TrainConfig of a config saved with a run (``config.json``), validated.
+
+    Keys added since the run was saved take the value that reproduces how the run was made, not
+    today's default: an autoregressive run saved without ``model.block_start`` (before 2026-11-24)
+    was trained without a block-start token.
+    """
+    if saved.get("process") == "ar" and "block_start" not in (saved.get("model") or {}):
+        saved = {**saved, "model": {**(saved.get("model") or {}), "block_start": False}}
+    return from_dict(TrainConfig, saved).validate()
+

@@ -398,17 +398,14 @@ def load(path: str | Path, ema: bool = True):
     ones); for an autoregressive run it is the ``ARTransformer`` and the process is None. Nothing is
     unpickled.
     """
-    from .config import from_dict
+    from .config import saved_config
 
     path = Path(path)
     ckpt_path = latest_checkpoint(path) if (path / "checkpoints").is_dir() else path
     if ckpt_path is None:
         raise FileNotFoundError(f"no checkpoint found in run folder {str(path)!r}")
     ckpt = load_checkpoint(ckpt_path)
-    saved = ckpt.config
-    if saved.get("process") == "ar" and "block_start" not in saved.get("model", {}):  # made before 2026-11-24
-        saved = {**saved, "model": {**saved.get("model", {}), "block_start": False}}
-    cfg = from_dict(TrainConfig, saved).validate()
+    cfg = saved_config(ckpt.config)
     tokenizer = tokenizer_from_dict(ckpt.tokenizer)
     model = build_model(cfg, tokenizer.vocab_size, tokenizer.bos_id)
     model.load_state_dict(ckpt.ema if ema and ckpt.ema is not None else ckpt.model)

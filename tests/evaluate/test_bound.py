@@ -66,18 +66,29 @@ def test_seeds_and_defaults(toy):
 
 
 def test_autoregressive_bound_is_the_exact_nll(tmp_path):
+    import dataclasses
+
     run = text_run(tmp_path, "ar")
     model, _, tok = ddlm.load(run)
+    assert model.config.start_id == tok.bos_id and model.config.max_len == 17
     blocks = pack([tok.encode(TEXT)], 16, tok.bos_id, tok.eos_id)[:48]
-    r = model_bound(model, blocks, batch_size=8, num_batches=6, tokenizer=tok)  # every block exactly once
-    with torch.no_grad():
-        nll = model.nll(blocks).sum().item() / (48 * 15)  # independent: summed NLL of x[1:] given the prefix
-    assert r["estimator"] == "exact_nll" and r["nats_per_token"] == pytest.approx(nll, rel=1e-5)
-    # characters: the decoded text of the predicted tokens x[1:] (BOS/EOS decode to nothing)
     special = torch.tensor([tok.bos_id, tok.eos_id])
-    chars = int((~torch.isin(blocks[:, 1:], special)).sum())
+    r = model_bound(model, blocks, batch_size=8, num_batches=6, tokenizer=tok)  # every block exactly once
+    with torch.no_grad():  # independent: the summed NLL of every block token given BOS + its prefix
+        with_start = torch.cat([torch.full((48, 1), tok.bos_id), blocks], dim=1)
+        nll = model.nll(with_start).sum().item() / (48 * 16)
+    assert r["estimator"] == "exact_nll" and r["nats_per_token"] == pytest.approx(nll, rel=1e-5)
+    assert r["scored_tokens"] == 48 * 16
+    chars = int((~torch.isin(blocks, special)).sum())  # every block token's text (BOS/EOS decode to nothing)
     assert r["characters"] == chars
-    assert r["bits_per_char"] == pytest.approx(nll * 48 * 15 / chars / math.log(2), rel=1e-5)
+    assert r["bits_per_char"] == pytest.approx(nll * 48 * 16 / chars / math.log(2), rel=1e-5)
+    # a run saved before block-start tokens: x[0] is context, x[1:] is scored
+    model.config = dataclasses.replace(model.config, start_id=None)
+    old = model_bound(model, blocks, batch_size=8, num_batches=6, tokenizer=tok)
+    with torch.no_grad():
+        nll = model.nll(blocks).sum().item() / (48 * 15)
+    assert old["nats_per_token"] == pytest.approx(nll, rel=1e-5) and old["scored_tokens"] == 48 * 15
+    assert old["characters"] == int((~torch.isin(blocks[:, 1:], special)).sum())
 
 
 def test_run_bound_on_its_validation_split_and_on_a_corpus(tmp_path):

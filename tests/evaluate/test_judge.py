@@ -294,8 +294,10 @@ def test_ddlm_ar_run_errors(ar_run, tmp_path) -> None:
     judge = load_judge(str(ar_run), progress=False)
     with pytest.raises(ValueError, match=r"texts\[1\] cannot be encoded .*character 'Q'"):
         judge.gen_ppl(["the fox", "the Quick fox"])
-    with pytest.raises(ValueError, match=r"texts\[0\] has 34 judge tokens \(\+1 BOS = 35\), more than max_length=32"):
+    with pytest.raises(ValueError, match=r"texts\[0\] has 34 judge tokens \(\+1 BOS = 35\), more than max_length=33"):
         judge.token_nlls(["the quick brown fox jumps over the"])  # 34 chars
+    # a whole block (32 characters) is judged: the run's context is BOS + a block
+    assert judge.token_nlls(["the quick brown fox jumps over t"])[0].numel() == 32
     empty_run = tmp_path / "run"
     (empty_run / "checkpoints").mkdir(parents=True)
     with pytest.raises(FileNotFoundError, match="no complete checkpoint"):

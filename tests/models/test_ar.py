@@ -76,6 +76,23 @@ def test_nll_is_chain_rule_over_prefixes() -> None:
     assert torch.equal(model.nll(x[:, :1]), torch.zeros(3))
 
 
+def test_block_losses_score_every_token_after_the_start_token() -> None:
+    model = randomise(make(start_id=V - 1)).eval()
+    x = tokens()
+    losses = model.block_losses(x)
+    assert losses.shape == (3, L)
+    with_start = torch.cat([torch.full((3, 1), V - 1), x], dim=1)
+    torch.testing.assert_close(losses.sum(-1), model.nll(with_start), rtol=1e-5, atol=1e-4)
+    # the first token is scored given the start token alone
+    first = -model(with_start[:, :1])[:, -1].log_softmax(-1).gather(1, x[:, :1]).squeeze(1)
+    torch.testing.assert_close(losses[:, 0], first, rtol=1e-5, atol=1e-5)
+    legacy = randomise(make()).eval()  # no start token: x[0] is context
+    assert legacy.block_losses(x).shape == (3, L - 1)
+    torch.testing.assert_close(legacy.block_losses(x).sum(-1), legacy.nll(x), rtol=1e-5, atol=1e-4)
+    with pytest.raises(ValueError, match=r"start_id must be None or a token id in \[0, 10\); got 10"):
+        make(start_id=V)
+
+
 @pytest.mark.parametrize(
     ("x", "match"),
     [

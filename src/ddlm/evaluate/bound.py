@@ -98,21 +98,22 @@ def model_bound(model, blocks: Tensor, *, batch_size: int = 32, num_batches: int
         num_batches = max(2, math.ceil(n / batch_size))
     if isinstance(num_batches, bool) or not isinstance(num_batches, int) or num_batches < 1:
         raise ValueError(f"num_batches must be an integer >= 1, got {num_batches!r}")
-    if ar and length < 2:
-        raise ValueError(f"an autoregressive model needs blocks of >= 2 tokens, got {length}")
+    first_scored = int(ar and model.config.start_id is None)  # without a block-start token, x[0] is context
+    if ar and length < 1 + first_scored:
+        raise ValueError(f"this autoregressive model needs blocks of >= {1 + first_scored} tokens, got {length}")
     batches = range(num_batches)
     if progress:
         from tqdm.auto import tqdm
 
         batches = tqdm(batches, desc="NLL bound", unit="batch")
     per_batch, characters = [], 0
-    scored = length - 1 if ar else length
+    scored = length - first_scored
     for b in batches:
         x0 = blocks[torch.arange(b * batch_size, (b + 1) * batch_size) % n]
         mean, _ = validation_bound(model, x0, len(x0), 1, batch_seed(seed, b), t_min)
         per_batch.append(mean)
         if tokenizer is not None:
-            characters += sum(len(tokenizer.decode(row[1:] if ar else row)) for row in x0.tolist())
+            characters += sum(len(tokenizer.decode(row[first_scored:])) for row in x0.tolist())
     mean = sum(per_batch) / len(per_batch)
     var = sum((v - mean) ** 2 for v in per_batch) / max(1, len(per_batch) - 1)
     se = math.sqrt(var / len(per_batch)) if len(per_batch) > 1 else float("nan")

@@ -111,7 +111,8 @@ def sweep(runs: list, settings: list[SamplerSettings], judge, out_dir: str | os.
             temperature or top-p sweep gives one point per value.
         judge: an object with ``name`` and ``gen_ppl(texts)`` (``ddlm.evaluate.judge.load_judge``).
         out_dir: the sweep's folder (created); its CSV is appended to point by point.
-        num_samples, length, batch_size: per point; length defaults to each run's block size.
+        num_samples, length, batch_size: per point; length defaults to each run's ``sample_length``
+            (the block size; for an autoregressive run BOS + a block).
         labels: curve labels per run (default: the run folder's name).
         mauve: also score MAUVE against held-out text (:func:`held_out_texts`; needs ``judge.features``).
         device, progress: where sampling runs; progress bars.
@@ -133,7 +134,7 @@ def sweep(runs: list, settings: list[SamplerSettings], judge, out_dir: str | os.
     done = {point_key(r) for r in read_rows(csv_path)}
     todo = []
     for run, label in zip(runs, labels):
-        length_ = run.config.data.block_size if length is None else length
+        length_ = run.sample_length if length is None else length
         seen = set()
         for s in settings:
             row = _point_settings(run, s, judge.name, num_samples, length_, batch_size)

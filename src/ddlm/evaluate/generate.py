@@ -110,10 +110,11 @@ def generate_samples(run, settings: SamplerSettings, *, num_samples: int = 4, le
 
     if prompts is not None and infills is not None:
         raise ValueError("give prompts or infill templates, not both")
-    max_len = run.config.data.block_size
+    max_len = run.sample_length
     length = max_len if length is None else length
     if isinstance(length, bool) or not isinstance(length, int) or not 1 <= length <= max_len:
-        raise ValueError(f"length must be an integer in [1, {max_len}] (the run's block size), got {length!r}")
+        what = "its context, BOS included" if run.process is None else "the run's block size"
+        raise ValueError(f"length must be an integer in [1, {max_len}] ({what}), got {length!r}")
     if run.process is None and length < 2:
         raise ValueError(f"length must be >= 2 for an autoregressive run (BOS + 1 token), got {length}")
     conditions = ([(p, None) for p in prompts] if prompts is not None else

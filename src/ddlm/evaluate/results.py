@@ -50,6 +50,12 @@ class LoadedRun:
     config: Any
     info: dict
 
+    @property
+    def sample_length(self) -> int:
+        """The default (and longest) sample length in tokens: the block size for a diffusion run; for
+        an autoregressive run its context, BOS included (BOS + a whole block with a block-start token)."""
+        return int(self.model.config.max_len) if self.process is None else int(self.config.data.block_size)
+
 
 def resolve_checkpoint(path: str | os.PathLike) -> Path:
     """The checkpoint folder a run path designates: the latest complete checkpoint of a run folder,
@@ -96,12 +102,12 @@ def run_info(path: str | os.PathLike) -> dict:
         "next_token" for the autoregressive baseline).
     """
     from .. import __version__
-    from ..config import TrainConfig, from_dict
+    from ..config import saved_config
 
     ckpt = resolve_checkpoint(path)
     config = _read_json(ckpt / "config.json")
     meta = _read_json(ckpt / "meta.json")
-    cfg = from_dict(TrainConfig, config).validate()
+    cfg = saved_config(config)
     if cfg.process == "ar":
         output = "next_token"
     else:
@@ -126,13 +132,13 @@ def load_run(path: str | os.PathLike, device: str | torch.device | None = "cpu")
         FileNotFoundError: missing run folder or no checkpoint in it (the path is named).
         ddlm.checkpoint.CheckpointError: a corrupt checkpoint (the file is named).
     """
-    from ..config import TrainConfig, from_dict
+    from ..config import saved_config
     from ..train import load
 
     info = run_info(path)
     model, process, tokenizer = load(info["checkpoint"], ema=True)
     model = model.to(resolve_device(device)).eval()
-    return LoadedRun(model, process, tokenizer, from_dict(TrainConfig, info["config"]).validate(), info)
+    return LoadedRun(model, process, tokenizer, saved_config(info["config"]), info)
 
 
 def _jsonable(obj: Any) -> Any:
