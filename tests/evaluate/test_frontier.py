@@ -142,9 +142,12 @@ def test_command_rejects_inapplicable_options_before_sampling(runs, tmp_path, mo
     assert args.func(args) == 0
     with open(tmp_path / "o" / F.CSV_NAME) as f:
         assert len(list(csv.DictReader(f))) == 2
-    assert (tmp_path / "o" / F.PLOT_NAME).stat().st_size > 0
+    png = tmp_path / "o" / F.PLOT_NAME
+    assert png.stat().st_size > 0
+    stamp = png.stat().st_mtime_ns
+    assert args.func(args) == 0 and png.stat().st_mtime_ns == stamp  # nothing new: the plot is not redrawn
     args = parser.parse_args(["frontier", "--out", str(tmp_path / "o"), "--plot-only"])
-    assert args.func(args) == 0
+    assert args.func(args) == 0 and png.stat().st_mtime_ns != stamp
 
 
 def test_mauve_column_compares_samples_with_held_out_blocks(runs, tmp_path):

@@ -225,7 +225,7 @@ def test_command_end_to_end(tmp_path, capsys):
     assert args.func(args) == 0
     rec = json.loads((out / "probe.json").read_text())
     assert rec["settings"] == {"nfe": 3, "num_samples": 3, "positions_per_sequence": 2, "seed": 5,
-                               "sampler": "ancestral", "length": None, "batch_size": 256}
+                               "sampler": "ancestral", "length": None, "batch_size": 256, "device": "cpu"}
     (r,) = rec["runs"]
     assert r["run"] == str(run) and r["step"] == 2 and r["checkpoint"].endswith("step_000002")
     assert r["settings"]["length"] == 8 and r["settings"]["output"] == "loo" and r["settings"]["nfe"] == 3

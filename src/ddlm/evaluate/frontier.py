@@ -357,10 +357,14 @@ def _handler(args) -> int:
 
         for s in points:
             check_applicable(_for_run(run, s), run.process)
+    before = len(read_rows(out / CSV_NAME)) if (out / CSV_NAME).exists() else 0
     rows = sweep(runs, points, judge, out, num_samples=args.num_samples, length=args.length,
                  batch_size=args.batch_size, labels=args.labels, device=args.device, mauve=args.mauve,
                  progress=not args.no_progress)
-    print(f"{len(rows)} points in {out / CSV_NAME}; wrote {plot_frontier(rows, out / PLOT_NAME)}")
+    if len(rows) == before and (out / PLOT_NAME).exists():
+        print(f"{len(rows)} points in {out / CSV_NAME}, none new; {out / PLOT_NAME} left as it is")
+    else:
+        print(f"{len(rows)} points in {out / CSV_NAME}; wrote {plot_frontier(rows, out / PLOT_NAME)}")
     return 0
 
 

@@ -411,17 +411,17 @@ def plot_probe(results: list[dict] | dict[str, list[dict]], path: str | Path) ->
 
 # ---- command line ------------------------------------------------------------------------------
 
-def _load_udm_run(path: str):
+def _load_udm_run(path: str, device: str = "cpu"):
     """(model, process, run_info) of a run folder or checkpoint folder; ValueError unless it is UDM."""
     from ..train import load
-    from .results import run_info
+    from .results import resolve_device, run_info
 
     info = run_info(path)  # FileNotFoundError / ValueError naming the path
     if info["process"] != "udm":
         raise ValueError(f"run {path!r} has process {info['process'].upper()}; {_WHY_UDM}")
     model, process, _ = load(info["checkpoint"], ema=True)
     _check_udm(process, f"the process of run {path!r}")
-    return model.eval(), process, info
+    return model.to(resolve_device(device)).eval(), process, info
 
 
 def _default_out(runs: list[str]) -> Path:
@@ -443,19 +443,20 @@ def _command(args) -> int:
     if json_path.exists() and not args.overwrite:  # fail before any work; write_json re-checks atomically
         raise FileExistsError(f"result file {str(json_path)!r} already exists; choose another --out or pass "
                               "--overwrite")
-    loaded = [(run, *_load_udm_run(run)) for run in args.runs]  # every run is checked before any is probed
+    loaded = [(run, *_load_udm_run(run, args.device)) for run in args.runs]  # every run is checked before any is probed
     records = []
     for run, model, process, info in loaded:
         length = args.length if args.length is not None else model.net.config.max_len
         rec = probe(model, process, num_samples=args.num_samples, length=length, nfe=args.nfe,
                     positions_per_sequence=args.positions, sampler=args.sampler, batch_size=args.batch_size,
-                    seed=args.seed, progress=not args.no_progress)
+                    seed=args.seed, device=next(model.parameters()).device, progress=not args.no_progress)
         records.append({"run": run, "checkpoint": info["checkpoint"], "step": info["step"], "weights": "ema",
                         "run_info": info, **rec})
         print(f"{run} (step {info['step']}): mean TV {rec['mean_tv']:.4g}, max TV {rec['max_tv']:.4g} "
               f"over {len(rec['states'])} states")
     settings = {"nfe": args.nfe, "num_samples": args.num_samples, "positions_per_sequence": args.positions,
-                "seed": args.seed, "sampler": args.sampler, "length": args.length, "batch_size": args.batch_size}
+                "seed": args.seed, "sampler": args.sampler, "length": args.length, "batch_size": args.batch_size,
+                "device": args.device}
     write_json(json_path, {"command": "probe", "settings": settings, "runs": records}, overwrite=args.overwrite)
     plot_probe({r["run"]: r["states"] for r in records}, png_path)
     print(f"wrote {json_path} and {png_path}")
@@ -483,5 +484,6 @@ def add_command(subparsers) -> None:
     p.add_argument("--out", default=None,
                    help="output folder (default RUN/probe for a single run folder; required otherwise)")
     p.add_argument("--overwrite", action="store_true", help="replace an existing OUT/probe.json")
+    p.add_argument("--device", default="cpu", help="cpu, cuda or auto (default cpu)")
     p.add_argument("--no-progress", action="store_true", help="no progress bars")
     p.set_defaults(func=_command)
