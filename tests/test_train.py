@@ -95,10 +95,11 @@ def _assert_same_weights(tmp_path, a, b, ema=False):
 
 
 @pytest.mark.slow
-def test_torchrun_two_processes_match_one(tmp_path):
+@pytest.mark.parametrize("process,port", [("mdm", 29517), ("ar", 29523)])
+def test_torchrun_two_processes_match_one(tmp_path, process, port):
     """DDP over 2 gloo processes with the same global batch reproduces the single-process run."""
-    train(_cfg(tmp_path, "one"), progress=False, log=lambda *_: None)
-    _torchrun(tmp_path, "two", 29517)
+    train(_cfg(tmp_path, "one", process=process), progress=False, log=lambda *_: None)
+    _torchrun(tmp_path, "two", port, f"process={process}")
     _assert_same_weights(tmp_path, "one", "two")
 
 
