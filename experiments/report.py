@@ -385,7 +385,8 @@ RULES = f"""How the verdicts are computed (`experiments/report.py`; Z = {Z:g}):
   better or match; otherwise **inconclusive at this scale**.
 - A claim's verdict combines its parts the same way as "better": reproduced if some part is
   reproduced and none is not reproduced, not reproduced in the converse case, inconclusive when
-  parts disagree or none is decided; parts not measured yet are left out.
+  parts disagree or none is decided; parts not measured yet are left out, and the claim's verdict
+  is marked *provisional* until every part is measured.
 - Bounds: bits per character with the SE of `ddlm eval` (over its batches; the four passes over the
   validation split reuse the same text, so the text's share of the SE is slightly understated, and
   it is common to runs compared on the same split).
@@ -795,7 +796,15 @@ def claim_verdicts(parts: list[Part]) -> dict[int, str]:
 def verdict_section(res: Results) -> str:
     parts = parts_of(res)
     claims = claim_verdicts(parts)
-    rows = [[f"claim {c}", "**" + v + "**", "combined from its parts below", ""] for c, v in claims.items()]
+    rows = []
+    for c, v in claims.items():
+        counted = [p for p in parts if p.claim == c and p.counted]
+        measured = sum(p.verdict != MISSING for p in counted)
+        if v == MISSING or measured == len(counted):
+            rows.append([f"claim {c}", "**" + v + "**", "combined from its parts below", ""])
+        else:  # some parts still to measure: the verdict may change
+            rows.append([f"claim {c}", f"**{v}** (provisional)",
+                         f"combined from the {measured} of its {len(counted)} parts measured so far", ""])
     rows += [[p.label, p.verdict, p.evidence, p.rule] for p in parts]
     return "\n".join(["## Verdicts", "",
                       table("verdicts", ["claim / part", "verdict", "evidence", "rule"], rows), "",

@@ -37,6 +37,20 @@ def test_committed_report_matches_results():
                                "run experiments/report.py")
 
 
+def test_a_claim_with_parts_still_to_measure_is_provisional(tmp_path):
+    (tmp_path / "bound").mkdir()
+    template = json.loads((EXPERIMENTS / "results" / "bound" / "mdm.json").read_text())
+    for name, bits in (("udm-loo-elbo", 2.9), ("udm-denoiser-elbo", 3.1)):  # 1a decided, the rest missing
+        nats = bits * math.log(2)
+        (tmp_path / "bound" / f"{name}.json").write_text(json.dumps(
+            {**template, "nats_per_token": nats, "nats_per_char": nats, "bits_per_char": bits, "bits_per_token": bits,
+             "bits_per_char_se": 0.02, "bits_per_token_se": 0.02, "se": 0.014}))
+    rows = [line for line in R.render(tmp_path, tmp_path / "r.md").splitlines() if line.startswith("| claim ")]
+    one = next(line for line in rows if line.startswith("| claim 1 |"))
+    assert "**reproduced** (provisional)" in one and "1 of its 5 parts measured" in one, one
+    assert all("provisional" not in line for line in rows if not line.startswith("| claim 1 |"))
+
+
 def test_report_of_no_results_is_all_not_measured(tmp_path):
     text = R.render(tmp_path / "results", tmp_path / "reproduction.md")
     verdicts = R.tables_in(text)["verdicts"]
