@@ -197,7 +197,8 @@ class _DDPView(nn.Module):
 
     def __init__(self, ddp_net, inner: nn.Module):
         super().__init__()
-        self.ddp_net, self.process, self.output = ddp_net, getattr(inner, "process", None), getattr(inner, "output", None)
+        self.ddp_net = ddp_net
+        self.process, self.output = getattr(inner, "process", None), getattr(inner, "output", None)
 
     def forward(self, *args, **kwargs):
         return self.ddp_net(*args, **kwargs)

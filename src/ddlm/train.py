@@ -4,8 +4,8 @@ Read top to bottom: set up (distributed, data, model, optimiser), resume if a ch
 then for each step draw antithetic times stratified over the global batch, corrupt, predict, take
 the per-token loss through ``ddlm.losses.compute``, step, update the EMA; periodically validate,
 sample, checkpoint. Runs on a CPU as is and under ``torchrun --nproc-per-node N`` (gloo on CPU,
-nccl on GPU), with DDP or FSDP (``ddlm.parallel``). Every random draw of a step comes from a generator seeded by (seed, step, rank), so a
-resumed run continues exactly as an uninterrupted one.
+nccl on GPU), with DDP or FSDP (``ddlm.parallel``). Every random draw of a step comes from a
+generator seeded by (seed, step, rank), so a resumed run continues exactly as an uninterrupted one.
 """
 
 from __future__ import annotations
@@ -226,8 +226,8 @@ def train(cfg: TrainConfig, resume: bool = True, progress: bool = True, log=prin
         ema.load_state_dict(model.state_dict())
     ema.requires_grad_(False)
     # FSDP shards the weights in place, so the optimizer is made after wrapping
-    par = Parallel(cfg.parallel, ddp, model, ema,
-                   make_eval_copy=lambda: build_model(cfg, tokenizer.vocab_size, tokenizer.bos_id).to(device).requires_grad_(False))
+    par = Parallel(cfg.parallel, ddp, model, ema, make_eval_copy=lambda: build_model(
+        cfg, tokenizer.vocab_size, tokenizer.bos_id).to(device).requires_grad_(False))
     o = cfg.optim
     optimizer = torch.optim.AdamW(model.parameters(), lr=o.lr, betas=(o.beta1, o.beta2), weight_decay=o.weight_decay)
     scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lr_lambda(cfg))
