@@ -15,8 +15,6 @@ def test_defaults_and_overrides(tmp_path):
 
 
 def test_shipped_configs_load():
-    import pathlib
-
     from ddlm.config import packaged_configs
 
     names = packaged_configs()

@@ -74,7 +74,7 @@ class _Process:
     def _check_x0(self, x0: Tensor) -> None:
         check_tokens("x0", x0, self.vocab_size)
         if x0.dim() < 1:
-            raise ValueError(f"x0 must have shape (..., L), got a scalar")
+            raise ValueError("x0 must have shape (..., L), got a scalar")
 
     def __repr__(self) -> str:
         return f"{type(self).__name__}(vocab_size={self.vocab_size}, schedule={self.schedule!r})"
