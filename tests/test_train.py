@@ -272,3 +272,17 @@ def test_max_minutes_stops_and_checkpoints(tmp_path):
     metrics = train(cfg, progress=False, log=lambda *_: None)
     assert 1 <= metrics["step"] < 100000 and "val_nll" in metrics
     model, _, _ = load(tmp_path / "short")  # the stop left a loadable checkpoint
+
+
+def test_block_start_option_builds_the_ar_context(tmp_path):
+    from ddlm.train import build_model
+
+    on = build_model(_cfg(tmp_path, "a", process="ar"), 10, start_id=9)
+    off = build_model(_cfg(tmp_path, "b", process="ar", **{"model.block_start": "false"}), 10, start_id=9)
+    assert (on.config.start_id, on.config.max_len) == (9, 17)  # BOS + a block of 16
+    assert (off.config.start_id, off.config.max_len) == (None, 16)
+    x = torch.randint(0, 9, (2, 16))
+    assert on.block_losses(x).shape == (2, 16) and off.block_losses(x).shape == (2, 15)
+    with pytest.raises(ValueError, match="needs start_id"):
+        build_model(_cfg(tmp_path, "c", process="ar"), 10)
+

@@ -241,8 +241,7 @@ def train(cfg: TrainConfig, resume: bool = True, progress: bool = True, log=prin
         if ddp.main:
             _save(run, cfg, tokenizer, *states, scheduler, step, metrics)
 
-    def evaluate(step: int, metrics: dict) -> None:  # every rank calls it; rank 0 evaluates
-        averaged = par.evaluation_ema()
+    def evaluate(step: int, metrics: dict, averaged) -> None:  # averaged: par.evaluation_ema(), None off rank 0
         if averaged is None:
             return
         nll, se = validation_bound(averaged, val_blocks, micro, cfg.eval_batches, cfg.seed, cfg.t_min)
@@ -325,15 +324,16 @@ def train(cfg: TrainConfig, resume: bool = True, progress: bool = True, log=prin
                     _append(metrics_file, {"step": step, "loss": total, "lr": scheduler.get_last_lr()[0],
                                            "grad_norm": grad_norm, "tokens_per_s": rate})
             evaluated = step % cfg.eval_every == 0 or step == cfg.max_steps
+            sampled = (cfg.sample_every and step % cfg.sample_every == 0) or step == cfg.max_steps
+            # the EMA as a plain module on rank 0: under FSDP one gather serves both
+            averaged = par.evaluation_ema() if evaluated or sampled else None
             if evaluated:
-                evaluate(step, metrics)
-            if (cfg.sample_every and step % cfg.sample_every == 0) or step == cfg.max_steps:
-                averaged = par.evaluation_ema()
-                if averaged is not None:
-                    texts = decoded_samples(averaged, tokenizer, cfg, step)
-                    _append(run / "samples.jsonl", {"step": step, "nfe": cfg.sample_nfe, "samples": texts})
-                    for text in texts:
-                        log(f"sample at step {step}: {text[:200]!r}")
+                evaluate(step, metrics, averaged)
+            if sampled and averaged is not None:
+                texts = decoded_samples(averaged, tokenizer, cfg, step)
+                _append(run / "samples.jsonl", {"step": step, "nfe": cfg.sample_nfe, "samples": texts})
+                for text in texts:
+                    log(f"sample at step {step}: {text[:200]!r}")
             metrics["train_minutes"] = prior_minutes + (time.time() - t0) / 60
             if step % cfg.save_every == 0:
                 save(step, metrics)
@@ -355,7 +355,7 @@ def train(cfg: TrainConfig, resume: bool = True, progress: bool = True, log=prin
         if bar is not None:
             bar.close()
     if not evaluated:  # stopped between evaluations (max_minutes, stop_at) or nothing left to do
-        evaluate(step, metrics)
+        evaluate(step, metrics, par.evaluation_ema())
     save(step, metrics)
     metrics["step"] = step
     return metrics
