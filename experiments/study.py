@@ -24,7 +24,8 @@ Stages and the commands they run (``N`` validation blocks, ``B`` the run's batch
   (per-batch ELBO values are heavy-tailed); one pass for the autoregressive run, whose exact NLL has
   no Monte-Carlo noise (repeating it would copy the same batches and shrink the standard error).
 - ``frontier``: ``ddlm frontier ... --nfe 16 64 256 --temperature 0.6 0.7 0.8 0.9 1.0 1.1 --judge J
-  --num-samples 64 --out results/frontier/COMPARISON`` for the comparisons of ``frontier_calls``.
+  --num-samples 64 --out results/frontier/COMPARISON`` for the comparisons of ``frontier_calls``; a point
+  another comparison already scored with identical settings is copied, not redrawn (``reuse_points``).
 - ``probe``: ``ddlm probe runs/udm-* --nfe 64 --num-samples 16 --positions 8 --seed 0 --out results/probe``
   (remade when the set of finished UDM runs or their steps change).
 - ``sudoku``: ``ddlm sudoku runs/sudoku-* --nfe 16|64 --puzzles 400 --out results/sudoku/NAME-nfeN.json``.
@@ -430,6 +431,47 @@ def read_frontier(folder: Path) -> list[dict]:
         return list(csv.DictReader(f))
 
 
+def reuse_points(call: FrontierCall, steps: dict[str, int], nfe, temperatures, num_samples: int, judge: str,
+                 log) -> int:
+    """Copy into ``call``'s CSV the points it needs that another comparison already scored with the very
+    same settings (run, checkpoint, sampler, NFE, temperature, seed, judge, ...: the row's whole key), with
+    their samples file, so that ``ddlm frontier`` skips them instead of drawing and judging them again.
+
+    The comparisons of one run overlap (the best UDM run's plain ancestral curve is in ``ancestral``,
+    ``udm-pc`` and ``udm-ablation``); draws are seeded, so a recomputed point would be the same. Returns
+    the number of rows copied.
+    """
+    import shutil
+
+    from ddlm.evaluate.frontier import append_row, point_key
+
+    folder = RESULTS / "frontier" / call.comparison
+    have = {point_key(r) for r in read_frontier(folder)}
+    copied = 0
+    for other in COMPARISONS:
+        source = RESULTS / "frontier" / other
+        if other == call.comparison:
+            continue
+        for row in read_frontier(source):
+            key = point_key(row)
+            if key in have or not judge_matches(judge, row["judge"]):
+                continue
+            run = Path(row["run"]).name
+            if run not in call.runs or not any(
+                    _row_matches(row, run, steps[run], call, n, t, num_samples)
+                    for n in ([None] if RUNS[run][0] == "demo-ar" else nfe) for t in temperatures):
+                continue
+            (folder / "samples").mkdir(parents=True, exist_ok=True)
+            if row["samples_file"] and (source / row["samples_file"]).exists():
+                shutil.copyfile(source / row["samples_file"], folder / row["samples_file"])
+            append_row(folder / "frontier.csv", row)
+            have.add(key)
+            copied += 1
+    if copied:
+        log(f"frontier {call.comparison}: {copied} points copied from other comparisons (same settings and seed)")
+    return copied
+
+
 def stage_frontier(study: Study) -> None:
     """Every comparison of ``frontier_calls`` whose points are not all in its CSV yet."""
     judge = judge_spec(study.judge)
@@ -456,6 +498,8 @@ def stage_frontier(study: Study) -> None:
                              f"{study.judge!r}; gen-PPLs of different judges are not comparable: use another "
                              "--workdir or move that folder away")
         argv = call.argv(study.nfe, study.temperatures, judge, study.num_samples)
+        if reuse_points(call, steps, study.nfe, study.temperatures, study.num_samples, judge, study.log):
+            rows = read_frontier(folder)
         todo = missing_points(call, rows, steps, study.nfe, study.temperatures, study.num_samples)
         if todo == 0:
             study.log(f"frontier {' '.join((call.comparison, *call.runs, *call.options))}: done")

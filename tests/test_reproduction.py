@@ -223,6 +223,37 @@ def test_missing_points_counts_points_not_in_the_csv():
     assert S.missing_points(ar, [ar_row], {"ar": 10}, [16, 64, 256], [1.0], 64) == 0  # no NFE for AR
 
 
+def test_reuse_points_copies_only_identical_points(tmp_path, monkeypatch):
+    from ddlm.evaluate.frontier import FIELDS, append_row
+
+    monkeypatch.setattr(S, "RESULTS", tmp_path)
+    judge = "SmolLM2-135M-Instruct (test)"
+    base = {f: "" for f in FIELDS}
+    base.update(run="runs/udm-loo-ce", label="udm-loo-ce", checkpoint="runs/udm-loo-ce/checkpoints/step_000010",
+                step="10", process="udm", sampler="ancestral", nfe="16", temperature="1.0", top_p="1.0", seed="0",
+                num_samples="64", judge=judge, gen_ppl="99.0")
+    rows = [base, dict(base, nfe="64", samples_file="samples/a.jsonl"),
+            dict(base, run="runs/mdm", label="mdm", process="mdm"),  # another run
+            dict(base, nfe="256", step="9"),  # an older checkpoint
+            dict(base, temperature="0.8", judge="hf:/elsewhere")]  # another judge
+    (tmp_path / "frontier" / "ancestral" / "samples").mkdir(parents=True)
+    (tmp_path / "frontier" / "ancestral" / "samples" / "a.jsonl").write_text('{"text": "x"}\n')
+    for r in rows:
+        append_row(tmp_path / "frontier" / "ancestral" / "frontier.csv", r)
+    steps = {"udm-loo-ce": 10}
+    plain = S.FrontierCall("udm-ablation", ("udm-loo-ce",))
+    raw = S.FrontierCall("udm-ablation", ("udm-loo-ce",), ("--sampler", "bridge_raw_denoiser"))
+    log = []
+    assert S.reuse_points(raw, steps, [16, 64], [1.0], 64, "smollm2", log.append) == 0
+    assert S.reuse_points(plain, steps, [16, 64, 256], [0.8, 1.0], 64, "smollm2", log.append) == 2
+    got = S.read_frontier(tmp_path / "frontier" / "udm-ablation")
+    assert [(r["nfe"], r["gen_ppl"]) for r in got] == [("16", "99.0"), ("64", "99.0")]
+    assert (tmp_path / "frontier" / "udm-ablation" / "samples" / "a.jsonl").read_text() == '{"text": "x"}\n'
+    assert S.missing_points(plain, got, steps, [16, 64], [1.0], 64) == 0
+    assert S.reuse_points(plain, steps, [16, 64, 256], [0.8, 1.0], 64, "smollm2", log.append) == 0  # no duplicates
+    assert "2 points copied" in log[0]
+
+
 def test_best_udm_needs_the_four_bounds(tmp_path):
     (tmp_path / "bound").mkdir()
     for name, nats in zip(S.UDM_RUNS[:3], (2.3, 2.1, 2.2)):
