@@ -399,8 +399,10 @@ RULES = f"""How the verdicts are computed (`experiments/report.py`; Z = {Z:g}):
   of the comparison around its own quadratic fit in entropy (pooled; it includes any misfit and so
   errs towards "inconclusive"; fewer than {MIN_DOF} degrees of freedom give no estimate, hence
   *undecided*); an interpolated value's SE is that times sqrt(w^2 + (1 - w)^2).
-- Probe (1d): mean TV over the states of the trajectory; its SE is sqrt(sum of the per-state SE^2) /
-  number of states (states of one trajectory are correlated, so this SE is optimistic).
+- Probe (1d): mean TV over the states of the trajectory; its SE is the mean of the per-state SEs (each
+  over the sequences). The states of one trajectory hold the same sequences and their errors are
+  correlated; the standard deviation of a sum is at most the sum of the standard deviations, so this
+  SE is an upper bound whatever the correlation (conservative).
 - Sudoku (3d): exact-match accuracy; SE sqrt(p(1 - p)/n) with p = (solved + 1)/(n + 2), so that 0/n
   and n/n keep a non-zero SE."""
 
@@ -551,10 +553,15 @@ def frontier_section(res: Results, out: Path) -> str:
 
 
 def probe_mean(rec: dict) -> tuple[float, float | None]:
-    """(mean TV over states, its SE sqrt(sum se^2)/S, None if a state has no SE) of a probe run record."""
+    """(mean TV over states, its SE, None if a state has no SE) of a probe run record.
+
+    The SE is the mean of the per-state SEs: an upper bound on the SE of the mean over states whatever
+    their correlation (they are states of the same sequences), where sqrt(sum se^2)/S would assume
+    independent states.
+    """
     states = rec["states"]
     ses = [s.get("se_tv") for s in states]
-    se = None if any(v is None for v in ses) else math.sqrt(sum(v * v for v in ses)) / len(states)
+    se = None if any(v is None for v in ses) else sum(ses) / len(states)
     return rec["mean_tv"], se
 
 
