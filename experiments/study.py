@@ -183,6 +183,7 @@ class Study:
     puzzles: int = SUDOKU_PUZZLES
     probe_nfe: int = PROBE_NFE
     extra: list[str] = field(default_factory=list)
+    comparisons: list[str] = field(default_factory=lambda: list(COMPARISONS))
     log: object = print
 
     def overrides(self, name: str) -> list[str]:
@@ -488,7 +489,8 @@ def stage_frontier(study: Study) -> None:
         study.log("frontier udm-pc, udm-temperature, udm-ablation: skipped until the four UDM runs are trained "
                   "(the best of them by bound is compared)")
     steps = {n: last_step(run_dir(n)) for n in text}
-    calls = frontier_calls(text, best, "audm" in text, "mdm" in text)
+    calls = [c for c in frontier_calls(text, best, "audm" in text, "mdm" in text)
+             if c.comparison in study.comparisons]
     for call in calls:
         folder = RESULTS / "frontier" / call.comparison
         rows = read_frontier(folder)
@@ -587,6 +589,9 @@ def main(argv=None) -> int:
                    help="frontier NFE values (default 16 64 256)")
     p.add_argument("--temperature", type=float, nargs="+", default=list(FRONTIER_TEMPERATURES),
                    help="frontier temperatures (default 0.6 0.7 0.8 0.9 1.0 1.1)")
+    p.add_argument("--comparisons", nargs="+", choices=list(COMPARISONS), default=list(COMPARISONS),
+                   help="frontier stage: only these comparisons (e.g. to share them between two processes: "
+                        "two processes must not work on the same comparison)")
     p.add_argument("--puzzles", type=int, default=SUDOKU_PUZZLES,
                    help=f"Sudoku test puzzles per run and NFE (default {SUDOKU_PUZZLES})")
     p.add_argument("--probe-nfe", type=int, default=PROBE_NFE,
@@ -616,7 +621,7 @@ def main(argv=None) -> int:
 
     study = Study(runs=args.runs, scale=args.scale, judge=args.judge, num_samples=args.num_samples, nfe=args.nfe,
                   temperatures=args.temperature, puzzles=args.puzzles, probe_nfe=args.probe_nfe, extra=args.extra,
-                  log=log)
+                  comparisons=args.comparisons, log=log)
     try:
         for stage in args.stage or list(STAGES):
             STAGES[stage](study)
