@@ -56,6 +56,10 @@ BETTER, WORSE, TIE, MATCH, UNDECIDED = "better", "worse", "tie", "match", "undec
 #: tolerances of "A matches or beats B" (claim 3), fixed before any result: how much worse A may be
 #: and still match B: bound in bits/char, log gen-PPL at matched entropy (nats), Sudoku accuracy
 TOLERANCE = {"bound": 0.1, "frontier": 0.1, "sudoku": 0.1}
+#: Sudoku accuracy below which a run "does not solve puzzles": two such runs are not ranked by accuracy
+#: (0 of 400 against 0 of 400 is equality at the floor, not a match of abilities). Added when the first
+#: Sudoku run (MDM, 5,000 steps) solved 0 of 400 puzzles, before the AUDM run was trained.
+SUDOKU_FLOOR = 0.05
 LN2 = math.log(2.0)
 
 
@@ -404,7 +408,10 @@ RULES = f"""How the verdicts are computed (`experiments/report.py`; Z = {Z:g}):
   correlated; the standard deviation of a sum is at most the sum of the standard deviations, so this
   SE is an upper bound whatever the correlation (conservative).
 - Sudoku (3d): exact-match accuracy; SE sqrt(p(1 - p)/n) with p = (solved + 1)/(n + 2), so that 0/n
-  and n/n keep a non-zero SE."""
+  and n/n keep a non-zero SE. At an NFE where both accuracies are below {SUDOKU_FLOOR:g} neither model
+  solves puzzles and the comparison is *undecided* (equal accuracies at the floor say nothing about
+  which process learns Sudoku better); this floor was added after the MDM run solved 0 of 400 and before
+  the AUDM run was trained."""
 
 
 def training_section(res: Results) -> str:
@@ -706,11 +713,16 @@ def sudoku_part(res: Results) -> tuple[str, str]:
         if a is None or b is None:
             continue
         sa, sb = accuracy_se(a), accuracy_se(b)
+        head = f"NFE {nfe}: accuracy {pm(a['accuracy'], sa)} (AUDM) vs {pm(b['accuracy'], sb)} (MDM)"
+        if a["accuracy"] < SUDOKU_FLOOR and b["accuracy"] < SUDOKU_FLOOR:
+            outcomes.append(UNDECIDED)
+            lines.append(f"{head}: both below {SUDOKU_FLOOR:g}, neither solves puzzles (cell accuracy "
+                         f"{a['cell_accuracy']:.3f} vs {b['cell_accuracy']:.3f}, not ranked) ({UNDECIDED})")
+            continue
         diff = -(a["accuracy"] - b["accuracy"])  # lower-is-better scale
         o = outcome(diff, math.hypot(sa, sb), TOLERANCE["sudoku"])
         outcomes.append(o)
-        lines.append(f"NFE {nfe}: accuracy {pm(a['accuracy'], sa)} (AUDM) vs {pm(b['accuracy'], sb)} (MDM), "
-                     f"{Z:g} SE = {Z * math.hypot(sa, sb):.3f} ({o})")
+        lines.append(f"{head}, {Z:g} SE = {Z * math.hypot(sa, sb):.3f} ({o})")
     if not outcomes:
         return "needs results/sudoku/sudoku-audm-nfeN.json and sudoku-mdm-nfeN.json", MISSING
     return "; ".join(lines), verdict_match(outcomes)

@@ -181,7 +181,7 @@ def test_frontier_without_overlap_or_noise_estimate_is_undecided():
 
 def test_sudoku_claim_uses_binomial_se():
     def rec(exact, n=200):
-        return {"num_puzzles": n, "num_exact": exact, "accuracy": exact / n}
+        return {"num_puzzles": n, "num_exact": exact, "accuracy": exact / n, "cell_accuracy": 0.5}
 
     res = R.Results(Path("."), sudoku={("sudoku-audm", 16): rec(100), ("sudoku-mdm", 16): rec(60)})
     assert R.sudoku_part(res)[1] == R.REPRODUCED
@@ -194,6 +194,11 @@ def test_sudoku_claim_uses_binomial_se():
     res.sudoku = {("sudoku-audm", 16): rec(0, 4), ("sudoku-mdm", 16): rec(0, 4)}
     assert R.sudoku_part(res)[1] == R.INCONCLUSIVE  # 4 puzzles: equal, but too few to tell
     assert R.accuracy_se(rec(0)) > 0
+    res.sudoku = {("sudoku-audm", 16): rec(1, 400), ("sudoku-mdm", 16): rec(0, 400)}
+    evidence, verdict = R.sudoku_part(res)
+    assert verdict == R.INCONCLUSIVE and "neither solves puzzles" in evidence  # at the floor: not a match
+    res.sudoku = {("sudoku-audm", 16): rec(40, 400), ("sudoku-mdm", 16): rec(0, 400)}
+    assert R.sudoku_part(res)[1] == R.REPRODUCED  # one run above the floor: compared
 
 
 # ---- study helpers ------------------------------------------------------------------------------------
