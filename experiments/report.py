@@ -825,9 +825,14 @@ def verdict_section(res: Results) -> str:
             rows.append([f"claim {c}", f"**{v}** (provisional)",
                          f"combined from the {measured} of its {len(counted)} parts measured so far", ""])
     rows += [[p.label, p.verdict, p.evidence, p.rule] for p in parts]
+    differ = [f"- **{p.label}**: {p.verdict}. {p.evidence}." for p in parts
+              if p.verdict in (NOT_REPRODUCED, INCONCLUSIVE)]
     return "\n".join(["## Verdicts", "",
                       table("verdicts", ["claim / part", "verdict", "evidence", "rule"], rows), "",
-                      "The rules are spelled out at the end of this page."])
+                      "The rules are spelled out at the end of this page.", "",
+                      "Where this scale does not confirm the paper (a part not reproduced disagrees with it; an "
+                      "inconclusive part is one the numbers here cannot decide, for the reason given):", "",
+                      "\n".join(differ) if differ else "nowhere, among the parts measured so far."])
 
 
 # ---- the report ------------------------------------------------------------------------------------
