@@ -387,6 +387,11 @@ RULES = f"""How the verdicts are computed (`experiments/report.py`; Z = {Z:g}):
   difference - Z SE is above it, *undecided* otherwise (too noisy to tell). **reproduced** if some
   comparison is better or match and none is worse; **not reproduced** if some is worse and none is
   better or match; otherwise **inconclusive at this scale**.
+- Multiplicity: a frontier part is decided by up to three comparisons (one per NFE) and one *better*
+  suffices. Between two equally good curves one comparison comes out *better* by chance with
+  probability about 2.3% (Z = 2, one-sided), so up to about 7% for a part with three; the four
+  predictor-corrector rules share one baseline curve. A part that rests on a single comparison just
+  past Z SE (read the evidence column) is weak evidence, not a measurement of the paper's effect size.
 - A claim's verdict combines its parts the same way as "better": reproduced if some part is
   reproduced and none is not reproduced, not reproduced in the converse case, inconclusive when
   parts disagree or none is decided; parts not measured yet are left out, and the claim's verdict
