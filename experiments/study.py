@@ -21,8 +21,9 @@ Stages and the commands they run (``N`` validation blocks, ``B`` the run's batch
   ``results/train/NAME.json`` (steps, training minutes and final validation bound, copied from the
   run's last checkpoint) for every finished run.
 - ``bound``: ``ddlm eval runs/NAME --passes 4 --seed 0 --out results/bound/NAME.json``: four passes
-  over the validation split with fresh Monte-Carlo draws (per-batch ELBO values are heavy-tailed); one pass for the autoregressive run, whose exact NLL has
-  no Monte-Carlo noise (repeating it would copy the same batches and shrink the standard error).
+  over the validation split with fresh Monte-Carlo draws (per-batch ELBO values are heavy-tailed);
+  one pass for the autoregressive run, whose exact NLL has no Monte-Carlo noise (repeating it would
+  copy the same batches and shrink the standard error).
 - ``frontier``: ``ddlm frontier ... --nfe 16 64 256 --temperature 0.6 0.7 0.8 0.9 1.0 1.1 --judge J
   --num-samples 64 --out results/frontier/COMPARISON`` for the comparisons of ``frontier_calls``; a point
   another comparison already scored with identical settings is copied, not redrawn (``reuse_points``).

@@ -179,6 +179,12 @@ def test_frontier_without_overlap_or_noise_estimate_is_undecided():
     assert verdict == R.INCONCLUSIVE and "no common entropy range" in evidence
 
 
+def test_probe_se_is_the_conservative_bound():
+    rec = {"mean_tv": 0.1, "states": [{"se_tv": 0.1}, {"se_tv": 0.3}]}
+    assert R.probe_mean(rec) == (0.1, pytest.approx(0.2))  # mean of the SEs, not sqrt(0.1^2 + 0.3^2) / 2
+    assert R.probe_mean({"mean_tv": 0.1, "states": [{"se_tv": 0.1}, {"se_tv": None}]})[1] is None
+
+
 def test_sudoku_claim_uses_binomial_se():
     def rec(exact, n=200):
         return {"num_puzzles": n, "num_exact": exact, "accuracy": exact / n, "cell_accuracy": 0.5}
@@ -257,6 +263,22 @@ def test_reuse_points_copies_only_identical_points(tmp_path, monkeypatch):
     assert S.missing_points(plain, got, steps, [16, 64], [1.0], 64) == 0
     assert S.reuse_points(plain, steps, [16, 64, 256], [0.8, 1.0], 64, "smollm2", log.append) == 0  # no duplicates
     assert "2 points copied" in log[0]
+
+
+def test_frontier_stage_runs_only_the_chosen_comparisons(tmp_path, monkeypatch):
+    monkeypatch.setattr(S, "RESULTS", tmp_path)
+    monkeypatch.setattr(S, "last_step", lambda path: 10)
+    monkeypatch.setattr(S.Study, "ready", lambda self, names, stage: list(names))
+    monkeypatch.setattr(S.Study, "finished", lambda self, name: False)  # no best UDM run: its comparisons skipped
+    invoked = []
+    monkeypatch.setattr(S, "ddlm", lambda argv, log: invoked.append(argv[argv.index("--out") + 1]))
+    study = S.Study(runs=list(S.RUNS), log=lambda msg: None, comparisons=["mdm-remdm"])
+    S.stage_frontier(study)
+    assert invoked == ["results/frontier/mdm-remdm"] * 2  # ancestral and ReMDM, not the other comparisons
+    invoked.clear()
+    S.stage_frontier(S.Study(runs=list(S.RUNS), log=lambda msg: None))
+    assert sorted(set(invoked)) == ["results/frontier/ancestral", "results/frontier/audm-reaudm",
+                                    "results/frontier/mdm-remdm"]
 
 
 def test_best_udm_needs_the_four_bounds(tmp_path):

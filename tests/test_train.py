@@ -285,4 +285,3 @@ def test_block_start_option_builds_the_ar_context(tmp_path):
     assert on.block_losses(x).shape == (2, 16) and off.block_losses(x).shape == (2, 15)
     with pytest.raises(ValueError, match="needs start_id"):
         build_model(_cfg(tmp_path, "c", process="ar"), 10)
-
