@@ -80,7 +80,7 @@ def worker(args) -> None:
     for step in range(args.steps):
         x0 = torch.randint(78, (args.batch, args.length), generator=g)
         t = torch.rand(args.batch, generator=g, dtype=torch.float64) * 0.999 + 0.001
-        xt = model.process.corrupt(x0, t, generator=g)
+        xt = model.process.corrupt(x0, t, generator=g).xt
         rows = slice(d.rank * per_rank, (d.rank + 1) * per_rank)
         dist.barrier()
         start = time.perf_counter()

@@ -38,8 +38,7 @@ CASES = [  # (name, process, network output, objective)
 def _batch(process, vocab, batch, length, g):
     x0 = torch.randint(vocab, (batch, length), generator=g)
     t = torch.rand(batch, generator=g, dtype=torch.float64) * 0.999 + 0.001
-    state = process.corrupt(x0, t, generator=g)
-    xt, noise = (state.xt, state.noise) if process.name == "audm" else (state, None)
+    xt, noise = process.corrupt(x0, t, generator=g)
     alpha = process.alpha(t).unsqueeze(-1).float()
     dalpha = process.dalpha(t).unsqueeze(-1).float()
     return x0, xt, noise, t, alpha, dalpha

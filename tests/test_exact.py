@@ -110,9 +110,15 @@ def test_model_wrapper_uses_schedule_and_checks_vocab():
     assert torch.allclose(m(xt, t), exact.loo(law, xt, proc.alpha(t.double())), atol=1e-14)
     with pytest.raises(ValueError, match="vocab_size is 4"):
         exact.model(law, UniformDiffusion(4))
-    with pytest.raises(ValueError, match="prediction 'loo' is not available for process 'mdm'"):
-        exact.model(law, MaskedDiffusion(3), "loo")
-    assert exact.model(law, AbsorbingUniformDiffusion(3)) is not None
+    with pytest.raises(ValueError, match=r"prediction must be one of \('denoiser', 'loo'\) for MDM, got 'posterior'"):
+        exact.model(law, MaskedDiffusion(3), "posterior")
+    # at a masked position the MDM LOO is the denoiser: the same oracle under either name
+    xm = torch.tensor([[3, 0, 3]])
+    tm = torch.tensor([0.5])
+    assert torch.equal(exact.model(law, MaskedDiffusion(3), "loo")(xm, tm), exact.model(law, MaskedDiffusion(3))(xm, tm))
+    assert exact.model(law, MaskedDiffusion(3), "loo").prediction == "loo"
+    assert exact.model(law, AbsorbingUniformDiffusion(3)).prediction == "posterior"
+    assert exact.model(law, proc).prediction == "loo"
 
 
 def test_tv_distance_and_sampling():

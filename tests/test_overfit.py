@@ -30,8 +30,7 @@ def test_one_block_overfit(process, output, objective):
     sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda i: 1.0 - i / steps)
     for step in range(steps):
         t = (torch.rand((), generator=g, dtype=torch.float64) + torch.arange(batch) / batch) % 1.0 * 0.999 + 0.001
-        state = model.process.corrupt(x0, t, generator=g)
-        xt, noise = (state.xt, state.noise) if process == "audm" else (state, None)
+        xt, noise = model.process.corrupt(x0, t, generator=g)
         logits = model(xt, t, noise)
         a = model.process.alpha(t).unsqueeze(-1).float()
         da = model.process.dalpha(t).unsqueeze(-1).float()

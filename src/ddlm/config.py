@@ -7,12 +7,23 @@ import typing
 from dataclasses import dataclass, field
 from pathlib import Path
 
-PROCESS_OBJECTIVES = {
-    "mdm": ("mdm_elbo", "cross_entropy"),
-    "udm": ("udm_elbo", "cross_entropy", "max_coupling_elbo"),
-    "audm": ("audm_elbo",),
-    "ar": ("next_token",),  # the autoregressive baseline on the same trunk
-}
+#: config process name of the autoregressive baseline (not a diffusion process)
+AR = "ar"
+
+
+def _process_table(attr: str) -> dict:
+    """process name -> a class attribute of each registered process, plus the AR baseline."""
+    from .processes import REGISTRY
+
+    table = {name: getattr(cls, attr) for name, cls in REGISTRY.items()}
+    table[AR] = ("next_token",) if attr == "objectives" else ()
+    return table
+
+
+def __getattr__(attr):  # a derived table, kept for scripts that read it
+    if attr == "PROCESS_OBJECTIVES":
+        return _process_table("objectives")
+    raise AttributeError(attr)
 
 
 @dataclass
@@ -83,11 +94,12 @@ class TrainConfig:
             if not cond:
                 raise ValueError(f"config key {key!r} is {value!r}, expected {expected}")
 
-        need(self.process in PROCESS_OBJECTIVES, "process", self.process, f"one of {sorted(PROCESS_OBJECTIVES)}")
-        allowed = PROCESS_OBJECTIVES[self.process]
+        objectives = _process_table("objectives")
+        need(self.process in objectives, "process", self.process, f"one of {sorted(objectives)}")
+        allowed = objectives[self.process]
         need(self.objective is None or self.objective in allowed, "objective", self.objective,
              f"one of {allowed} for process {self.process!r}")
-        outputs = {"mdm": ("denoiser",), "udm": ("denoiser", "loo"), "audm": ("posterior",), "ar": ()}[self.process]
+        outputs = _process_table("network_outputs")[self.process]
         need(self.model.output is None or self.model.output in outputs, "model.output", self.model.output,
              f"one of {outputs} for process {self.process!r}")
         need(self.schedule in ("linear", "cosine"), "schedule", self.schedule, "'linear' or 'cosine'")
@@ -118,7 +130,7 @@ class TrainConfig:
 
     @property
     def resolved_objective(self) -> str:
-        return self.objective or PROCESS_OBJECTIVES[self.process][0]
+        return self.objective or _process_table("objectives")[self.process][0]
 
     def to_dict(self) -> dict:
         return dataclasses.asdict(self)

@@ -1,4 +1,4 @@
-"""Exact oracle for small toy laws: enumerate all K^L sequences (MATH.md section 7).
+"""Exact oracle for small toy laws: enumerate all K^L sequences (docs/maths.md §7).
 
 For a law p_0 over {0..K-1}^L this module gives, by brute-force enumeration in float64:
 
@@ -6,6 +6,9 @@ For a law p_0 over {0..K-1}^L this module gives, by brute-force enumeration in f
 - the UDM denoiser d_i(y | x_t), LOO posterior r_i(y | x_t^{-i}) and concrete score s_i(y | x_t);
 - the MDM denoiser and the AUDM posterior p(x_0^i | x_t, u);
 - the exact NLL bound of any per-token objective, integrated over t by tanh-sinh quadrature;
+
+What a process contributes (its per-token likelihood, its noisy states, its exact predictions) is
+asked of the process object (``ddlm.processes.Process``); a process may be given by its short name.
 - ``model(...)``: the oracle wrapped as a network ``model(xt, t, noise=None) -> logits``, so samplers
   can be checked against the exact law, and ``tv_distance`` to compare samples with p_0.
 
@@ -22,6 +25,7 @@ import torch
 from torch import Tensor
 
 from ._checks import check_tokens, check_vocab_size
+from .processes import AbsorbingUniformDiffusion, MaskedDiffusion, UniformDiffusion
 from .schedules import LinearSchedule
 
 _F64 = torch.float64
@@ -102,23 +106,32 @@ def _alpha_per_row(alpha, xt: Tensor) -> Tensor:
     return a[..., 0]
 
 
-def token_loglik(process: str, xt: Tensor, x0: Tensor, alpha: Tensor, k: int, noise: Tensor | None = None) -> Tensor:
+def _process(process, k: int):
+    """A process object from a process or a registered short name, with vocabulary k."""
+    from .processes import Process, get_process
+
+    if isinstance(process, Process):
+        if process.vocab_size != k:
+            raise ValueError(f"process.vocab_size is {process.vocab_size}, expected the law's vocab_size {k}")
+        return process
+    if isinstance(process, str):
+        return get_process(process, k, LinearSchedule(eps=0.0))
+    if isinstance(process, type) and issubclass(process, Process):
+        return process(k, LinearSchedule(eps=0.0))
+    raise TypeError(f"process must be a ddlm process or a process name, got {type(process).__name__}")
+
+
+def _lik(cls, law: ToyLaw, x: Tensor, a: Tensor, noise: Tensor | None = None) -> Tensor:
+    return _process(cls, law.vocab_size).token_loglik(x, law.sequences, a, noise)
+
+
+def token_loglik(process, xt: Tensor, x0: Tensor, alpha: Tensor, k: int, noise: Tensor | None = None) -> Tensor:
     """log q_t(x_t^i | x_0^i) for every pair of a batch of x_t (B, L) and of x_0 (N, L): (B, N, L).
 
-    For "audm" it is log P(x_t^i | x_0^i, u^i) = log(alpha 1[x_t = x_0] + (1 - alpha) 1[x_t = u])
-    (the uniform law of u, independent of x_0, is left out).
+    ``process`` is a process object or name; see its ``token_loglik`` (for AUDM the uniform law of u,
+    independent of x_0, is left out).
     """
-    a = alpha.to(_F64).reshape(-1, 1, 1)
-    eq = (xt[:, None, :] == x0[None, :, :]).to(_F64)
-    if process == "udm":
-        return torch.log(a * eq + (1 - a) / k)
-    if process == "mdm":
-        masked = (xt == k).to(_F64)[:, None, :]
-        return torch.log(a * eq + (1 - a) * masked)
-    if process == "audm":
-        jumped = (xt == noise).to(_F64)[:, None, :]
-        return torch.log(a * eq + (1 - a) * jumped)
-    raise ValueError(f"process must be 'udm', 'mdm' or 'audm', got {process!r}")
+    return _process(process, k).token_loglik(xt, x0, alpha, noise)
 
 
 def _marginals(logw: Tensor, k: int, length: int, i: int) -> Tensor:
@@ -152,7 +165,7 @@ def denoiser(law: ToyLaw, xt: Tensor, alpha) -> Tensor:
     """UDM denoiser log d_i(y | x_t), shape (..., L, K)."""
     a = _alpha_per_row(alpha, xt).reshape(-1)
     x = _flat(xt, law, "xt", law.vocab_size)
-    ll = token_loglik("udm", x, law.sequences, a, law.vocab_size)
+    ll = _lik(UniformDiffusion, law, x, a)
     return _posterior(law, ll, leave_one_out=False).reshape(*xt.shape, law.vocab_size)
 
 
@@ -160,16 +173,17 @@ def loo(law: ToyLaw, xt: Tensor, alpha) -> Tensor:
     """UDM leave-one-out posterior log r_i(y | x_t^{-i}), shape (..., L, K)."""
     a = _alpha_per_row(alpha, xt).reshape(-1)
     x = _flat(xt, law, "xt", law.vocab_size)
-    ll = token_loglik("udm", x, law.sequences, a, law.vocab_size)
+    ll = _lik(UniformDiffusion, law, x, a)
     return _posterior(law, ll, leave_one_out=True).reshape(*xt.shape, law.vocab_size)
 
 
-def log_marginal(law: ToyLaw, xt: Tensor, alpha, process: str = "udm") -> Tensor:
-    """log p_t(x_t) for a batch of x_t (..., L) (x_t may hold the mask id K for "mdm")."""
+def log_marginal(law: ToyLaw, xt: Tensor, alpha, process=None) -> Tensor:
+    """log p_t(x_t) for a batch of x_t (..., L) under ``process`` (a process or name; default uniform
+    diffusion); x_t may hold the mask id K for masked diffusion."""
+    proc = _process(UniformDiffusion if process is None else process, law.vocab_size)
     a = _alpha_per_row(alpha, xt).reshape(-1)
-    high = law.vocab_size + (process == "mdm")
-    x = _flat(xt, law, "xt", high)
-    ll = token_loglik(process, x, law.sequences, a, law.vocab_size)
+    x = _flat(xt, law, "xt", proc.input_vocab_size)
+    ll = proc.token_loglik(x, law.sequences, a)
     return torch.logsumexp(law.p0.log()[None, :] + ll.sum(-1), dim=-1).reshape(xt.shape[:-1])
 
 
@@ -191,7 +205,7 @@ def mdm_denoiser(law: ToyLaw, xt: Tensor, alpha) -> Tensor:
     """MDM denoiser log p(x_0^i = y | x_t) for x_t with mask id K, shape (..., L, K)."""
     a = _alpha_per_row(alpha, xt).reshape(-1)
     x = _flat(xt, law, "xt", law.vocab_size + 1)
-    ll = token_loglik("mdm", x, law.sequences, a, law.vocab_size)
+    ll = _lik(MaskedDiffusion, law, x, a)
     return _posterior(law, ll, leave_one_out=False).reshape(*xt.shape, law.vocab_size)
 
 
@@ -202,44 +216,34 @@ def audm_posterior(law: ToyLaw, xt: Tensor, noise: Tensor, alpha) -> Tensor:
     if tuple(noise.shape) != tuple(xt.shape):
         raise ValueError(f"noise has shape {tuple(noise.shape)}, expected xt's shape {tuple(xt.shape)}")
     u = _flat(noise, law, "noise", law.vocab_size)
-    ll = token_loglik("audm", x, law.sequences, a, law.vocab_size, noise=u)
+    ll = _lik(AbsorbingUniformDiffusion, law, x, a, u)
     return _posterior(law, ll, leave_one_out=False).reshape(*xt.shape, law.vocab_size)
 
 
 # ---- the oracle as a model ---------------------------------------------------------------------
 
-def predictor(law: ToyLaw, process: str, prediction: str) -> Callable:
+def predictor(law: ToyLaw, process, prediction: str) -> Callable:
     """The exact prediction as a function ``f(xt, alpha, noise=None) -> logp (..., L, K)``.
 
-    process "udm": prediction "denoiser", "loo" or "score"; "mdm": "denoiser"; "audm": "posterior".
+    ``process`` is a process or a name; ``prediction`` one of ``process.predictions`` (UDM also
+    "score": the concrete score as log-ratios).
     """
-    table = {
-        ("udm", "denoiser"): lambda x, a, u=None: denoiser(law, x, a),
-        ("udm", "loo"): lambda x, a, u=None: loo(law, x, a),
-        ("udm", "score"): lambda x, a, u=None: score(law, x, a),
-        ("mdm", "denoiser"): lambda x, a, u=None: mdm_denoiser(law, x, a),
-        ("audm", "posterior"): lambda x, a, u=None: audm_posterior(law, x, u, a),
-    }
-    if (process, prediction) not in table:
-        raise ValueError(
-            f"prediction {prediction!r} is not available for process {process!r}; "
-            f"expected one of {[p for q, p in table if q == process]}"
-        )
-    return table[(process, prediction)]
+    return _process(process, law.vocab_size).exact_predictor(law, prediction)
 
 
 def model(law: ToyLaw, process, prediction: str | None = None) -> Callable:
     """The oracle as a network: ``model(xt, t, noise=None) -> logits (B, L, K)`` (float64).
 
     ``process`` is a ddlm process object (its schedule maps t to alpha). ``prediction`` defaults to
-    the process's natural output ("loo" for UDM, "denoiser" for MDM, "posterior" for AUDM).
+    the process's ``default_prediction`` ("loo" for UDM, "denoiser" for MDM, "posterior" for AUDM);
+    the returned callable declares it in ``.prediction``, as ddlm's networks do.
     """
-    name = process.name
     if process.vocab_size != law.vocab_size:
         raise ValueError(
             f"process.vocab_size is {process.vocab_size}, expected the law's vocab_size {law.vocab_size}"
         )
-    f = predictor(law, name, prediction or process.default_prediction)
+    prediction = prediction or process.default_prediction
+    f = predictor(law, process, prediction)
 
     def oracle(xt: Tensor, t: Tensor, noise: Tensor | None = None) -> Tensor:
         alpha = process.alpha(torch.as_tensor(t, dtype=_F64)).expand(xt.shape[:-1]).reshape(-1)
@@ -256,6 +260,8 @@ def model(law: ToyLaw, process, prediction: str | None = None) -> Callable:
             out = f(flat, alpha, u)
         return out.reshape(*xt.shape, law.vocab_size)
 
+    oracle.prediction = prediction
+    oracle.process = process
     return oracle
 
 
@@ -285,23 +291,9 @@ def tanh_sinh_nodes(level: int = 5, max_abs: float = 3.5, dtype=_F64):
     return t[keep], one_minus_t[keep], w[keep]
 
 
-def _states(law: ToyLaw, process: str):
-    """All noisy states with their (B,)-shaped pieces: (xt, noise or None)."""
-    k, length = law.vocab_size, law.length
-    if process == "udm":
-        return all_sequences(k, length), None
-    if process == "mdm":
-        return all_sequences(k + 1, length), None
-    if process == "audm":
-        seq = all_sequences(k, length)
-        n = seq.shape[0]
-        return seq.repeat_interleave(n, dim=0), seq.repeat(n, 1)
-    raise ValueError(f"process must be 'udm', 'mdm' or 'audm', got {process!r}")
-
-
 def elbo(
     law: ToyLaw,
-    process: str,
+    process,
     objective: Callable,
     prediction: str | Callable | None = None,
     schedule=None,
@@ -311,25 +303,25 @@ def elbo(
 
     Args:
         law: the toy law p_0.
-        process: "udm", "mdm" or "audm" (for "audm" the expectation also averages over u).
+        process: a process or its name, e.g. "udm", "mdm" or "audm" (for AUDM the expectation also
+            averages over the noise tokens u).
         objective: a per-token loss ``f(logp, x0, xt, alpha, dalpha)`` (``f(logp, x0, xt, noise,
             alpha, dalpha)`` for "audm") returning shape (..., L), e.g. ``ddlm.losses.udm_elbo``.
         prediction: what to feed the objective: a name for the exact oracle (see ``predictor``), or
-            a callable ``f(xt, alpha, noise=None) -> logp``. Default: "loo" for UDM, "denoiser" for
-            MDM, "posterior" for AUDM.
-        schedule: maps t to alpha; default LinearSchedule(eps=0) so that alpha runs from 1 to 0.
+            a callable ``f(xt, alpha, noise=None) -> logp``. Default: the process's
+            ``default_prediction`` ("loo" for UDM, "denoiser" for MDM, "posterior" for AUDM).
+        schedule: maps t to alpha; default: the process object's schedule, or LinearSchedule(eps=0)
+            (alpha from 1 to 0) when the process is given by name.
         level: quadrature refinement (step 2^-level in tanh-sinh variable).
 
     Returns:
         (K^L,) float64: the bound for each sequence of ``law.sequences``.
     """
-    schedule = LinearSchedule(eps=0.0) if schedule is None else schedule
-    default = {"udm": "loo", "mdm": "denoiser", "audm": "posterior"}
-    if process not in default:
-        raise ValueError(f"process must be 'udm', 'mdm' or 'audm', got {process!r}")
-    predict = prediction if callable(prediction) else predictor(law, process, prediction or default[process])
-    k = law.vocab_size
-    xt, noise = _states(law, process)
+    proc = _process(process, law.vocab_size)
+    if schedule is None:  # a process object brings its schedule; a name means alpha from 1 to 0
+        schedule = proc.schedule if not isinstance(process, (str, type)) else LinearSchedule(eps=0.0)
+    predict = prediction if callable(prediction) else proc.exact_predictor(law, prediction or proc.default_prediction)
+    xt, noise = proc.exact_states(law.length)
     x0 = law.sequences
     n0, ns = x0.shape[0], xt.shape[0]
     ts, _, ws = tanh_sinh_nodes(level)
@@ -342,12 +334,10 @@ def elbo(
             # predictions are degenerate point masses; their contribution is below float64 noise.
             continue
         a_states = alpha.expand(ns)
-        logq = token_loglik(process, xt, x0, a_states, k, noise=noise).sum(-1).T  # (N0, S)
-        if process == "audm":
-            logq = logq - law.length * math.log(k)
+        logq = proc.token_loglik(xt, x0, a_states, noise).sum(-1).T + proc.exact_noise_logweight(law.length)
         logp = predict(xt, a_states, noise) if noise is not None else predict(xt, a_states)
         big = (n0, ns, law.length)
-        args = [logp[None].expand(n0, ns, law.length, k), x0[:, None].expand(big), xt[None].expand(big)]
+        args = [logp[None].expand(n0, ns, law.length, law.vocab_size), x0[:, None].expand(big), xt[None].expand(big)]
         if noise is not None:
             args.append(noise[None].expand(big))
         loss = objective(*args, alpha, dalpha).sum(-1)  # (N0, S)

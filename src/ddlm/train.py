@@ -18,7 +18,6 @@ from pathlib import Path
 import torch
 from torch import Tensor
 
-from . import losses
 from .checkpoint import (capture_rng, checkpoint_name, latest_checkpoint, load_checkpoint, prune_checkpoints,
                          save_checkpoint, set_latest)
 from .config import TrainConfig
@@ -27,10 +26,8 @@ from .data.tokenizers import BPETokenizer, CharTokenizer, tokenizer_from_dict
 from .models.ar import ARConfig, ARTransformer
 from .models.diffusion import DiffusionModel
 from .parallel import Parallel, setup_distributed
+from .processes import State
 from .sampling import sample
-
-ELBO = {"mdm": "mdm_elbo", "udm": "udm_elbo", "audm": "audm_elbo"}
-
 
 def step_generator(seed: int, step: int) -> torch.Generator:
     """The CPU generator of a training step's draws (the same on every rank)."""
@@ -59,19 +56,19 @@ def lr_lambda(cfg: TrainConfig):
 
 def corrupt(process, x0: Tensor, t: Tensor, generator):
     """(x_t, noise or None) for clean blocks x0 at times t."""
-    state = process.corrupt(x0, t, generator=generator)
-    return (state.xt, state.noise) if process.name == "audm" else (state, None)
+    return tuple(process.corrupt(x0, t, generator=generator))
 
 
 def token_losses(model: DiffusionModel, objective: str, x0: Tensor, xt: Tensor, noise, t: Tensor) -> Tensor:
-    """Per-token loss (B, L) of ``objective`` for clean blocks x0 corrupted to (xt, noise) at times t."""
+    """Per-token loss (B, L) of ``objective`` for clean blocks x0 corrupted to (xt, noise) at times t;
+    the network's output is read from its declaration ``model.prediction``."""
     process = model.process
     alpha = process.alpha(t).unsqueeze(-1)
     dalpha = process.dalpha(t).unsqueeze(-1)
     logits = model(xt, t, noise)
     weights = torch.promote_types(logits.dtype, torch.float32)  # never round alpha to bfloat16
-    return losses.compute(objective, logits, output=model.output, x0=x0, xt=xt, alpha=alpha.to(weights),
-                          dalpha=dalpha.to(weights), noise=noise)
+    return process.loss(objective, logits, model.prediction, x0, State(xt, noise), alpha.to(weights),
+                        dalpha.to(weights))
 
 
 def ar_token_losses(model, x0: Tensor) -> Tensor:
@@ -100,7 +97,7 @@ def validation_bound(model, blocks: Tensor, batch_size: int, num_batches: int, s
                              len(x0), t_min)
         xt, noise = corrupt(model.process, x0, t, g)
         on = [None if v is None else v.to(device) for v in (x0, xt, noise, t)]
-        per_batch.append(token_losses(model, ELBO[model.process.name], *on).mean().item())
+        per_batch.append(token_losses(model, model.process.elbo, *on).mean().item())
     mean = sum(per_batch) / len(per_batch)
     var = sum((v - mean) ** 2 for v in per_batch) / max(1, len(per_batch) - 1)
     return mean, math.sqrt(var / len(per_batch))

@@ -126,9 +126,9 @@ def test_autoregressive_sampling(runs):
 
 def test_option_errors_reach_the_user(runs):
     parser = cli(generate)
-    with pytest.raises(ValueError, match="option remasking applies to masked diffusion"):
+    with pytest.raises(ValueError, match="option remasking applies to no UDM sampler"):
         run_cli(parser, ["sample", runs["udm"], "--remasking", "cap"])
-    with pytest.raises(ValueError, match="option corrector applies to uniform diffusion"):
+    with pytest.raises(ValueError, match="option corrector GibbsCorrector supports uniform diffusion only"):
         run_cli(parser, ["sample", runs["mdm"], "--corrector-sweeps", "1"])
     with pytest.raises(ValueError, match=r"length must be an integer in \[1, 16\]"):
         run_cli(parser, ["sample", runs["mdm"], "--length", "17"])

@@ -131,11 +131,13 @@ def test_prompts_are_held_fixed(process):
 
 
 @pytest.mark.parametrize("process,settings,match", [
-    ("udm", SamplerSettings(remasking={"kind": "cap"}), "option remasking applies to masked diffusion"),
-    ("audm", SamplerSettings(remasking={"kind": "cap"}), "use sampler 'reaudm'"),
-    ("mdm", SamplerSettings(corrector={"sweeps": 1}), "option corrector applies to uniform diffusion"),
-    ("mdm", SamplerSettings(temperature_on="loo"), "option temperature_on='loo' applies to UDM only"),
-    ("mdm", SamplerSettings(sampler="x0"), "option sampler='x0' is not a MDM sampler"),
+    ("udm", SamplerSettings(remasking={"kind": "cap"}),
+     r"option remasking applies to no UDM sampler \(it is used by MDM sampler 'remdm'\)"),
+    ("audm", SamplerSettings(remasking={"kind": "cap"}), "option remasking applies to no AUDM sampler"),
+    ("mdm", SamplerSettings(corrector={"sweeps": 1}),
+     "option corrector GibbsCorrector supports uniform diffusion only, got process MDM"),
+    ("mdm", SamplerSettings(temperature_on="loo"), r"option temperature_on must be one of \('denoiser',\) for MDM, got 'loo'"),
+    ("mdm", SamplerSettings(sampler="x0"), r"option sampler must be one of \[.*'remdm'\] for MDM, got 'x0'"),
     ("mdm", SamplerSettings(sampler="ancestral", remasking={"kind": "cap"}), "used by sampler 'remdm' only"),
     ("udm", SamplerSettings(sampler="confidence", temperature=0.5), "greedy"),
 ])

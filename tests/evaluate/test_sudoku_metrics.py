@@ -122,7 +122,7 @@ def test_sudoku_refuses_other_runs(tmp_path, mdm_run):
         evaluate_sudoku(text_run(tmp_path, "mdm"), SamplerSettings(nfe=2), num_puzzles=1)
     with pytest.raises(ValueError, match="num_puzzles must be an integer >= 1"):
         evaluate_sudoku(mdm_run, SamplerSettings(nfe=2), num_puzzles=0)
-    with pytest.raises(ValueError, match="option corrector applies to uniform diffusion"):
+    with pytest.raises(ValueError, match="option corrector GibbsCorrector supports uniform diffusion only"):
         evaluate_sudoku(mdm_run, SamplerSettings(nfe=2, corrector={"sweeps": 1}), num_puzzles=1)
     with pytest.raises(FileNotFoundError, match="does not exist"):
         run_cli(cli(sudoku), ["sudoku", tmp_path / "missing"])

@@ -13,7 +13,7 @@ def _pt_samples(law, alpha, n, seed):
     g = torch.Generator().manual_seed(seed)
     x0 = law.sample(n, generator=g)
     proc = ddlm.UniformDiffusion(law.vocab_size, ddlm.LinearSchedule(eps=0.0))
-    return proc.corrupt(x0, 1.0 - alpha, generator=g), g
+    return proc.corrupt(x0, 1.0 - alpha, generator=g).xt, g
 
 
 def _tv_to_pt(law, x, alpha):

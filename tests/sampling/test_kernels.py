@@ -180,3 +180,46 @@ def test_confidence_sets_largest_margins_to_argmax():
     # MDM: masked positions ranked by max probability
     out = K.confidence(torch.tensor([[2, 2, 2, 2]]), logd, eligible, torch.tensor([1]))
     assert out.tolist() == [[0, 2, 2, 2]]
+
+
+def test_tau_leaping_converges_to_the_law_and_is_not_exact_at_few_steps():
+    """The worked example of docs/extending.md: a registered kernel, picked up by ddlm.sample."""
+    import ddlm
+    from ddlm.sampling.registry import samplers
+
+    law = exact.random_law(3, 3, seed=0)
+    proc = ddlm.UniformDiffusion(3)
+    assert "tau_leaping" in samplers(proc)
+    model = exact.model(law, proc)
+    n = 20_000
+    floor = exact.tv_distance(law, law.sample(n, generator=torch.Generator().manual_seed(5)))
+
+    def tv(nfe):
+        return exact.tv_distance(law, ddlm.sample(model, proc, n, 3, nfe, sampler="tau_leaping",
+                                                  generator=torch.Generator().manual_seed(0)))
+
+    coarse, fine = tv(4), tv(256)
+    assert coarse > 0.1  # Euler steps are biased when few
+    assert fine < 2.0 * floor + 0.005, (fine, floor)  # and the bias vanishes as they shrink
+
+
+def test_tau_leaping_step_probabilities_match_the_rates():
+    """One step from a fixed state: the empirical jump law equals c xbar(y) for y != x."""
+    from ddlm.processes import State
+    from ddlm.sampling.registry import Step
+    from ddlm.sampling.tau_leaping import tau_leaping
+    from ddlm.sampling.prediction import Prediction
+
+    k, n = 4, 200_000
+    at, as_ = 0.5, 0.55
+    logr = torch.log_softmax(torch.tensor([0.3, -1.0, 0.8, 0.1], dtype=torch.float64), -1)
+    x = torch.full((n, 1), 2)
+    pred = Prediction(logr.expand(n, 1, k).clone(), x)
+    g = torch.Generator().manual_seed(0)
+    out = tau_leaping(State(x), pred, Step(t=0.5, alpha_t=at, alpha_s=as_, free=torch.ones_like(x, dtype=torch.bool)), g)
+    emp = torch.bincount(out.xt.flatten(), minlength=k).double() / n
+    r = logr.exp()
+    xbar = k * at * r + 1 - at
+    want = (as_ - at) / (at * k) * xbar / xbar[2]
+    want[2] = 1 - (want.sum() - want[2])
+    assert torch.allclose(emp, want, atol=4e-3), (emp, want)

@@ -182,5 +182,5 @@ def test_bad_model_prompt_and_corrector():
         ddlm.sample(model, proc, 4, 4, 4, prompt=torch.zeros(4, 4, dtype=torch.long))
     with pytest.raises(ValueError, match="confidence' is greedy"):
         ddlm.sample(model, proc, 4, 4, 4, sampler="confidence", temperature=0.5)
-    with pytest.raises(TypeError, match="process must be a MaskedDiffusion"):
+    with pytest.raises(TypeError, match=r"process must be a ddlm process \(e.g. ddlm.UniformDiffusion\), got object"):
         ddlm.sample(model, object(), 4, 4, 4)

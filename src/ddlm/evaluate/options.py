@@ -21,13 +21,14 @@ from torch import Tensor
 
 from ..sampling import GibbsCorrector, RemaskingSchedule
 from ..sampling.correctors import SELECTIONS
-from ..sampling.loop import SAMPLERS
+from ..sampling.options import check_options, default_sampler
+from ..sampling.registry import all_samplers
 from ..sampling.remasking import KINDS
 
 #: fields of GibbsCorrector / RemaskingSchedule that the settings dicts may hold
 CORRECTOR_KEYS = tuple(f.name for f in fields(GibbsCorrector))
 REMASKING_KEYS = tuple(f.name for f in fields(RemaskingSchedule))
-TEMPERATURE_ON = ("loo", "denoiser")
+TEMPERATURE_ON = ("loo", "denoiser", "posterior")
 
 
 def _positive_int(name: str, value) -> int:
@@ -125,7 +126,7 @@ class SamplerSettings:
 
 def add_sampler_options(parser: argparse.ArgumentParser) -> None:
     """Add the sampler options (a "sampler" argument group) to ``parser``; see :func:`settings_from_args`."""
-    names = sorted({s for by_process in SAMPLERS.values() for s in by_process})
+    names = all_samplers()
     g = parser.add_argument_group("sampler")
     g.add_argument("--sampler", default=None,
                    help=f"sampler name (default: ancestral; remdm when --remasking is given): {', '.join(names)}")
@@ -134,7 +135,7 @@ def add_sampler_options(parser: argparse.ArgumentParser) -> None:
                         "not for autoregressive runs)")
     g.add_argument("--temperature", type=float, default=1.0, help="sampling temperature (default 1)")
     g.add_argument("--temperature-on", choices=TEMPERATURE_ON, default=None,
-                   help="which view the temperature acts on (UDM; default loo)")
+                   help="which view the temperature acts on (UDM: loo or denoiser; default loo)")
     g.add_argument("--top-p", type=float, default=1.0, help="nucleus filtering, in (0, 1] (default 1: off)")
     g.add_argument("--corrector-sweeps", type=int, default=None,
                    help="Gibbs corrector sweeps per corrected step (UDM); enables the corrector")
@@ -202,16 +203,18 @@ def time_conditioned(model) -> bool:
 
 
 def resolve_sampler(settings: SamplerSettings, process) -> str:
-    """The sampler a draw uses: ``settings.sampler``, else "remdm" for MDM with remasking, else "ancestral"."""
+    """The sampler a draw uses: ``settings.sampler``, else the process's remasking sampler ("remdm")
+    when remasking is given, else "ancestral"."""
     if settings.sampler is not None:
         return settings.sampler
-    if settings.remasking is not None and process is not None and process.name == "mdm":
-        return "remdm"
-    return "ancestral"
+    return default_sampler(process, settings.remasking) if process is not None else "ancestral"
 
 
 def check_applicable(settings: SamplerSettings, process) -> None:
     """Refuse options that do not apply to the process (None: autoregressive), naming the option.
+
+    The diffusion checks are ``ddlm.sampling.options.check_options``, the same that ``ddlm.sample``
+    makes, applied to the objects the settings describe.
 
     Raises:
         ValueError: e.g. remasking for UDM/AUDM, a corrector for MDM/AUDM, temperature_on "loo" for
@@ -226,24 +229,14 @@ def check_applicable(settings: SamplerSettings, process) -> None:
                 raise ValueError(f"option {name}={value!r} does not apply to an autoregressive run "
                                  "(it supports temperature, top_p and seed)")
         return
-    kind = process.name
-    sampler = resolve_sampler(settings, process)
-    if sampler not in SAMPLERS[kind]:
-        raise ValueError(f"option sampler={sampler!r} is not a {kind.upper()} sampler; expected one of "
-                         f"{sorted(SAMPLERS[kind])}")
-    if settings.corrector is not None and kind != "udm":
-        raise ValueError(f"option corrector applies to uniform diffusion (UDM) only, got a {kind.upper()} run")
-    if settings.remasking is not None and kind != "mdm":
-        hint = "; for AUDM use sampler 'reaudm'" if kind == "audm" else ""
-        raise ValueError(f"option remasking applies to masked diffusion (MDM, sampler 'remdm') only, "
-                         f"got a {kind.upper()} run{hint}")
-    if settings.remasking is not None and sampler != "remdm":
-        raise ValueError(f"option remasking is used by sampler 'remdm' only, got sampler {sampler!r}")
-    if settings.temperature_on is not None and kind != "udm" and settings.temperature_on != "denoiser":
-        raise ValueError(f"option temperature_on={settings.temperature_on!r} applies to UDM only; "
-                         f"{kind.upper()} tempers the denoiser")
-    if sampler == "confidence" and (settings.temperature != 1.0 or settings.top_p != 1.0):
-        raise ValueError("sampler 'confidence' is greedy (argmax): options temperature and top_p must be 1")
+    corrector = GibbsCorrector(**settings.corrector) if settings.corrector else None
+    remasking = RemaskingSchedule(**settings.remasking) if settings.remasking else None
+    try:
+        check_options(process, sampler=resolve_sampler(settings, process), corrector=corrector,
+                      temperature=settings.temperature, temperature_on=settings.temperature_on,
+                      top_p=settings.top_p, remasking=remasking)
+    except ValueError as e:
+        raise ValueError(f"option {e}") from None
 
 
 def _expand_prompt(prompt, prompt_mask, num_samples: int, length: int):
@@ -364,11 +357,10 @@ def draw(model, process, tokenizer, settings: SamplerSettings, num_samples: int,
 def _sample(model, process, n, length, settings, sampler, corrector, remasking, prompt, prompt_mask, g, device):
     from ..sampling import sample
 
-    prediction = getattr(model, "prediction", None)
-    if prediction is None:
+    if getattr(model, "prediction", None) is None:
         raise ValueError("model has no 'prediction' attribute: draw needs to know what the network predicts "
                          "(a DiffusionModel has it; wrap other callables, e.g. ddlm.evaluate.bound.CallableModel)")
-    return sample(model, process, n, length, settings.nfe, prediction=prediction, sampler=sampler,
+    return sample(model, process, n, length, settings.nfe, sampler=sampler,
                   corrector=corrector, temperature=settings.temperature, temperature_on=settings.temperature_on,
                   top_p=settings.top_p, prompt=prompt, prompt_mask=prompt_mask,
                   time_conditioned=time_conditioned(model), generator=g, remasking=remasking, device=device)

@@ -42,10 +42,12 @@ _WHY_UDM = (
 # ---- checks ------------------------------------------------------------------------------------
 
 def _check_udm(process, what: str = "process") -> None:
-    """Raise ValueError unless ``process`` is a UniformDiffusion (process.name == "udm")."""
-    name = getattr(process, "name", None)
-    if name != "udm":
-        shown = "None (an autoregressive model)" if process is None else (name.upper() if name else repr(process))
+    """Raise ValueError unless ``process`` is a ``UniformDiffusion``."""
+    from ..processes import Process, UniformDiffusion
+
+    if not isinstance(process, UniformDiffusion):
+        shown = ("None (an autoregressive model)" if process is None
+                 else process.label if isinstance(process, Process) else repr(process))
         raise ValueError(f"{what} is {shown}; {_WHY_UDM}")
 
 
@@ -416,8 +418,11 @@ def _load_udm_run(path: str, device: str = "cpu"):
     from ..train import load
     from .results import resolve_device, run_info
 
+    from ..processes import REGISTRY, UniformDiffusion
+
     info = run_info(path)  # FileNotFoundError / ValueError naming the path
-    if info["process"] != "udm":
+    cls = REGISTRY.get(info["process"])
+    if cls is None or not issubclass(cls, UniformDiffusion):  # refuse before loading the weights
         raise ValueError(f"run {path!r} has process {info['process'].upper()}; {_WHY_UDM}")
     model, process, _ = load(info["checkpoint"], ema=True)
     _check_udm(process, f"the process of run {path!r}")
@@ -465,7 +470,8 @@ def _command(args) -> int:
 
 def add_command(subparsers) -> None:
     """Add ``ddlm probe RUN [RUN ...]`` to an ``argparse`` subparsers object (sets ``func``)."""
-    from ..sampling.loop import SAMPLERS
+    from ..processes import UniformDiffusion
+    from ..sampling.registry import samplers
 
     p = subparsers.add_parser(
         "probe", help="LOO sensitivity probe of uniform-diffusion runs along the sampling trajectory",
@@ -477,7 +483,7 @@ def add_command(subparsers) -> None:
     p.add_argument("--num-samples", type=int, default=16, help="sequences sampled per run (default 16)")
     p.add_argument("--positions", type=int, default=8, help="perturbed positions per sequence and state (default 8)")
     p.add_argument("--length", type=int, default=None, help="sequence length (default: the run's block size)")
-    p.add_argument("--sampler", default="ancestral", choices=sorted(SAMPLERS["udm"]),
+    p.add_argument("--sampler", default="ancestral", choices=samplers(UniformDiffusion),
                    help="UDM sampler of the trajectory (default ancestral)")
     p.add_argument("--batch-size", type=int, default=256, help="rows per forward pass of the probe (default 256)")
     p.add_argument("--seed", type=int, default=0, help="seed of the trajectory and the perturbations (default 0)")

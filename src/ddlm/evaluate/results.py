@@ -111,9 +111,9 @@ def run_info(path: str | os.PathLike) -> dict:
     if cfg.process == "ar":
         output = "next_token"
     else:
-        from ..models.diffusion import OUTPUTS
+        from ..processes import REGISTRY
 
-        output = cfg.model.output or OUTPUTS[cfg.process][-1 if cfg.process == "udm" else 0]
+        output = cfg.model.output or REGISTRY[cfg.process].default_output
     return {"run": str(path), "checkpoint": str(ckpt), "step": int(meta["step"]), "process": cfg.process,
             "model_output": output, "config": cfg.to_dict(), "ddlm_version": __version__}
 

@@ -10,7 +10,14 @@ from ..processes import get_process
 from ..schedules import get_schedule
 from .dit import DiT, DiTConfig
 
-OUTPUTS = {"mdm": ("denoiser",), "udm": ("denoiser", "loo"), "audm": ("posterior",)}
+
+
+def __getattr__(attr):  # a derived table, kept for scripts that read it
+    if attr == "OUTPUTS":
+        from ..processes import REGISTRY
+
+        return {name: cls.network_outputs for name, cls in REGISTRY.items()}
+    raise AttributeError(attr)
 
 
 class DiffusionModel(nn.Module):
@@ -19,14 +26,15 @@ class DiffusionModel(nn.Module):
     Args:
         process: the forward process (its vocabulary and schedule).
         net: the DiT (input vocabulary = process.input_vocab_size, output = K data tokens).
-        output: what the network predicts: "denoiser" or "loo" (UDM), "denoiser" (MDM),
-            "posterior" (AUDM). Passed to ``ddlm.sample`` as ``prediction``.
+        output: what the network predicts, one of ``process.network_outputs``: "loo" or "denoiser"
+            (UDM), "denoiser" (MDM), "posterior" (AUDM). Declared as ``model.prediction``, which
+            ``ddlm.sample``, the losses and evaluation read.
     """
 
     def __init__(self, process, net: DiT, output: str):
         super().__init__()
-        if output not in OUTPUTS[process.name]:
-            raise ValueError(f"output must be one of {OUTPUTS[process.name]} for {process.name.upper()}, got {output!r}")
+        if output not in process.network_outputs:
+            raise ValueError(f"output must be one of {process.network_outputs} for {process.label}, got {output!r}")
         if net.config.vocab_size != process.input_vocab_size or net.config.output_size != process.vocab_size:
             raise ValueError(
                 f"net has vocab_size {net.config.vocab_size} and output_size {net.config.output_size}, expected "
@@ -41,11 +49,12 @@ class DiffusionModel(nn.Module):
         """Process + DiT preset in one call (``overrides`` replace DiT config fields)."""
         process = get_process(process_name, vocab_size, get_schedule(schedule, eps=eps))
         config = DiTConfig.preset(preset, process.input_vocab_size, vocab_size, max_len,
-                                  audm=process.name == "audm", time_conditioning=time_conditioning, **overrides)
-        return cls(process, DiT(config), output or OUTPUTS[process.name][-1 if process.name == "udm" else 0])
+                                  audm=process.has_noise, time_conditioning=time_conditioning, **overrides)
+        return cls(process, DiT(config), output or process.default_output)
 
     @property
     def prediction(self) -> str:
+        """What the network predicts (its ``output``)."""
         return self.output
 
     def forward(self, xt: Tensor, t: Tensor, noise: Tensor | None = None) -> Tensor:

@@ -1,5 +1,6 @@
 """Sampling: the shared loop (``sample``), the reverse kernels, correctors and remasking schedules."""
 
+from . import tau_leaping  # noqa: F401  (registers the "tau_leaping" sampler of uniform diffusion)
 from .correctors import GibbsCorrector
 from .loop import SampleInfo, sample, split_nfe
 from .remasking import RemaskingSchedule

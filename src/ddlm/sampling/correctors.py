@@ -1,4 +1,9 @@
-"""Correctors run after a predictor step (MATH.md section 5, informed predictor-corrector)."""
+"""Correctors run after a predictor step (docs/maths.md §5, informed predictor-corrector).
+
+A corrector is a step object the sampling loop calls after a predictor step: it declares how many
+forward passes it makes per corrected step (``sweeps``) and the view it consumes (``consumes``),
+checks that it applies to a process (``check``), and maps a state to a state (``correct``).
+"""
 
 from __future__ import annotations
 
@@ -8,6 +13,7 @@ from dataclasses import dataclass
 import torch
 from torch import Tensor
 
+from ..processes import State, UniformDiffusion
 from .kernels import _mixture, as_prediction, uniform
 
 SELECTIONS = ("random", "lowest_maxprob", "lowest_current_prob", "lowest_log_margin")
@@ -31,6 +37,9 @@ class GibbsCorrector:
     selection: str = "lowest_log_margin"
     tau: float = 1.0
 
+    #: the view each sweep consumes
+    consumes = "loo"
+
     def __post_init__(self):
         if isinstance(self.sweeps, bool) or not isinstance(self.sweeps, int) or self.sweeps < 1:
             raise ValueError(f"sweeps must be an integer >= 1, got {self.sweeps!r}")
@@ -40,6 +49,15 @@ class GibbsCorrector:
             raise ValueError(f"selection must be one of {SELECTIONS}, got {self.selection!r}")
         if not (self.tau > 0 and math.isfinite(self.tau)):
             raise ValueError(f"tau must be a positive finite number, got {self.tau!r}")
+
+    def check(self, process) -> None:
+        """Raise ValueError unless the process is uniform diffusion (c_i is UDM's single-site marginal)."""
+        if not isinstance(process, UniformDiffusion):
+            raise ValueError(f"corrector GibbsCorrector supports uniform diffusion only, got process {process.label}")
+
+    def correct(self, state: State, pred, step, generator) -> State:
+        """One sweep at time s of the loop's step (``ddlm.sampling.registry.Step``)."""
+        return State(self.step(state.xt, pred, step.alpha_s, step.free, generator), state.noise)
 
     def scores(self, x: Tensor, logr, alpha_s: float) -> Tensor:
         """Selection scores (B, L) from the LOO (a ``Prediction`` or (B, L, K) log-probabilities);

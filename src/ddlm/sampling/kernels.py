@@ -1,4 +1,4 @@
-"""Reverse steps t -> s < t, one function per sampler (MATH.md section 5).
+"""Reverse steps t -> s < t, one function per sampler (docs/maths.md §5), and their registration.
 
 Each kernel is a pure function of the current state, the prediction it consumes (a lazy
 ``Prediction`` view of the network output, or a (B, L, K) tensor of log-probabilities over the K
@@ -15,7 +15,9 @@ from __future__ import annotations
 import torch
 from torch import Tensor
 
+from ..processes import AbsorbingUniformDiffusion, MaskedDiffusion, State, UniformDiffusion
 from .prediction import Prediction
+from .registry import Step, register_kernel
 
 
 # ---- exact draws -------------------------------------------------------------------------------
@@ -168,3 +170,83 @@ def confidence(x: Tensor, logd, eligible: Tensor, count: Tensor) -> Tensor:
     rank = torch.empty_like(order).scatter_(-1, order, torch.arange(x.shape[-1], device=x.device).expand_as(order))
     chosen = eligible & (rank < count.unsqueeze(-1))
     return torch.where(chosen, arg, x)
+
+
+def commit_count(eligible: Tensor, at: float, as_: float) -> Tensor:
+    """How many eligible positions each row resolves in a step: round(n (alpha_s - alpha_t)/(1 - alpha_t))."""
+    frac = (as_ - at) / (1.0 - at)
+    return torch.round(eligible.sum(-1).double() * frac).long()
+
+
+# ---- registrations: sampler name -> kernel, per process (``ddlm.sampling.registry``) ---------------
+
+@register_kernel(MaskedDiffusion, "ancestral", consumes="denoiser")
+def _mdm_ancestral(state: State, pred, step: Step, generator) -> State:
+    """MDLM ancestral step: unmask w.p. (alpha_s - alpha_t)/(1 - alpha_t), drawing from the denoiser."""
+    return State(mdm_ancestral(state.xt, pred, step.alpha_t, step.alpha_s, generator, pred.k))
+
+
+@register_kernel(MaskedDiffusion, "remdm", consumes="denoiser", remasking=True)
+def _remdm(state: State, pred, step: Step, generator) -> State:
+    """ReMDM: the MDLM step with remasking probability sigma from the remasking schedule."""
+    return State(remdm(state.xt, pred, step.alpha_t, step.alpha_s, generator, pred.k, step.sigma))
+
+
+@register_kernel(MaskedDiffusion, "confidence", consumes="denoiser", greedy=True)
+def _mdm_confidence(state: State, pred, step: Step, generator) -> State:
+    """Greedy: unmask the most confident masked positions, as many as the ancestral step would on average."""
+    masked = state.xt == pred.k
+    return State(confidence(state.xt, pred, masked, commit_count(masked, step.alpha_t, step.alpha_s)))
+
+
+@register_kernel(UniformDiffusion, "ancestral", consumes="loo")
+def _udm_ancestral(state: State, pred, step: Step, generator) -> State:
+    """Plug-in bridge fed the LOO (exact reverse kernel for the exact LOO)."""
+    return State(udm_bridge(state.xt, pred, step.alpha_t, step.alpha_s, generator))
+
+
+@register_kernel(UniformDiffusion, "x0", consumes="denoiser")
+def _udm_x0(state: State, pred, step: Step, generator) -> State:
+    """D3PM x0-form fed the denoiser (the bridge on the converted LOO; temperature acts on the denoiser)."""
+    return State(udm_x0(state.xt, pred, step.alpha_t, step.alpha_s, generator))
+
+
+@register_kernel(UniformDiffusion, "max_coupling", consumes="denoiser")
+def _udm_max_coupling(state: State, pred, step: Step, generator) -> State:
+    """Maximal coupling: stay w.p. (1 - alpha_s)/(1 - alpha_t), else draw from the denoiser."""
+    return State(max_coupling(state.xt, pred, step.alpha_t, step.alpha_s, generator))
+
+
+@register_kernel(UniformDiffusion, "bridge_raw_denoiser", consumes="denoiser")
+def _udm_bridge_raw_denoiser(state: State, pred, step: Step, generator) -> State:
+    """ABLATION (wrong on purpose): the bridge fed the raw denoiser as if it were the LOO."""
+    return State(udm_bridge_raw_denoiser(state.xt, pred, step.alpha_t, step.alpha_s, generator))
+
+
+@register_kernel(UniformDiffusion, "confidence", consumes="denoiser", greedy=True)
+def _udm_confidence(state: State, pred, step: Step, generator) -> State:
+    """Greedy: set the free positions with the largest margin to argmax, round(L alpha) in all by time s."""
+    b, length = state.xt.shape
+    at, as_ = step.alpha_t, step.alpha_s
+    n = length if as_ >= 1.0 else round(length * as_) - round(length * at)
+    count = torch.full((b,), n, dtype=torch.long, device=state.xt.device)
+    return State(confidence(state.xt, pred, step.free, count))
+
+
+@register_kernel(AbsorbingUniformDiffusion, "ancestral", consumes="denoiser")
+def _audm_ancestral(state: State, pred, step: Step, generator) -> State:
+    """AUDM carry-over: active positions move w.p. (alpha_s - alpha_t)/(1 - alpha_t); the others are kept."""
+    return State(*audm_carry_over(state.xt, state.noise, pred, step.alpha_t, step.alpha_s, generator))
+
+
+@register_kernel(AbsorbingUniformDiffusion, "reaudm", consumes="denoiser")
+def _reaudm(state: State, pred, step: Step, generator) -> State:
+    """ReAUDM renoising: the UDM bridge with a drawn x0hat, the noise tokens redrawn on the AUDM law."""
+    return State(*reaudm(state.xt, state.noise, pred, step.alpha_t, step.alpha_s, generator))
+
+
+@register_kernel(AbsorbingUniformDiffusion, "confidence", consumes="denoiser", greedy=True)
+def _audm_confidence(state: State, pred, step: Step, generator) -> State:
+    """Greedy: resolve the most confident active free positions, as many as the carry-over step would."""
+    active = (state.xt == state.noise) & step.free
+    return State(confidence(state.xt, pred, active, commit_count(active, step.alpha_t, step.alpha_s)), state.noise)

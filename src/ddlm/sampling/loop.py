@@ -1,33 +1,36 @@
-"""The sampling loop shared by every process, kernel and corrector: ``ddlm.sample``."""
+"""The sampling loop shared by every process, kernel and corrector: ``ddlm.sample`` (docs/maths.md §5, §6).
+
+The loop knows no process or sampler by name: the process gives the prior, the prompt clamping and
+the views of the model's prediction; the sampler is a registered ``Kernel`` (``ddlm.sampling.registry``)
+called once per step; a corrector and a remasking schedule are step objects it calls.
+"""
 
 from __future__ import annotations
 
-import math
 from dataclasses import dataclass
 
 import torch
 from torch import Tensor
 
 from .._checks import check_tokens
-from ..processes import AbsorbingUniformDiffusion, MaskedDiffusion, UniformDiffusion
-from . import kernels as K
-from .correctors import GibbsCorrector
+from ..processes import REGISTRY, State
+from . import kernels as _kernels  # noqa: F401  (registers the built-in samplers)
+from .options import check_options, check_process
 from .prediction import Prediction
+from .registry import Step
 from .remasking import RemaskingSchedule
 
-#: process -> sampler name -> the prediction view its kernel consumes
-SAMPLERS = {
-    "mdm": {"ancestral": "denoiser", "remdm": "denoiser", "confidence": "denoiser"},
-    "udm": {
-        "ancestral": "loo",
-        "x0": "denoiser",
-        "max_coupling": "denoiser",
-        "confidence": "denoiser",
-        "bridge_raw_denoiser": "denoiser",
-    },
-    "audm": {"ancestral": "denoiser", "reaudm": "denoiser", "confidence": "denoiser"},
-}
-PREDICTIONS = {"mdm": ("denoiser", "loo"), "udm": ("denoiser", "loo"), "audm": ("denoiser", "posterior")}
+
+def _samplers_table() -> dict:
+    return {name: {k: v.consumes for k, v in cls.kernels.items()} for name, cls in REGISTRY.items()}
+
+
+def __getattr__(attr):  # derived tables, kept for scripts that read them
+    if attr == "SAMPLERS":
+        return _samplers_table()
+    if attr == "PREDICTIONS":
+        return {name: cls.predictions for name, cls in REGISTRY.items()}
+    raise AttributeError(attr)
 
 
 @dataclass
@@ -62,48 +65,6 @@ def top_p_filter(logp: Tensor, top_p: float) -> Tensor:
     return torch.log_softmax(logp.masked_fill(drop, float("-inf")), dim=-1)
 
 
-def _name(process) -> str:
-    if isinstance(process, MaskedDiffusion):
-        return "mdm"
-    if isinstance(process, AbsorbingUniformDiffusion):
-        return "audm"
-    if isinstance(process, UniformDiffusion):
-        return "udm"
-    raise TypeError(
-        "process must be a MaskedDiffusion, UniformDiffusion or AbsorbingUniformDiffusion, "
-        f"got {type(process).__name__}"
-    )
-
-
-def _check_args(kind, num_samples, length, nfe, prediction, sampler, corrector, temperature,
-                temperature_on, top_p, remasking):
-    for name, value, low in (("num_samples", num_samples, 1), ("length", length, 1), ("nfe", nfe, 1)):
-        if isinstance(value, bool) or not isinstance(value, int) or value < low:
-            raise ValueError(f"{name} must be an integer >= {low}, got {value!r}")
-    if prediction not in PREDICTIONS[kind]:
-        raise ValueError(f"prediction must be one of {PREDICTIONS[kind]} for {kind.upper()}, got {prediction!r}")
-    if sampler not in SAMPLERS[kind]:
-        raise ValueError(f"sampler must be one of {sorted(SAMPLERS[kind])} for {kind.upper()}, got {sampler!r}")
-    if corrector is not None:
-        if not isinstance(corrector, GibbsCorrector):
-            raise TypeError(f"corrector must be a ddlm.GibbsCorrector or None, got {type(corrector).__name__}")
-        if kind != "udm":
-            raise ValueError(f"corrector GibbsCorrector supports uniform diffusion only, got process {kind.upper()}")
-    if not (isinstance(temperature, (int, float)) and temperature > 0 and math.isfinite(temperature)):
-        raise ValueError(f"temperature must be a positive finite number, got {temperature!r}")
-    allowed_on = ("loo", "denoiser") if kind == "udm" else ("denoiser",)
-    if temperature_on is not None and temperature_on not in allowed_on:
-        raise ValueError(f"temperature_on must be one of {allowed_on} for {kind.upper()}, got {temperature_on!r}")
-    if not (isinstance(top_p, (int, float)) and 0.0 < top_p <= 1.0):
-        raise ValueError(f"top_p must lie in (0, 1], got {top_p!r}")
-    if sampler == "confidence" and (temperature != 1.0 or top_p != 1.0):
-        raise ValueError("sampler 'confidence' is greedy (argmax): temperature and top_p must be 1")
-    if remasking is not None and not isinstance(remasking, RemaskingSchedule):
-        raise TypeError(f"remasking must be a ddlm.RemaskingSchedule or None, got {type(remasking).__name__}")
-    if remasking is not None and sampler != "remdm":
-        raise ValueError(f"remasking is used by sampler 'remdm' only, got sampler {sampler!r}")
-
-
 def _check_prompt(prompt, prompt_mask, shape, k, device):
     if prompt is None and prompt_mask is None:
         return None, None
@@ -120,27 +81,27 @@ def _check_prompt(prompt, prompt_mask, shape, k, device):
 
 
 class _Model:
-    """Calls the network, checks its output, keeps the K data columns, and caches by input."""
+    """Calls the network on a state, checks its output, keeps the K data columns, and caches by input."""
 
     def __init__(self, model, k, cache):
         self.model, self.k, self.cache = model, k, cache
         self.calls = 0
-        self._last = None  # (x, noise, logp) of the previous call
+        self._last = None  # (state, logp) of the previous call
 
-    def __call__(self, x: Tensor, noise: Tensor | None, t: float) -> Tensor:
+    def __call__(self, state: State, t: float) -> Tensor:
         rows = None
         if self.cache and self._last is not None:
-            lx, lu, lp = self._last
-            changed = (x != lx).any(-1)
-            if noise is not None:
-                changed |= (noise != lu).any(-1)
+            last, lp = self._last
+            changed = (state.xt != last.xt).any(-1)
+            if state.noise is not None:
+                changed |= (state.noise != last.noise).any(-1)
             if not bool(changed.any()):
                 return lp
             rows = changed.nonzero().squeeze(-1)
-        xi = x if rows is None else x[rows]
-        ui = None if noise is None else (noise if rows is None else noise[rows])
-        tt = torch.full((xi.shape[0],), float(t), dtype=torch.float64, device=x.device)
-        out = self.model(xi, tt, ui) if ui is not None else self.model(xi, tt)
+        part = state if rows is None else state.rows(rows)
+        xi = part.xt
+        tt = torch.full((xi.shape[0],), float(t), dtype=torch.float64, device=xi.device)
+        out = self.model(xi, tt, part.noise) if part.noise is not None else self.model(xi, tt)
         self.calls += 1
         want = (xi.shape[0], xi.shape[1])
         if not isinstance(out, Tensor) or out.dim() != 3 or tuple(out.shape[:2]) != want or out.shape[-1] < self.k:
@@ -150,9 +111,9 @@ class _Model:
             )
         logp = out[..., : self.k]  # raw logits of the data tokens; normalised lazily by Prediction
         if rows is not None:
-            logp = self._last[2].clone().index_copy_(0, rows, logp.to(self._last[2].dtype))
+            logp = self._last[1].clone().index_copy_(0, rows, logp.to(self._last[1].dtype))
         if self.cache:
-            self._last = (x.clone(), None if noise is None else noise.clone(), logp)
+            self._last = (State(state.xt.clone(), None if state.noise is None else state.noise.clone()), logp)
         return logp
 
 
@@ -169,6 +130,11 @@ def _view(logits, x, at, have, want, temperature, temperature_on, top_p) -> Pred
     return pred
 
 
+def _positive(name, value):
+    if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+        raise ValueError(f"{name} must be an integer >= 1, got {value!r}")
+
+
 @torch.no_grad()
 def sample(
     model,
@@ -177,9 +143,9 @@ def sample(
     length: int,
     nfe: int,
     *,
-    prediction: str = "denoiser",
+    prediction: str | None = None,
     sampler: str = "ancestral",
-    corrector: GibbsCorrector | None = None,
+    corrector=None,
     temperature: float = 1.0,
     temperature_on: str | None = None,
     top_p: float = 1.0,
@@ -196,19 +162,23 @@ def sample(
 
     Args:
         model: callable ``model(xt, t, noise=None) -> logits (B, L, V)``, V >= K (extra columns are
-            ignored); ``t`` is a (B,) float64 tensor, ``noise`` the AUDM noise tokens (else not passed).
-        process: a ``MaskedDiffusion``, ``UniformDiffusion`` or ``AbsorbingUniformDiffusion``.
+            ignored); ``t`` is a (B,) float64 tensor, ``noise`` the state's noise tokens (AUDM; else
+            not passed). A model declares what it predicts in ``model.prediction``.
+        process: a ddlm process (``MaskedDiffusion``, ``UniformDiffusion``, ``AbsorbingUniformDiffusion``, ...).
         num_samples, length: output shape.
         nfe: budget of forward passes (predictor + corrector); the time grid is uniform in t.
-        prediction: what the model predicts: "denoiser" or "loo" (UDM); for AUDM the posterior
-            p(x_0 | x_t, u) ("denoiser" or "posterior"); for MDM the denoiser ("loo" is the same).
-        sampler: MDM "ancestral" | "remdm" | "confidence"; UDM "ancestral" (plug-in bridge fed the
+        prediction: what the model predicts, one of ``process.predictions``. Default: the model's own
+            declaration ``model.prediction``; a model that declares nothing is taken to predict
+            ``process.default_prediction`` (the LOO for UDM, the denoiser for MDM, the posterior for
+            AUDM). A value that contradicts the model's declaration raises ValueError.
+        sampler: a sampler registered for the process (``ddlm.sampling.registry.samplers(process)``):
+            MDM "ancestral" | "remdm" | "confidence"; UDM "ancestral" (plug-in bridge fed the
             LOO) | "x0" (D3PM form with the denoiser) | "max_coupling" | "confidence" |
             "bridge_raw_denoiser" (a deliberately wrong ablation); AUDM "ancestral" (carry-over) |
             "reaudm" | "confidence".
-        corrector: a ``GibbsCorrector`` (UDM only).
-        temperature: p^(1/T) on the view given by ``temperature_on`` ("loo" by default for UDM,
-            the denoiser/posterior otherwise).
+        corrector: a ``GibbsCorrector`` (UDM), or any corrector step object.
+        temperature: p^(1/T) on the view given by ``temperature_on`` (one of
+            ``process.temperature_views``; default the first: the LOO for UDM, the denoiser otherwise).
         top_p: nucleus filtering of the prediction the kernel consumes.
         prompt, prompt_mask: (num_samples, length); where the mask is True the token is fixed to the
             prompt's for the whole trajectory (AUDM: marked certainly clean by its noise token).
@@ -216,29 +186,27 @@ def sample(
             reuse the last prediction instead of a forward pass.
         generator: every random draw goes through it; the same seed gives identical samples.
         return_info: also return a ``SampleInfo``.
-        remasking: the ``RemaskingSchedule`` of sampler "remdm" (default: cap, eta = 0.008).
+        remasking: the ``RemaskingSchedule`` of a remasking sampler ("remdm"; default: cap, eta = 0.008).
         device: where the samples live (default: the generator's device, else CPU).
         progress: show a progress bar.
 
     Returns:
         int64 tensor (num_samples, length) of data tokens, or (samples, info).
     """
-    kind = _name(process)
-    _check_args(kind, num_samples, length, nfe, prediction, sampler, corrector, temperature,
-                temperature_on, top_p, remasking)
+    check_process(process)
+    for name, value in (("num_samples", num_samples), ("length", length), ("nfe", nfe)):
+        _positive(name, value)
+    prediction = process.resolve_prediction(model, prediction)
+    kernel = check_options(process, sampler=sampler, corrector=corrector, temperature=temperature,
+                           temperature_on=temperature_on, top_p=top_p, remasking=remasking)
     k = process.vocab_size
     if device is None:
         device = generator.device if generator is not None else torch.device("cpu")
     shape = (num_samples, length)
     prompt, prompt_mask = _check_prompt(prompt, prompt_mask, shape, k, device)
-    have = {"posterior": "denoiser"}.get(prediction, prediction)
-    if kind == "mdm":
-        have = "denoiser"  # at masked positions the MDM denoiser and LOO coincide
-    want = SAMPLERS[kind][sampler]
-    temperature_on = temperature_on or ("loo" if kind == "udm" else "denoiser")
-    if kind != "udm":
-        temperature_on = have = want = "denoiser"
-    if sampler == "remdm" and remasking is None:
+    have = process.view(prediction)
+    t_view = process.view(temperature_on or process.temperature_views[0])
+    if kernel.remasking and remasking is None:
         remasking = RemaskingSchedule()
     sweeps = corrector.sweeps if corrector is not None else 0
     n_steps, n_corrected = split_nfe(nfe, sweeps)
@@ -253,13 +221,9 @@ def sample(
     alphas[-1] = 1.0  # the last step lands on clean data
     alphas, t_model = alphas.tolist(), t_model.clamp(0, 1).tolist()
 
-    # initial state
     state = process.prior(shape, generator=generator, device=device)
-    x, noise = (state.xt, state.noise) if kind == "audm" else (state, None)
     if prompt is not None:
-        x = torch.where(prompt_mask, prompt, x)
-        if noise is not None:  # u != x marks the position as certainly clean
-            noise = torch.where(prompt_mask, (prompt + 1) % k, noise)
+        state = process.fix(state, prompt, prompt_mask)
     free = torch.ones(shape, dtype=torch.bool, device=device) if prompt_mask is None else ~prompt_mask
 
     net = _Model(model, k, cache=not time_conditioned)
@@ -267,61 +231,30 @@ def sample(
     if progress:
         from tqdm.auto import tqdm
 
-        bar = tqdm(total=nfe, desc=f"sampling ({kind}, {sampler})", unit="nfe", leave=False)
+        bar = tqdm(total=nfe, desc=f"sampling ({process.label}, {sampler})", unit="nfe", leave=False)
 
-    def predict(x_, noise_, t):
+    def predict(state_, t):
         before = net.calls
-        logp = net(x_, noise_, t)
+        logp = net(state_, t)
         if bar is not None:
             bar.update(net.calls - before)
         return logp
 
     for j in range(n_steps):
         at, as_ = alphas[j], alphas[j + 1]
-        logp = predict(x, noise, t_model[j])
-        view = _view(logp, x, at, have, want, temperature, temperature_on, top_p)
-        if kind == "mdm":
-            if sampler == "ancestral":
-                x = K.mdm_ancestral(x, view, at, as_, generator, process.mask_id)
-            elif sampler == "remdm":
-                x = K.remdm(x, view, at, as_, generator, process.mask_id, remasking.sigma(ts[j].item(), at, as_))
-            else:
-                masked = x == process.mask_id
-                count = _commit_count(masked, at, as_)
-                x = K.confidence(x, view, masked, count)
-        elif kind == "udm":
-            if sampler == "confidence":
-                count = torch.full((num_samples,), length if as_ >= 1.0 else round(length * as_) - round(length * at),
-                                   dtype=torch.long, device=device)
-                x = K.confidence(x, view, free, count)
-            else:
-                x = getattr(K, {"ancestral": "udm_bridge", "x0": "udm_x0", "max_coupling": "max_coupling",
-                                "bridge_raw_denoiser": "udm_bridge_raw_denoiser"}[sampler])(x, view, at, as_, generator)
-        else:
-            if sampler == "confidence":
-                active = (x == noise) & free
-                x = K.confidence(x, view, active, _commit_count(active, at, as_))
-            elif sampler == "reaudm":
-                x, noise = K.reaudm(x, noise, view, at, as_, generator)
-            else:
-                x, noise = K.audm_carry_over(x, noise, view, at, as_, generator)
+        sigma = remasking.sigma(ts[j].item(), at, as_) if remasking is not None else 0.0
+        step = Step(t=ts[j].item(), alpha_t=at, alpha_s=as_, free=free, sigma=sigma)
+        view = _view(predict(state, t_model[j]), state.xt, at, have, kernel.consumes, temperature, t_view, top_p)
+        state = kernel.fn(state, view, step, generator)
         if prompt is not None:
-            x = torch.where(prompt_mask, prompt, x)
-            if noise is not None:
-                noise = torch.where(prompt_mask, (prompt + 1) % k, noise)
+            state = process.fix(state, prompt, prompt_mask)
         if j < n_corrected:
             for _ in range(sweeps):
-                logp = predict(x, None, t_model[j + 1])
-                logr = _view(logp, x, as_, have, "loo", temperature, temperature_on, top_p)
-                x = corrector.step(x, logr, as_, free, generator)
+                logits = predict(state, t_model[j + 1])
+                view = _view(logits, state.xt, as_, have, corrector.consumes, temperature, t_view, top_p)
+                state = corrector.correct(state, view, step, generator)
     if bar is not None:
         bar.close()
     info = SampleInfo(nfe=net.calls, nfe_budget=nfe, predictor_steps=n_steps, corrected_steps=n_corrected,
                       corrector_sweeps=sweeps)
-    return (x, info) if return_info else x
-
-
-def _commit_count(eligible: Tensor, at: float, as_: float) -> Tensor:
-    """How many eligible positions each row resolves in a step: round(n (alpha_s - alpha_t)/(1 - alpha_t))."""
-    frac = (as_ - at) / (1.0 - at)
-    return torch.round(eligible.sum(-1).double() * frac).long()
+    return (state.xt, info) if return_info else state.xt

@@ -1,0 +1,57 @@
+"""Uniform diffusion, UDLM (docs/maths.md §2, §3).
+
+q_t(x_t | x_0) = alpha_t 1[x_t = x_0] + (1 - alpha_t)/K. A network may predict the denoiser
+p(x_0^i | x_t) or the leave-one-out posterior p(x_0^i | x_t^{-i}) (the two views, converted
+exactly by ``ddlm.conversions``); ddlm's own networks predict the LOO by default.
+"""
+
+from __future__ import annotations
+
+import torch
+from torch import Tensor
+
+from .base import Process, State, register_process
+
+
+@register_process
+class UniformDiffusion(Process):
+    """Uniform diffusion: a token is replaced by a uniform draw with probability 1 - alpha_t."""
+
+    name = "udm"
+    predictions = ("loo", "denoiser")
+    views = {"loo": "loo", "denoiser": "denoiser"}
+    network_outputs = ("loo", "denoiser")
+    default_output = "loo"
+    objectives = ("udm_elbo", "cross_entropy", "max_coupling_elbo")
+    temperature_views = ("loo", "denoiser")
+
+    def prior(self, shape, generator=None, device=None) -> State:
+        """IID uniform tokens."""
+        return State(torch.randint(self.vocab_size, tuple(shape), generator=generator, device=device))
+
+    def corrupt(self, x0: Tensor, t, generator=None, noise: Tensor | None = None) -> State:
+        """Draw x_t ~ q_t(. | x_0) = alpha_t 1[x_t = x_0] + (1 - alpha_t)/K."""
+        if noise is not None:
+            raise ValueError(f"noise must be None for {self.label} (it has no noise tokens)")
+        self._check_x0(x0)
+        keep = self._keep(x0, t, generator)
+        u = torch.randint(self.vocab_size, x0.shape, generator=generator, device=x0.device)
+        return State(torch.where(keep, x0, u))
+
+    def token_loglik(self, xt, x0, alpha, noise=None):
+        a = alpha.to(torch.float64).reshape(-1, 1, 1)
+        eq = (xt[:, None, :] == x0[None, :, :]).to(torch.float64)
+        return torch.log(a * eq + (1 - a) / self.vocab_size)
+
+    def exact_states(self, length: int) -> State:
+        from ..exact import all_sequences
+
+        return State(all_sequences(self.vocab_size, length))
+
+    def exact_predictor(self, law, prediction: str):
+        from .. import exact
+
+        if prediction == "score":
+            return lambda x, a, u=None: exact.score(law, x, a)
+        f = exact.loo if self.view(prediction) == "loo" else exact.denoiser
+        return lambda x, a, u=None: f(law, x, a)
