@@ -106,6 +106,26 @@ def test_mdm_minimiser_is_the_denoiser_on_masked_positions():
         assert torch.allclose(got[i].exp(), d[i].exp(), atol=1e-6)
 
 
+def test_masked_cross_entropy_is_the_unweighted_mdm_elbo_and_minimised_by_the_denoiser():
+    law = exact.random_law(3, 3, seed=12)
+    xt = torch.tensor([3, 0, 3])
+    got = _minimise(lambda lp, x0, x: losses.masked_cross_entropy(lp, x0, x, 0.4, -1.0), law, xt, 0.4,
+                    process="mdm")
+    d = exact.mdm_denoiser(law, xt[None], 0.4)[0]
+    for i in (0, 2):
+        assert torch.allclose(got[i].exp(), d[i].exp(), atol=1e-6)
+    g = torch.Generator().manual_seed(1)
+    logits = torch.randn(5, 6, 4, generator=g, dtype=torch.float64)
+    x0 = torch.randint(4, (5, 6), generator=g)
+    x = torch.where(torch.rand(5, 6, generator=g) < 0.5, x0, torch.full_like(x0, 4))
+    a, da = 0.3, -0.9
+    mce = losses.masked_cross_entropy(logits, x0, x, a, da)
+    assert torch.allclose(mce * (-da / (1 - a)), losses.mdm_elbo(logits, x0, x, a, da), atol=1e-12)
+    assert bool((mce[x != 4] == 0).all()) and bool((mce[x == 4] > 0).all())
+    via = losses.compute("masked_cross_entropy", logits, output="denoiser", x0=x0, xt=x, alpha=a, dalpha=da)
+    assert torch.equal(via, mce)
+
+
 # ---- parameterisation x objective through the conversions ------------------------------------
 
 def test_compute_converts_between_parameterisations():
@@ -194,7 +214,7 @@ def test_bad_inputs():
 
 
 def _plugin_elbo_by_definition(logr, x0, xt, alpha, dalpha):
-    """MATH.md section 4 written out literally over the vocabulary (float64 reference)."""
+    """docs/maths.md §4.1 written out literally over the vocabulary (float64 reference)."""
     logr = torch.log_softmax(logr.double(), -1)
     k = logr.shape[-1]
     a = torch.broadcast_to(torch.as_tensor(alpha, dtype=torch.float64), xt.shape).unsqueeze(-1)

@@ -1,4 +1,4 @@
-"""Exact conversions between the three views of a uniform-diffusion model (MATH.md section 3).
+"""Exact conversions between the three views of a uniform-diffusion model (docs/maths.md §3).
 
 At time t with alpha = alpha_t and noisy sequence x = x_t, for position i:
 

@@ -1,4 +1,4 @@
-"""Training objectives: per-token integrands of the continuous-time ELBO (MATH.md section 4).
+"""Training objectives: per-token integrands of the continuous-time ELBO (docs/maths.md §4).
 
 Each loss returns, in nats, the per-token integrand l_t^i of shape (..., L), non-negative; the NLL
 bound of a sequence is the integral over t in (0, 1] of E_{x_t} sum_i l_t^i (plus prior and
@@ -16,6 +16,7 @@ objective              feed it          tight with the exact prediction?
 ``max_coupling_elbo``  denoiser         no (a valid but loose bound)
 ``audm_elbo``          AUDM posterior   yes, averaged over the noise tokens
 ``cross_entropy``      denoiser         not a bound (no time weight)
+``masked_cross_entropy`` MDM denoiser   not a bound (MDM, no time weight)
 =====================  ===============  ==================================
 
 ``compute`` trains any network output ("denoiser" or "loo") with any applicable objective by
@@ -232,6 +233,15 @@ def cross_entropy(logp: Tensor, x0: Tensor) -> Tensor:
     return -_gather(torch.log_softmax(logp, dim=-1), x0)
 
 
+def masked_cross_entropy(logp: Tensor, x0: Tensor, xt: Tensor, alpha, dalpha) -> Tensor:
+    """MDM cross-entropy on masked positions only, without the ELBO's time weight (MaskGIT-style):
+    l = 1[x_t = m] (-log d_theta(x_0)). Minimised by the MDM denoiser, like ``mdm_elbo`` (which is
+    lambda_t times this); not a bound. ``alpha``/``dalpha`` are checked but unused (docs/maths.md §4.5)."""
+    logd, _, _ = _prepare(logp, x0, xt, alpha, dalpha, xt_high_extra=1)
+    nll = -_gather(logd, x0)
+    return torch.where(xt == logd.shape[-1], nll, torch.zeros_like(nll))
+
+
 def _log1mexp(x: Tensor) -> Tensor:
     """log(1 - e^x) for x <= 0, accurate on both sides of -log 2."""
     return torch.where(x > -0.6931471805599453, torch.log(-torch.expm1(x)), torch.log1p(-torch.exp(x)))
@@ -254,6 +264,7 @@ OBJECTIVES = {
     "max_coupling_elbo": (max_coupling_elbo, "denoiser"),
     "mdm_elbo": (mdm_elbo, "denoiser"),
     "audm_elbo": (audm_elbo, "posterior"),
+    "masked_cross_entropy": (masked_cross_entropy, "denoiser"),
 }
 _UDM_OUTPUTS = ("denoiser", "loo")
 

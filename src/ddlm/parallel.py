@@ -193,12 +193,14 @@ def _device(module: nn.Module) -> torch.device:
 
 
 class _DDPView(nn.Module):
-    """Calls the DDP wrapper (for gradient sync) while exposing the inner model's process/output."""
+    """Calls the DDP wrapper (for gradient sync) while exposing the inner model's process and its
+    declared prediction."""
 
     def __init__(self, ddp_net, inner: nn.Module):
         super().__init__()
         self.ddp_net = ddp_net
         self.process, self.output = getattr(inner, "process", None), getattr(inner, "output", None)
+        self.prediction = getattr(inner, "prediction", None)
 
     def forward(self, *args, **kwargs):
         return self.ddp_net(*args, **kwargs)

@@ -1,4 +1,4 @@
-"""Samplers with the exact oracle as the model converge to p_0 (MATH.md section 5)."""
+"""Samplers with the exact oracle as the model converge to p_0 (docs/maths.md §5, §7)."""
 
 import pytest
 import torch

@@ -21,7 +21,7 @@ class MaskedDiffusion(Process):
     views = {"denoiser": "denoiser", "loo": "denoiser"}
     network_outputs = ("denoiser",)
     default_output = "denoiser"
-    objectives = ("mdm_elbo", "cross_entropy")
+    objectives = ("mdm_elbo", "cross_entropy", "masked_cross_entropy")
     temperature_views = ("denoiser",)
     extra_input_ids = 1
 

@@ -91,8 +91,9 @@ def udm_x0(x: Tensor, logd: Tensor, at: float, as_: float, generator) -> Tensor:
     """D3PM x0-form step sum_y d(y) q(x_s | x_t, x_0 = y), fed the denoiser.
 
     Dividing d by the likelihood q_t(x_t | y) inside the sum is exactly the denoiser -> LOO
-    conversion, so this is the bridge applied to the converted LOO; temperature and top-p given to
-    this sampler act on the denoiser.
+    conversion, so this is the bridge applied to the converted LOO. Top-p given to this sampler acts
+    on the denoiser (the view it consumes); temperature acts on ``temperature_on``, as for every
+    sampler (docs/maths.md §5.4, §5.10).
     """
     return udm_bridge(x, as_prediction(logd, x).convert("denoiser", "loo", at), at, as_, generator)
 

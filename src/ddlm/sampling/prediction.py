@@ -1,4 +1,5 @@
-"""A lazy view of a model's prediction: what sampling kernels consume, without vocabulary-sized copies.
+"""A lazy view of a model's prediction: what sampling kernels consume, without vocabulary-sized copies
+(docs/maths.md §5.10).
 
 Every view a sampler needs (denoiser or LOO, tempered or not) of one network output differs from
 the raw logits only at each position's current token x^i (the self-evidence delta_t of

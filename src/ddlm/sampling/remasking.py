@@ -1,4 +1,4 @@
-"""ReMDM remasking schedules (MATH.md section 5): how much an unmasked token is remasked per step."""
+"""ReMDM remasking schedules (docs/maths.md §5.2): how much an unmasked token is remasked per step."""
 
 from __future__ import annotations
 
