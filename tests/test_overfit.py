@@ -6,6 +6,8 @@ import torch
 from ddlm import losses
 from ddlm.models.diffusion import DiffusionModel
 
+pytestmark = pytest.mark.slow  # 7 trainings of 400 steps: about 3 s each
+
 PAIRS = [
     ("mdm", "denoiser", "mdm_elbo"),
     ("mdm", "denoiser", "cross_entropy"),
