@@ -6,6 +6,8 @@ import torch
 from ddlm.models.diffusion import DiffusionModel
 from ddlm.processes import REGISTRY, State
 
+pytestmark = pytest.mark.slow  # 10 trainings of 400 steps: about 3 s each
+
 # every (process, network output, objective) the registry allows
 PAIRS = [(name, output, objective) for name, cls in REGISTRY.items() for output in cls.network_outputs
          for objective in cls.objectives]

@@ -21,6 +21,7 @@ def _tv_to_pt(law, x, alpha):
     return exact.tv_distance(exact.ToyLaw(pt / pt.sum(), law.vocab_size, law.length), x)
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("alpha", [0.3, 0.7])
 def test_random_k1_gibbs_leaves_pt_invariant(alpha):
     law = exact.random_law(3, 3, seed=3)
