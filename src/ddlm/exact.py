@@ -161,6 +161,25 @@ def _flat(xt: Tensor, law: ToyLaw, name: str, high: int):
     return xt.reshape(-1, law.length)
 
 
+def posterior(law: ToyLaw, process, xt: Tensor, alpha, noise: Tensor | None = None,
+              leave_one_out: bool = False) -> Tensor:
+    """The exact per-position posterior of x_0^i for any process, by Bayes over all K^L sequences with
+    the process's ``token_loglik``: given x_t (and u), or, with ``leave_one_out``, given x_t^{-i}
+    only. Shape (..., L, K). The generic form of every exact view below."""
+    proc = _process(process, law.vocab_size)
+    a = _alpha_per_row(alpha, xt).reshape(-1)
+    x = _flat(xt, law, "xt", proc.input_vocab_size)
+    u = None
+    if noise is not None:
+        if tuple(noise.shape) != tuple(xt.shape):
+            raise ValueError(f"noise has shape {tuple(noise.shape)}, expected xt's shape {tuple(xt.shape)}")
+        u = _flat(noise, law, "noise", law.vocab_size)
+    elif proc.has_noise:
+        raise ValueError(f"noise is required for {proc.label} (its states carry noise tokens), got None")
+    ll = proc.token_loglik(x, law.sequences, a, u)
+    return _posterior(law, ll, leave_one_out=leave_one_out).reshape(*xt.shape, law.vocab_size)
+
+
 def denoiser(law: ToyLaw, xt: Tensor, alpha) -> Tensor:
     """UDM denoiser log d_i(y | x_t), shape (..., L, K)."""
     a = _alpha_per_row(alpha, xt).reshape(-1)

@@ -70,9 +70,3 @@ class AbsorbingUniformDiffusion(Process):
 
     def exact_noise_logweight(self, length: int) -> float:
         return -length * math.log(self.vocab_size)
-
-    def exact_predictor(self, law, prediction: str):
-        from .. import exact
-
-        self.view(prediction)
-        return lambda x, a, u=None: exact.audm_posterior(law, x, u, a)

@@ -221,8 +221,13 @@ class Process:
         return 0.0
 
     def exact_predictor(self, law, prediction: str):
-        """The exact ``prediction`` of ``law`` as ``f(xt, alpha, noise=None) -> logp (..., L, K)``."""
-        raise NotImplementedError
+        """The exact ``prediction`` of ``law`` as ``f(xt, alpha, noise=None) -> logp (..., L, K)``: by
+        default the posterior of x_0^i given the whole state (view "denoiser") or given x_t^{-i}
+        (view "loo"), from ``token_loglik`` (``ddlm.exact.posterior``)."""
+        from .. import exact
+
+        loo = self.view(prediction) == "loo"
+        return lambda x, a, u=None: exact.posterior(law, self, x, a, u, leave_one_out=loo)
 
     def __repr__(self) -> str:
         return f"{type(self).__name__}(vocab_size={self.vocab_size}, schedule={self.schedule!r})"

@@ -51,9 +51,3 @@ class MaskedDiffusion(Process):
         from ..exact import all_sequences
 
         return State(all_sequences(self.vocab_size + 1, length))
-
-    def exact_predictor(self, law, prediction: str):
-        from .. import exact
-
-        self.view(prediction)
-        return lambda x, a, u=None: exact.mdm_denoiser(law, x, a)
