@@ -28,7 +28,14 @@ from ..sampling.remasking import KINDS
 #: fields of GibbsCorrector / RemaskingSchedule that the settings dicts may hold
 CORRECTOR_KEYS = tuple(f.name for f in fields(GibbsCorrector))
 REMASKING_KEYS = tuple(f.name for f in fields(RemaskingSchedule))
-TEMPERATURE_ON = ("loo", "denoiser", "posterior")
+def _temperature_views() -> tuple[str, ...]:
+    from ..processes import REGISTRY
+
+    return tuple(dict.fromkeys(v for cls in REGISTRY.values() for v in cls.temperature_views))
+
+
+#: every view some registered process can temper (what a process accepts is checked at draw time)
+TEMPERATURE_ON = _temperature_views()
 
 
 def _positive_int(name: str, value) -> int:
