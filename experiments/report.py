@@ -874,10 +874,9 @@ def main(argv=None) -> int:
     if current == text:
         print(f"{out}: up to date")
         return 0
-    out.parent.mkdir(parents=True, exist_ok=True)
-    tmp = out.with_name(f".{out.name}.tmp")
-    tmp.write_text(text)
-    os.replace(tmp, out)
+    from ddlm._io import atomic_write_text
+
+    atomic_write_text(out, text)
     print(f"wrote {out}")
     return 0
 

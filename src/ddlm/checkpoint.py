@@ -38,6 +38,8 @@ import safetensors.torch
 import torch
 from torch import Tensor
 
+from ._io import atomic_write_text, fsync_dir
+
 FORMAT = "ddlm-checkpoint"
 FORMAT_VERSION = 1
 META, CHECKPOINTS, LATEST = "meta.json", "checkpoints", "latest"
@@ -142,16 +144,6 @@ def _write_file(path: Path, data: bytes) -> dict:
     return {"name": path.name, "size": len(data), "sha256": hashlib.sha256(data).hexdigest()}
 
 
-def _fsync_dir(path: Path) -> None:
-    if os.name == "nt":  # directories cannot be opened for fsync on Windows
-        return
-    fd = os.open(path, os.O_RDONLY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
-
-
 def _json_bytes(obj: Any) -> bytes:
     return json.dumps(obj, indent=1).encode()
 
@@ -241,7 +233,7 @@ def save_checkpoint(path: str | os.PathLike, *, step: int, config: dict, tokeniz
             files.append(_write_file(tmp / name, _safetensors_bytes(group)))
     meta = {"format": FORMAT, "version": FORMAT_VERSION, "step": step, "files": files}
     _write_file(tmp / META, _json_bytes(meta))
-    _fsync_dir(tmp)
+    fsync_dir(tmp)
     old = parent / f".{path.name}.old-{secrets.token_hex(8)}" if os.path.lexists(path) else None
     if old is not None:
         os.replace(path, old)
@@ -252,7 +244,7 @@ def save_checkpoint(path: str | os.PathLike, *, step: int, config: dict, tokeniz
             with contextlib.suppress(Exception):
                 os.replace(old, path)  # otherwise the next save's _cleanup puts it back
         raise
-    _fsync_dir(parent)
+    fsync_dir(parent)
     if old is not None:
         shutil.rmtree(old)
     return path
@@ -381,13 +373,7 @@ def set_latest(run_dir: str | os.PathLike, checkpoint: str | os.PathLike) -> Non
     run_dir, name = Path(run_dir), Path(checkpoint).name
     if not _STEP.match(name) or not _is_complete(run_dir / CHECKPOINTS / name):
         raise ValueError(f"{run_dir / CHECKPOINTS / name} is not a complete step checkpoint")
-    tmp = run_dir / CHECKPOINTS / f".{LATEST}.tmp-{secrets.token_hex(8)}"
-    try:
-        _write_file(tmp, f"{name}\n".encode())
-        os.replace(tmp, run_dir / CHECKPOINTS / LATEST)
-        _fsync_dir(run_dir / CHECKPOINTS)
-    finally:
-        tmp.unlink(missing_ok=True)
+    atomic_write_text(run_dir / CHECKPOINTS / LATEST, f"{name}\n")
 
 
 def latest_checkpoint(run_dir: str | os.PathLike) -> Path | None:

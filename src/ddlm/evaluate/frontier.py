@@ -21,6 +21,7 @@ import argparse
 import csv
 import dataclasses
 import hashlib
+import io
 import itertools
 import json
 import math
@@ -28,6 +29,7 @@ import os
 import time
 from pathlib import Path
 
+from .._io import atomic_write_bytes, atomic_write_text
 from .metrics import sample_entropy
 from .options import SamplerSettings, TEMPERATURE_ON, draw, resolve_sampler
 
@@ -162,9 +164,7 @@ def sweep(runs: list, settings: list[SamplerSettings], judge, out_dir: str | os.
             row["mauve"] = mauve_score(reference, [t for t in texts if t.strip()], judge)["mauve"]
         ent = content_entropy(x.tolist(), run.tokenizer)
         name = hashlib.sha1(repr(point_key(row)).encode()).hexdigest()[:16] + ".jsonl"
-        with open(out / "samples" / name, "w") as f:
-            for text in texts:
-                f.write(json.dumps({"text": text}) + "\n")
+        atomic_write_text(out / "samples" / name, "".join(json.dumps({"text": text}) + "\n" for text in texts))
         row.update(label=label, gen_ppl=scored["gen_ppl"], mean_nll=scored["mean_nll"],
                    mean_nll_se=scored.get("mean_nll_se"),
                    judge_tokens=scored["num_tokens"], num_empty=scored.get("num_empty", 0),
@@ -313,12 +313,10 @@ def plot_frontier(rows: list[dict], path: str | os.PathLike, title: str | None =
                           "exp(mean NLL +- 1 SE); lower at equal entropy is better", fontsize=9)
     rows_of_legend = math.ceil(len(handles) / 4)
     fig.tight_layout(rect=(0, 0.045 * rows_of_legend + 0.02, 1, 1))
-    path = Path(path)
-    tmp = path.with_name(path.name + ".tmp.png")
-    fig.savefig(tmp, dpi=120)
+    png = io.BytesIO()
+    fig.savefig(png, format="png", dpi=120)
     plt.close(fig)
-    os.replace(tmp, path)
-    return path
+    return atomic_write_bytes(path, png.getvalue())
 
 
 def _without_nfe(name: str) -> str:

@@ -6,13 +6,13 @@ from __future__ import annotations
 import json
 import math
 import os
-import secrets
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import torch
 
+from .._io import atomic_write_text
 from ..checkpoint import latest_checkpoint
 
 
@@ -164,26 +164,11 @@ def _jsonable(obj: Any) -> Any:
 
 def _atomic_write(path: Path, data: str, overwrite: bool) -> Path:
     check_out(path, overwrite)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.parent / f".{path.name}.tmp-{secrets.token_hex(8)}"
     try:
-        with open(tmp, "x", encoding="utf-8") as f:
-            f.write(data)
-            f.flush()
-            os.fsync(f.fileno())
-        if overwrite:
-            os.replace(tmp, path)
-        else:  # link fails if the path appeared meanwhile: never clobber a result
-            try:
-                os.link(tmp, path)
-            except FileExistsError:
-                check_out(path, overwrite)
-            except OSError:  # file systems without hard links
-                check_out(path, overwrite)
-                os.replace(tmp, path)
-    finally:
-        tmp.unlink(missing_ok=True)
-    return path
+        return atomic_write_text(path, data, overwrite=overwrite)
+    except FileExistsError:  # the path appeared meanwhile: never clobber a result
+        check_out(path, overwrite)
+        raise
 
 
 def write_json(path: str | os.PathLike, record: dict, overwrite: bool = False) -> Path:
