@@ -148,14 +148,16 @@ def last_step(path: Path) -> int | None:
     ckpt = latest_ckpt(path)
     if ckpt is None:
         return None
-    return int(json.loads((ckpt / "meta.json").read_text())["step"])
+    from ddlm.checkpoint import checkpoint_step
+
+    return checkpoint_step(ckpt)
 
 
 def latest_ckpt(path: Path) -> Path | None:
     """A run's latest complete checkpoint folder, or None."""
     if str(ROOT.parent / "src") not in sys.path:
         sys.path.insert(0, str(ROOT.parent / "src"))
-    from ddlm.checkpoint import latest_checkpoint
+    from ddlm.runs import latest_checkpoint
 
     return latest_checkpoint(path) if path.is_dir() else None
 
@@ -249,7 +251,9 @@ def write_train_record(name: str, study: Study) -> Path | None:
     if ckpt is None:
         return None
     path = RESULTS / "train" / f"{name}.json"
-    step = int(json.loads((ckpt / "meta.json").read_text())["step"])
+    from ddlm.checkpoint import checkpoint_step
+
+    step = checkpoint_step(ckpt)
     if path.exists() and _read_json(path).get("step") == step:
         return path
     trainer = json.loads((ckpt / "trainer.json").read_text())

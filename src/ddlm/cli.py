@@ -21,7 +21,7 @@ def _demo(args) -> int:
 
 
 def _export(args) -> int:
-    from .train import export
+    from .runs import export
 
     path = export(args.run, args.out, description=args.description, train_minutes=args.train_minutes,
                   dtype=args.dtype)

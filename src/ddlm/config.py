@@ -7,12 +7,36 @@ import typing
 from dataclasses import dataclass, field
 from pathlib import Path
 
+#: the ``process`` of the autoregressive baseline on the same trunk (every other process is a diffusion process)
+AUTOREGRESSIVE = "ar"
+
 PROCESS_OBJECTIVES = {
     "mdm": ("mdm_elbo", "cross_entropy"),
     "udm": ("udm_elbo", "cross_entropy", "max_coupling_elbo"),
     "audm": ("audm_elbo",),
-    "ar": ("next_token",),  # the autoregressive baseline on the same trunk
+    AUTOREGRESSIVE: ("next_token",),
 }
+
+
+def is_autoregressive(run) -> bool:
+    """Whether ``run`` is the autoregressive baseline rather than a diffusion run: the one rule for it.
+
+    ``run`` is a process name, a run config (a ``TrainConfig`` or its saved dict), or anything with a
+    ``process`` attribute, such as a model or a loaded run. The baseline's process is "ar" in its
+    config, and it has no diffusion process: the ``process`` of an ``ARTransformer``, and the one
+    ``ddlm.load`` returns for an autoregressive run, is None.
+
+    Raises:
+        TypeError: ``run`` is none of these (e.g. a process object, or None).
+    """
+    if isinstance(run, str):
+        return run == AUTOREGRESSIVE
+    if isinstance(run, dict):
+        return run.get("process") == AUTOREGRESSIVE
+    if not hasattr(run, "process"):
+        raise TypeError(f"is_autoregressive takes a process name, a run config, a model or a loaded run "
+                        f"(something with a .process), got {type(run).__name__}")
+    return run.process is None or run.process == AUTOREGRESSIVE
 
 
 @dataclass
@@ -87,7 +111,8 @@ class TrainConfig:
         allowed = PROCESS_OBJECTIVES[self.process]
         need(self.objective is None or self.objective in allowed, "objective", self.objective,
              f"one of {allowed} for process {self.process!r}")
-        outputs = {"mdm": ("denoiser",), "udm": ("denoiser", "loo"), "audm": ("posterior",), "ar": ()}[self.process]
+        outputs = {"mdm": ("denoiser",), "udm": ("denoiser", "loo"), "audm": ("posterior",),
+                   AUTOREGRESSIVE: ()}[self.process]
         need(self.model.output is None or self.model.output in outputs, "model.output", self.model.output,
              f"one of {outputs} for process {self.process!r}")
         need(self.schedule in ("linear", "cosine"), "schedule", self.schedule, "'linear' or 'cosine'")
@@ -226,7 +251,7 @@ def saved_config(saved: dict) -> TrainConfig:
     today's default: an autoregressive run saved without ``model.block_start`` (before 2026-11-24)
     was trained without a block-start token.
     """
-    if saved.get("process") == "ar" and "block_start" not in (saved.get("model") or {}):
+    if is_autoregressive(saved) and "block_start" not in (saved.get("model") or {}):
         saved = {**saved, "model": {**(saved.get("model") or {}), "block_start": False}}
     return from_dict(TrainConfig, saved).validate()
 

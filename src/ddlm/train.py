@@ -19,15 +19,19 @@ import torch
 from torch import Tensor
 
 from . import losses
-from .checkpoint import (capture_rng, checkpoint_name, latest_checkpoint, load_checkpoint, prune_checkpoints,
-                         save_checkpoint, set_latest)
-from .config import TrainConfig
+from .checkpoint import capture_rng, load_checkpoint, save_checkpoint
+from .config import TrainConfig, is_autoregressive
 from .data.corpora import load_corpus, pack, split_documents, unigram_entropy
 from .data.tokenizers import BPETokenizer, CharTokenizer, tokenizer_from_dict
-from .models.ar import ARConfig, ARTransformer
 from .models.diffusion import DiffusionModel
+from .models.factory import build_model
 from .parallel import Parallel, setup_distributed
+from .runs import checkpoint_name, export, latest_checkpoint, load, prune_checkpoints, set_latest
 from .sampling import sample
+
+#: the public names; ``build_model``, ``load``, ``export``, ``prepare_data`` and ``stratified_times`` live in
+#: their own modules now and are importable from here for code written before the split
+__all__ = ["build_model", "export", "load", "lr_lambda", "prepare_data", "stratified_times", "train"]
 
 ELBO = {"mdm": "mdm_elbo", "udm": "udm_elbo", "audm": "audm_elbo"}
 
@@ -93,7 +97,7 @@ def validation_bound(model, blocks: Tensor, batch_size: int, num_batches: int, s
     per_batch = []
     for b in range(num_batches):
         x0 = blocks[torch.arange(b * batch_size, (b + 1) * batch_size) % blocks.shape[0]]
-        if isinstance(model, ARTransformer):
+        if is_autoregressive(model):
             per_batch.append(ar_token_losses(model, x0.to(device)).mean().item())
             continue
         t = stratified_times(float(torch.rand((), generator=g, dtype=torch.float64)), torch.arange(len(x0)),
@@ -162,22 +166,6 @@ def check_resumable(cfg: TrainConfig, saved: dict, path) -> None:
                 f"cannot resume from checkpoint {str(path)!r}: config key {key!r} is {current.get(key)!r} now but "
                 f"{saved.get(key)!r} in the checkpoint; use a new run_dir for a different run"
             )
-
-
-def build_model(cfg: TrainConfig, vocab_size: int, start_id: int | None = None):
-    """The DiT of the run's process, or the autoregressive baseline on the same trunk (process "ar";
-    ``start_id``, the tokenizer's BOS, is required when ``model.block_start`` is true)."""
-    overrides = {k: getattr(cfg.model, k) for k in ("hidden", "blocks", "heads") if getattr(cfg.model, k) is not None}
-    if cfg.process == "ar":
-        if cfg.model.block_start and start_id is None:
-            raise ValueError("build_model: an autoregressive run with model.block_start needs start_id (the BOS id)")
-        start = start_id if cfg.model.block_start else None
-        return ARTransformer(ARConfig.preset(cfg.model.preset, vocab_size, cfg.data.block_size + (start is not None),
-                                             dropout=cfg.model.dropout, start_id=start, **overrides))
-    return DiffusionModel.build(cfg.process, vocab_size, cfg.data.block_size, preset=cfg.model.preset,
-                                output=cfg.model.output, schedule=cfg.schedule, eps=cfg.eps,
-                                time_conditioning=cfg.model.time_conditioning, dropout=cfg.model.dropout,
-                                **overrides)
 
 
 def _batch_indices(num_blocks: int, step: int, global_batch: int, seed: int) -> Tensor:
@@ -286,7 +274,7 @@ def train(cfg: TrainConfig, resume: bool = True, progress: bool = True, log=prin
             u0 = float(torch.rand((), generator=g, dtype=torch.float64))
             x0_all = train_blocks[_batch_indices(train_blocks.shape[0], step, cfg.batch_size, cfg.seed)]
             t_all = stratified_times(u0, torch.arange(cfg.batch_size), cfg.batch_size, cfg.t_min)
-            ar = cfg.process == "ar"
+            ar = is_autoregressive(cfg)
             xt_all, noise_all = (x0_all, None) if ar else corrupt(model.process, x0_all, t_all, g)
             model.train()
             optimizer.zero_grad(set_to_none=True)
@@ -366,7 +354,7 @@ def decoded_samples(model: DiffusionModel, tokenizer, cfg: TrainConfig, step: in
     """A few samples from the (EMA) model with the process's ancestral sampler, decoded."""
     device = next(model.parameters()).device
     g = torch.Generator(device=device).manual_seed(cfg.seed + step)
-    if isinstance(model, ARTransformer):
+    if is_autoregressive(model):
         prefix = torch.full((cfg.num_samples, 1), tokenizer.bos_id, dtype=torch.long, device=device)
         x = model.eval().generate(prefix, model.config.max_len, generator=g)  # BOS + a block
         return [tokenizer.decode(row.tolist()) for row in x.cpu()]
@@ -390,52 +378,3 @@ def _save(run: Path, cfg, tokenizer, model: dict, ema: dict, optimizer: dict, sc
     set_latest(run, path)
     prune_checkpoints(run, cfg.keep_checkpoints)
 
-
-def load(path: str | Path, ema: bool = True):
-    """Load a run folder (or one checkpoint folder): returns (model, process, tokenizer).
-
-    The model is a ``DiffusionModel`` in eval mode with the EMA weights (``ema=False`` for the raw
-    ones); for an autoregressive run it is the ``ARTransformer`` and the process is None. Nothing is
-    unpickled.
-    """
-    from .config import saved_config
-
-    path = Path(path)
-    ckpt_path = latest_checkpoint(path) if (path / "checkpoints").is_dir() else path
-    if ckpt_path is None:
-        raise FileNotFoundError(f"no checkpoint found in run folder {str(path)!r}")
-    ckpt = load_checkpoint(ckpt_path)
-    cfg = saved_config(ckpt.config)
-    tokenizer = tokenizer_from_dict(ckpt.tokenizer)
-    model = build_model(cfg, tokenizer.vocab_size, tokenizer.bos_id)
-    model.load_state_dict(ckpt.ema if ema and ckpt.ema is not None else ckpt.model)
-    return model.eval(), getattr(model, "process", None), tokenizer
-
-
-EXPORT_DTYPES = {"float32": torch.float32, "float16": torch.float16, "bfloat16": torch.bfloat16}
-
-
-def export(run: str | Path, out: str | Path, description: str = "", train_minutes: float | None = None,
-           dtype: str = "float32") -> Path:
-    """Write the EMA weights of a run's latest checkpoint (or of a checkpoint folder), with its config,
-    tokenizer and metrics, as a small standalone checkpoint (no optimizer state) at ``out``.
-
-    ``dtype`` "float16" or "bfloat16" stores the floating-point weights at half the size; ``load``
-    casts them back to float32 (the model then computes in float32 with rounded weights)."""
-    if dtype not in EXPORT_DTYPES:
-        raise ValueError(f"dtype must be one of {sorted(EXPORT_DTYPES)}, got {dtype!r}")
-    run = Path(run)
-    ckpt_path = latest_checkpoint(run) if (run / "checkpoints").is_dir() else run
-    if ckpt_path is None:
-        raise FileNotFoundError(f"no checkpoint found in run folder {str(run)!r}")
-    ckpt = load_checkpoint(ckpt_path)
-    metrics = dict(ckpt.metrics or {}, description=description, exported_from=str(ckpt_path), weights_dtype=dtype)
-    if train_minutes is not None:
-        metrics["train_minutes"] = train_minutes
-    out = Path(out)
-    if out.exists():
-        raise FileExistsError(f"out {str(out)!r} already exists; choose a new folder (nothing was overwritten)")
-    return save_checkpoint(out, step=ckpt.step, config=ckpt.config, tokenizer=ckpt.tokenizer,
-                           model={k: v.to(EXPORT_DTYPES[dtype]) if v.is_floating_point() else v
-                                  for k, v in (ckpt.ema if ckpt.ema is not None else ckpt.model).items()},
-                           metrics=metrics)

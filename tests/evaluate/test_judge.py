@@ -257,7 +257,7 @@ def test_over_long_text_and_bad_inputs_raise(hf_judge) -> None:
 
 
 def test_ddlm_ar_run_gen_ppl_is_exp_of_its_own_nll(ar_run) -> None:
-    from ddlm.train import load
+    from ddlm.runs import load
 
     judge = load_judge(str(ar_run), progress=False)
     assert judge.name == f"ddlm-ar:{ar_run.resolve()}@40"

@@ -20,7 +20,7 @@ Judges (:func:`load_judge`):
   pretrained with (its tokenizer's ``bos_token`` is the chat-turn opener ``<|im_start|>``, which
   conditions raw text worse: on a plain English sentence gen-PPL 46 instead of 20).
 - a local Hugging Face causal-LM folder (has ``config.json``); BOS is its tokenizer's ``bos_token``.
-- a ddlm autoregressive run or checkpoint folder (``ddlm.train.load``); BOS is the run tokenizer's.
+- a ddlm autoregressive run or checkpoint folder (``ddlm.runs.load``); BOS is the run tokenizer's.
 
 Numbers from different judges are not comparable (and SmolLM2's are not comparable with the
 GPT-2-Large generative perplexities of papers): report ``Judge.name`` with every number.
@@ -572,35 +572,28 @@ def load_hf_judge(folder: str | os.PathLike, device: str | torch.device = "cpu",
                    device)
 
 
-def _ddlm_checkpoint(path: Path, spec: str) -> Path:
-    from ..checkpoint import latest_checkpoint
-
-    if (path / "checkpoints").is_dir():
-        found = latest_checkpoint(path)
-        if found is None:
-            raise FileNotFoundError(f"judge {spec!r}: the ddlm run has no complete checkpoint yet; train it first")
-        return found
-    return path
-
-
 def load_ar_judge(path: str | os.PathLike, device: str | torch.device = "cpu") -> ARJudge:
     """A ddlm autoregressive run (its latest checkpoint) or checkpoint folder, as ``"ddlm-ar:<path>@<step>"``.
 
     Raises:
+        FileNotFoundError: the run has no complete checkpoint yet.
         ValueError: the run is a diffusion run, not an autoregressive one.
     """
-    from ..checkpoint import META
-    from ..train import load
+    from ..checkpoint import checkpoint_step
+    from ..config import is_autoregressive
+    from ..runs import load, resolve_checkpoint
 
     path = Path(path).expanduser().resolve()
     spec = str(path)
-    ckpt = _ddlm_checkpoint(path, spec)
+    try:
+        ckpt = resolve_checkpoint(path)
+    except FileNotFoundError as e:
+        raise FileNotFoundError(f"judge {spec!r}: {e}; train the run first") from None
     model, process, tokenizer = load(ckpt)
-    if process is not None or not hasattr(model, "hidden"):
+    if not is_autoregressive(model) or not hasattr(model, "hidden"):
         raise ValueError(f"judge {spec!r} is a ddlm {getattr(process, 'name', type(model).__name__)} run, not an "
                          "autoregressive one (process: ar); a judge must be a causal LM")
-    step = json.loads((ckpt / META).read_text(encoding="utf-8"))["step"]
-    return ARJudge(model, tokenizer, f"ddlm-ar:{path}@{step}", device)
+    return ARJudge(model, tokenizer, f"ddlm-ar:{path}@{checkpoint_step(ckpt)}", device)
 
 
 def load_judge(spec: str = "smollm2", device: str = "cpu", cache_dir: str | None = None,
@@ -634,8 +627,9 @@ def load_judge(spec: str = "smollm2", device: str = "cpu", cache_dir: str | None
         raise ValueError(f"judge {str(spec)!r} is a file; pass a model folder (Hugging Face folder with "
                          "config.json, or a ddlm run/checkpoint folder)")
     from ..checkpoint import META
+    from ..runs import is_checkpoint_folder, is_run_folder
 
-    if (path / "checkpoints").is_dir() or (path / META).is_file():
+    if is_run_folder(path) or is_checkpoint_folder(path):
         return load_ar_judge(path, device)
     if (path / "config.json").is_file():
         return load_hf_judge(path, device, progress)

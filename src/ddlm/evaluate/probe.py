@@ -413,7 +413,7 @@ def plot_probe(results: list[dict] | dict[str, list[dict]], path: str | Path) ->
 
 def _load_udm_run(path: str, device: str = "cpu"):
     """(model, process, run_info) of a run folder or checkpoint folder; ValueError unless it is UDM."""
-    from ..train import load
+    from ..runs import load
     from .results import resolve_device, run_info
 
     info = run_info(path)  # FileNotFoundError / ValueError naming the path
@@ -425,7 +425,9 @@ def _load_udm_run(path: str, device: str = "cpu"):
 
 
 def _default_out(runs: list[str]) -> Path:
-    if len(runs) == 1 and (Path(runs[0]) / "checkpoints").is_dir():
+    from ..runs import is_run_folder
+
+    if len(runs) == 1 and is_run_folder(runs[0]):
         return Path(runs[0]) / "probe"
     raise ValueError(f"--out is required unless a single training run folder is given (then it defaults to "
                      f"RUN/probe); got runs {runs}")

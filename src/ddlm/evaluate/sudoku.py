@@ -132,7 +132,7 @@ def evaluate_sudoku(run, settings: SamplerSettings, num_puzzles: int = 100, clue
     cfg = run.config
     if cfg.data.corpus != "sudoku":
         raise ValueError(f"run {run.info['run']!r} was trained on corpus {cfg.data.corpus!r}, expected 'sudoku'")
-    if run.process is None:
+    if run.autoregressive:
         raise ValueError("Sudoku solving fixes clues anywhere in the grid, which needs a diffusion run, "
                          "got an autoregressive one")
     puzzle_seed = puzzle_seed_for(cfg.seed, seed)

@@ -55,6 +55,9 @@ class ARConfig:
 class ARTransformer(nn.Module):
     """Causal transformer: token embedding, pre-norm RoPE blocks, final LayerNorm and linear head."""
 
+    #: the autoregressive baseline has no diffusion process (``ddlm.config.is_autoregressive``)
+    process = None
+
     def __init__(self, config: ARConfig) -> None:
         super().__init__()
         self.config = cfg = config
