@@ -131,7 +131,7 @@ def train_demo(minutes: float = 4.0, run_dir: str = "runs/demo-mdm", nfe: int = 
     ref = load_checkpoint(REFERENCE).metrics
     out(f"\nReference checkpoint shipped with ddlm ({REFERENCE.name}: {ref.get('description', '')}):")
     from .evaluate.bound import model_bound
-    from .train import prepare_data
+    from .data.prepare import prepare_data
 
     _, _, val_blocks = prepare_data(cfg, tokenizer)
     bound = model_bound(model, val_blocks, batch_size=32, seed=0, t_min=cfg.t_min)  # every block once
@@ -161,7 +161,7 @@ def _pct(fraction) -> str:
 
 
 def _held_out_text(cfg, tokenizer=None, num_blocks: int = 128) -> list[str]:
-    from .train import prepare_data
+    from .data.prepare import prepare_data
 
     tokenizer, _, val = prepare_data(cfg, tokenizer)
     return [tokenizer.decode(row) for row in val[:num_blocks].tolist()]

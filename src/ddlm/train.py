@@ -21,8 +21,9 @@ from torch import Tensor
 from . import losses
 from .checkpoint import capture_rng, load_checkpoint, save_checkpoint
 from .config import TrainConfig, is_autoregressive
-from .data.corpora import load_corpus, pack, split_documents, unigram_entropy
-from .data.tokenizers import BPETokenizer, CharTokenizer, tokenizer_from_dict
+from .data.corpora import unigram_entropy
+from .data.prepare import prepare_data
+from .data.tokenizers import tokenizer_from_dict
 from .models.diffusion import DiffusionModel
 from .models.factory import build_model
 from .parallel import Parallel, setup_distributed
@@ -108,49 +109,6 @@ def validation_bound(model, blocks: Tensor, batch_size: int, num_batches: int, s
     mean = sum(per_batch) / len(per_batch)
     var = sum((v - mean) ** 2 for v in per_batch) / max(1, len(per_batch) - 1)
     return mean, math.sqrt(var / len(per_batch))
-
-
-def build_tokenizer(spec: str, text: str):
-    """"char" (from the corpus text), "gpt2" (offline GPT-2 BPE) or a tokenizers JSON file."""
-    if spec == "char":
-        return CharTokenizer.from_text(text)
-    if spec == "gpt2":
-        return BPETokenizer.gpt2()
-    if not Path(spec).is_file():
-        raise ValueError(f"config key 'data.tokenizer' is {spec!r}, expected 'char', 'gpt2' or an existing tokenizers JSON file")
-    return BPETokenizer.from_file(spec)
-
-
-def sudoku_blocks(num: int, seed: int, tokenizer) -> Tensor:
-    """Solved Sudoku grids as blocks of 81 tokens (digits through the char tokenizer)."""
-    from .data import sudoku
-
-    _, solutions = sudoku.generate(num, clues=81, seed=seed)
-    return torch.tensor([tokenizer.encode("".join(map(str, row))) for row in solutions.tolist()], dtype=torch.long)
-
-
-def prepare_data(cfg: TrainConfig, tokenizer=None):
-    """Tokenizer (built from the corpus unless given), packed train and validation blocks.
-
-    Corpus "sudoku": solved grids from ``ddlm.data.sudoku`` (training learns the law of solutions;
-    puzzles are solved by sampling with the clues as a prompt), validation from another seed.
-    """
-    if cfg.data.corpus == "sudoku":
-        tokenizer = tokenizer or CharTokenizer.from_text("123456789")
-        n_val = max(10, round(cfg.data.num_puzzles * cfg.data.val_fraction))
-        return (tokenizer, sudoku_blocks(cfg.data.num_puzzles, cfg.seed, tokenizer),
-                sudoku_blocks(n_val, cfg.seed + 1_000_003, tokenizer))
-    docs = load_corpus(cfg.data.corpus)
-    train_docs, val_docs = split_documents(docs, cfg.data.val_fraction, seed=cfg.seed)
-    if tokenizer is None:
-        tokenizer = build_tokenizer(cfg.data.tokenizer, "".join(train_docs + val_docs))
-    bs = cfg.data.block_size
-    train = pack([tokenizer.encode(d) for d in train_docs], bs, tokenizer.bos_id, tokenizer.eos_id)
-    val = pack([tokenizer.encode(d) for d in val_docs], bs, tokenizer.bos_id, tokenizer.eos_id)
-    if train.shape[0] == 0 or val.shape[0] == 0:
-        raise ValueError(f"corpus {cfg.data.corpus!r} is too small for block_size {bs}: "
-                         f"{train.shape[0]} training and {val.shape[0]} validation blocks")
-    return tokenizer, train, val
 
 
 #: config keys a resumed run must share with its checkpoint (the rest, e.g. max_steps, may change)

@@ -163,7 +163,7 @@ def corpus_blocks(source: str | os.PathLike, tokenizer, block_size: int) -> tupl
 def run_blocks(run, data: str | os.PathLike | None) -> tuple[Tensor, dict]:
     """The blocks to evaluate a loaded run on, and a description of them: the run's own validation
     split rebuilt from its config (``data`` None), or a corpus at ``data``."""
-    from ..train import prepare_data
+    from ..data.prepare import prepare_data
 
     cfg = run.config
     if data is None:
