@@ -6,7 +6,7 @@ import torch
 import ddlm
 from ddlm.config import load_config
 from ddlm.runs import load
-from ddlm.train import stratified_times, train
+from ddlm.train import train
 
 TEXT = ("the quick brown fox jumps over the lazy dog. " * 40 + "\n\n") * 3
 
@@ -18,14 +18,6 @@ def _cfg(tmp_path, name, **over):
             "model.blocks=1", "model.heads=2", "batch_size=8", "max_steps=6", "eval_every=3", "save_every=3",
             "eval_batches=2", "optim.warmup_steps=2", "log_every=1"]
     return load_config(None, base + [f"{k}={v}" for k, v in over.items()])
-
-
-def test_stratified_times_cover_the_unit_interval():
-    t = stratified_times(0.3, torch.arange(8), 8, 0.0)
-    assert torch.allclose(torch.sort(t).values, torch.sort((torch.arange(8, dtype=torch.float64) / 8 + 0.3) % 1.0).values)
-    # ranks and accumulation steps take disjoint strata of one global batch
-    halves = torch.cat([stratified_times(0.3, torch.arange(4), 8, 0.0), stratified_times(0.3, torch.arange(4, 8), 8, 0.0)])
-    assert torch.allclose(torch.sort(halves).values, torch.sort(t).values)
 
 
 @pytest.mark.parametrize("process", ["mdm", "udm", "audm", "ar"])

@@ -6,6 +6,10 @@ the per-token loss through ``ddlm.losses.compute``, step, update the EMA; period
 sample, checkpoint. Runs on a CPU as is and under ``torchrun --nproc-per-node N`` (gloo on CPU,
 nccl on GPU), with DDP or FSDP (``ddlm.parallel``). Every random draw of a step comes from a
 generator seeded by (seed, step, rank), so a resumed run continues exactly as an uninterrupted one.
+
+What the loop uses lives below it: the run's data (``ddlm.data.prepare``), its model
+(``ddlm.models.factory``), the per-token losses and the validation bound (``ddlm.bound``, shared with
+``ddlm eval``), the run folder and its checkpoints (``ddlm.runs``, ``ddlm.checkpoint``).
 """
 
 from __future__ import annotations
@@ -18,7 +22,7 @@ from pathlib import Path
 import torch
 from torch import Tensor
 
-from . import losses
+from .bound import ELBO, ar_token_losses, corrupt, stratified_times, token_losses, validation_bound
 from .checkpoint import capture_rng, load_checkpoint, save_checkpoint
 from .config import TrainConfig, is_autoregressive
 from .data.corpora import unigram_entropy
@@ -30,22 +34,16 @@ from .parallel import Parallel, setup_distributed
 from .runs import checkpoint_name, export, latest_checkpoint, load, prune_checkpoints, set_latest
 from .sampling import sample
 
-#: the public names; ``build_model``, ``load``, ``export``, ``prepare_data`` and ``stratified_times`` live in
-#: their own modules now and are importable from here for code written before the split
-__all__ = ["build_model", "export", "load", "lr_lambda", "prepare_data", "stratified_times", "train"]
-
-ELBO = {"mdm": "mdm_elbo", "udm": "udm_elbo", "audm": "audm_elbo"}
+#: the public names; ``build_model``, ``load``, ``export``, ``prepare_data``, ``stratified_times`` and the
+#: bound's ``ELBO``, ``corrupt``, ``token_losses`` and ``validation_bound`` live in their own modules now
+#: and are importable from here for code written before the split
+__all__ = ["ELBO", "build_model", "corrupt", "export", "load", "lr_lambda", "prepare_data", "stratified_times",
+           "token_losses", "train", "validation_bound"]
 
 
 def step_generator(seed: int, step: int) -> torch.Generator:
     """The CPU generator of a training step's draws (the same on every rank)."""
     return torch.Generator().manual_seed((seed * 1_000_003 + step) * 1_009)  # as the recorded runs
-
-
-def stratified_times(u0: float, indices: Tensor, global_batch: int, t_min: float) -> Tensor:
-    """Antithetic times u_j = (U + j / B) mod 1 for global row indices j, mapped to [t_min, 1]."""
-    u = torch.remainder(u0 + indices.double() / global_batch, 1.0)
-    return t_min + (1.0 - t_min) * u
 
 
 def lr_lambda(cfg: TrainConfig):
@@ -60,55 +58,6 @@ def lr_lambda(cfg: TrainConfig):
         return o.min_lr_ratio + (1 - o.min_lr_ratio) * 0.5 * (1 + math.cos(math.pi * progress))
 
     return f
-
-
-def corrupt(process, x0: Tensor, t: Tensor, generator):
-    """(x_t, noise or None) for clean blocks x0 at times t."""
-    state = process.corrupt(x0, t, generator=generator)
-    return (state.xt, state.noise) if process.name == "audm" else (state, None)
-
-
-def token_losses(model: DiffusionModel, objective: str, x0: Tensor, xt: Tensor, noise, t: Tensor) -> Tensor:
-    """Per-token loss (B, L) of ``objective`` for clean blocks x0 corrupted to (xt, noise) at times t."""
-    process = model.process
-    alpha = process.alpha(t).unsqueeze(-1)
-    dalpha = process.dalpha(t).unsqueeze(-1)
-    logits = model(xt, t, noise)
-    weights = torch.promote_types(logits.dtype, torch.float32)  # never round alpha to bfloat16
-    return losses.compute(objective, logits, output=model.output, x0=x0, xt=xt, alpha=alpha.to(weights),
-                          dalpha=dalpha.to(weights), noise=noise)
-
-
-def ar_token_losses(model, x0: Tensor) -> Tensor:
-    """Next-token cross-entropy of the autoregressive baseline on blocks x0 (B, L): (B, L) with a
-    block-start token, (B, L - 1) without (``ARTransformer.block_losses``); ``model`` may be the
-    DDP view of training."""
-    inner = model.ddp_net.module if hasattr(model, "ddp_net") else model
-    return inner.block_losses(x0, forward=model)
-
-
-@torch.no_grad()
-def validation_bound(model, blocks: Tensor, batch_size: int, num_batches: int, seed: int,
-                     t_min: float) -> tuple[float, float]:
-    """Monte-Carlo NLL bound in nats/token on held-out blocks (antithetic t), and its standard error
-    over batches. For the autoregressive baseline: its exact NLL per predicted token. The blocks and
-    the random draws stay on the CPU; each batch is moved to the model's device."""
-    device = next(model.parameters()).device
-    g = torch.Generator().manual_seed(seed)
-    per_batch = []
-    for b in range(num_batches):
-        x0 = blocks[torch.arange(b * batch_size, (b + 1) * batch_size) % blocks.shape[0]]
-        if is_autoregressive(model):
-            per_batch.append(ar_token_losses(model, x0.to(device)).mean().item())
-            continue
-        t = stratified_times(float(torch.rand((), generator=g, dtype=torch.float64)), torch.arange(len(x0)),
-                             len(x0), t_min)
-        xt, noise = corrupt(model.process, x0, t, g)
-        on = [None if v is None else v.to(device) for v in (x0, xt, noise, t)]
-        per_batch.append(token_losses(model, ELBO[model.process.name], *on).mean().item())
-    mean = sum(per_batch) / len(per_batch)
-    var = sum((v - mean) ** 2 for v in per_batch) / max(1, len(per_batch) - 1)
-    return mean, math.sqrt(var / len(per_batch))
 
 
 #: config keys a resumed run must share with its checkpoint (the rest, e.g. max_steps, may change)

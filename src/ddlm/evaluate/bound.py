@@ -1,6 +1,6 @@
 """The NLL bound of a run on held-out text (MATH.md section 6): ``ddlm eval``.
 
-The estimator is the training loop's own ``ddlm.train.validation_bound``: for a diffusion model,
+The estimator is the training loop's own ``ddlm.bound.validation_bound``: for a diffusion model,
 the Monte-Carlo ELBO of the process (``mdm_elbo``, ``udm_elbo`` or ``audm_elbo``) with times
 antithetic and stratified over each batch, t = t_min + (1 - t_min) ((U + j/B) mod 1), token-weighted;
 for the autoregressive baseline, its exact NLL per predicted token. Here it is called one batch at a
@@ -28,6 +28,8 @@ import os
 import torch
 from torch import Tensor, nn
 
+from ..bound import validation_bound
+from ..config import is_autoregressive
 from .metrics import bound_summary
 from .options import batch_seed
 
@@ -85,10 +87,7 @@ def model_bound(model, blocks: Tensor, *, batch_size: int = 32, num_batches: int
         ``seed``, ``t_min``, ``blocks`` (N), ``block_size``, ``scored_tokens``, ``characters``,
         ``total_nats``.
     """
-    from ..models.ar import ARTransformer
-    from ..train import validation_bound
-
-    ar = isinstance(model, ARTransformer)
+    ar = is_autoregressive(model)
     vocab = model.config.vocab_size if ar else model.process.vocab_size
     _check_blocks(blocks, vocab)
     n, length = blocks.shape
