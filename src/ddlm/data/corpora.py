@@ -24,7 +24,8 @@ import torch
 from torch import Tensor
 from torch.utils.data import Dataset
 
-from ddlm.data.tokenizers import Tokenizer
+from .._checks import check_tokens
+from .tokenizers import Tokenizer
 
 #: name of the embedded corpus, as accepted by :func:`load_corpus`
 DEFAULT_CORPUS_NAME = "default"
@@ -132,8 +133,7 @@ def unigram_entropy(ids: Tensor | Iterable[int] | Iterable[Iterable[int]], vocab
     ids = ids.reshape(-1).long()
     if ids.numel() == 0:
         raise ValueError("unigram_entropy needs at least one token")
-    if int(ids.min()) < 0 or int(ids.max()) >= vocab_size:
-        raise ValueError(f"token ids must lie in [0, {vocab_size}), got [{int(ids.min())}, {int(ids.max())}]")
+    check_tokens("ids", ids, vocab_size)
     p = torch.bincount(ids, minlength=vocab_size).double() / ids.numel()
     p = p[p > 0]
     return float(-(p * p.log()).sum())

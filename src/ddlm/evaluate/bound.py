@@ -28,6 +28,7 @@ import os
 import torch
 from torch import Tensor, nn
 
+from .._checks import check_tokens
 from ..bound import validation_bound
 from ..config import is_autoregressive
 from .metrics import bound_summary
@@ -62,8 +63,8 @@ def _check_blocks(blocks: Tensor, vocab_size: int | None) -> None:
     if not isinstance(blocks, Tensor) or blocks.dim() != 2 or blocks.dtype != torch.long or blocks.numel() == 0:
         got = f"shape {tuple(blocks.shape)} dtype {blocks.dtype}" if isinstance(blocks, Tensor) else type(blocks).__name__
         raise ValueError(f"blocks must be a non-empty (N, L) int64 tensor, got {got}")
-    if vocab_size is not None and (int(blocks.min()) < 0 or int(blocks.max()) >= vocab_size):
-        raise ValueError(f"blocks hold ids in [{int(blocks.min())}, {int(blocks.max())}], expected [0, {vocab_size})")
+    if vocab_size is not None:
+        check_tokens("blocks", blocks, vocab_size)
 
 
 def model_bound(model, blocks: Tensor, *, batch_size: int = 32, num_batches: int | None = None, seed: int = 0,
