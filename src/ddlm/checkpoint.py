@@ -45,7 +45,6 @@ META = "meta.json"
 _REQUIRED = ("config.json", "tokenizer.json", "model.safetensors", "trainer.json", "trainer.safetensors")
 _KNOWN = frozenset(_REQUIRED + ("ema.safetensors",))
 _STRAY = re.compile(r"^\.(?P<name>.+)\.(?P<kind>tmp|old)-[0-9a-f]{16}$")
-_TAGS = ("__tensor__", "__tuple__", "__items__", "__ndarray__")
 
 
 class CheckpointError(ValueError):

@@ -22,6 +22,7 @@ from pathlib import Path
 import torch
 from torch import Tensor
 
+from ._io import atomic_write_json
 from .bound import ELBO, ar_token_losses, corrupt, stratified_times, token_losses, validation_bound
 from .checkpoint import capture_rng, load_checkpoint, save_checkpoint
 from .config import TrainConfig, is_autoregressive
@@ -147,7 +148,7 @@ def train(cfg: TrainConfig, resume: bool = True, progress: bool = True, log=prin
     entropy = unigram_entropy(train_blocks.flatten().tolist(), tokenizer.vocab_size)
     if ddp.main:
         run.mkdir(parents=True, exist_ok=True)
-        (run / "config.json").write_text(json.dumps(cfg.to_dict(), indent=2))
+        atomic_write_json(run / "config.json", cfg.to_dict(), indent=2)
         n_params = sum(p.numel() for p in model.parameters())  # (global sizes under FSDP too)
         mode = f"; {ddp.world} processes ({par.kind.upper()})" if ddp.world > 1 else ""
         log(f"{cfg.process.upper()} run {run}: {n_params / 1e6:.2f}M parameters, vocab {tokenizer.vocab_size}, "
