@@ -389,7 +389,7 @@ def judge_spec(judge: str) -> str:
 
 
 def judge_matches(spec: str, name: str) -> bool:
-    """Whether a CSV row's judge name is the one ``spec`` loads (see ``ddlm.evaluate.judge.load_judge``)."""
+    """Whether a CSV row's judge name is the one ``spec`` loads (see ``ddlm.evaluate.judge_loading.load_judge``)."""
     if spec == "smollm2":
         return name.startswith("SmolLM2-135M-Instruct")
     return name == f"hf:{spec}" or name.startswith(f"ddlm-ar:{spec}@")

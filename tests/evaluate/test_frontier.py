@@ -127,7 +127,7 @@ def test_a_foreign_csv_is_refused(tmp_path):
 
 
 def test_command_rejects_inapplicable_options_before_sampling(runs, tmp_path, monkeypatch):
-    from ddlm.evaluate import judge as judge_module
+    from ddlm.evaluate import judge_loading as judge_module
 
     monkeypatch.setattr(judge_module, "load_judge", lambda spec, device="cpu", progress=True: LetterJudge())
     parser = argparse.ArgumentParser()

@@ -111,7 +111,7 @@ def sweep(runs: list, settings: list[SamplerSettings], judge, out_dir: str | os.
         settings: the sampler settings of the points (see :func:`grid`); for an autoregressive run the
             diffusion options are dropped and the NFE is not recorded (one pass per token), so a
             temperature or top-p sweep gives one point per value.
-        judge: an object with ``name`` and ``gen_ppl(texts)`` (``ddlm.evaluate.judge.load_judge``).
+        judge: an object with ``name`` and ``gen_ppl(texts)`` (``ddlm.evaluate.judge_loading.load_judge``).
         out_dir: the sweep's folder (created); its CSV is appended to point by point.
         num_samples, length, batch_size: per point; length defaults to each run's ``sample_length``
             (the block size; for an autoregressive run BOS + a block).
@@ -346,7 +346,7 @@ def _handler(args) -> int:
     fixed.sampler, fixed.nfe, fixed.temperature, fixed.top_p = None, None, 1.0, 1.0
     base = settings_from_args(fixed)
     points = grid(args.sampler or [None], _check_list("--nfe", args.nfe), temps, top_ps, base)
-    from .judge import load_judge
+    from .judge_loading import load_judge
 
     judge = load_judge(args.judge, device=args.device or "cpu", progress=not args.no_progress)
     runs = [load_run(r, device=args.device or "cpu") for r in args.runs]
