@@ -93,6 +93,12 @@ def rel_run(name: str) -> str:
     return f"runs/{name}"
 
 
+def autoregressive(name: str) -> bool:
+    """Whether a run of the study is the autoregressive baseline (its packaged config, ``demo-ar``, has
+    process "ar"): one pass per token, so no NFE, and an exact NLL rather than a bound."""
+    return RUNS[name][0] == "demo-ar"
+
+
 def steps_of(name: str, scale: float) -> int:
     """The run's training steps at this scale."""
     base = SUDOKU_STEPS if RUNS[name][2] == "sudoku" else TEXT_STEPS
@@ -112,7 +118,7 @@ def bound_passes(name: str) -> int:
     """Passes of the bound over the validation split: ``BOUND_PASSES`` with fresh Monte-Carlo draws
     each (per-batch ELBO values are heavy-tailed), one for the autoregressive run's exact NLL (no
     Monte-Carlo noise: repeating it would copy the same batches and shrink the standard error)."""
-    return 1 if RUNS[name][0] == "demo-ar" else BOUND_PASSES
+    return 1 if autoregressive(name) else BOUND_PASSES
 
 
 def bound_command(name: str) -> list[str]:
@@ -209,7 +215,7 @@ def judge_matches(spec: str, name: str) -> bool:
 def row_matches(row: dict, run: str, step: int, call: FrontierCall, nfe, temperature: float,
                  num_samples: int) -> bool:
     """Whether a frontier CSV row is the point (run, nfe, temperature) of ``call``."""
-    ar = RUNS[run][0] == "demo-ar"
+    ar = autoregressive(run)
     sampler = "ancestral" if ar else (call.option("--sampler") or "ancestral")
     corrector = json.loads(row["corrector"]) if row["corrector"] else None
     remasking = json.loads(row["remasking"]) if row["remasking"] else None
@@ -231,7 +237,7 @@ def missing_points(call: FrontierCall, rows: list[dict], steps: dict[str, int], 
     frontier``, so that a finished sweep is not reloaded and its plot not redrawn)."""
     missing = 0
     for run in call.runs:
-        nfes = [None] if RUNS[run][0] == "demo-ar" else nfe
+        nfes = [None] if autoregressive(run) else nfe
         for n in nfes:
             for t in temperatures:
                 if not any(row_matches(r, run, steps[run], call, n, t, num_samples) for r in rows):
@@ -276,7 +282,7 @@ def reuse_points(call: FrontierCall, results: Path, steps: dict[str, int], nfe, 
             run = Path(row["run"]).name
             if run not in call.runs or not any(
                     row_matches(row, run, steps[run], call, n, t, num_samples)
-                    for n in ([None] if RUNS[run][0] == "demo-ar" else nfe) for t in temperatures):
+                    for n in ([None] if autoregressive(run) else nfe) for t in temperatures):
                 continue
             (folder / "samples").mkdir(parents=True, exist_ok=True)
             if row["samples_file"] and (source / row["samples_file"]).exists():

@@ -351,3 +351,10 @@ def test_study_end_to_end_and_resume(tmp_path):
     assert second.returncode == 0, second.stdout[-3000:] + second.stderr[-3000:]
     assert "+ ddlm" not in second.stdout, second.stdout
     assert _mtimes(work) == before
+
+
+def test_the_autoregressive_run_is_the_one_whose_config_has_process_ar():
+    from ddlm.config import is_autoregressive, load_config
+
+    for name, (config, overrides, _) in P.RUNS.items():
+        assert P.autoregressive(name) == is_autoregressive(load_config(config, overrides))
