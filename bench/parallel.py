@@ -52,9 +52,9 @@ def worker(args) -> None:
     import torch
     import torch.distributed as dist
 
+    from ddlm.bound import token_losses
     from ddlm.models.diffusion import DiffusionModel
     from ddlm.parallel import Parallel, setup_distributed
-    from ddlm.train import token_losses
 
     d = setup_distributed("cpu")
     _reset_peak_rss()

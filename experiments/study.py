@@ -15,28 +15,13 @@ is not finished, so a partial study gives partial results and a partial report. 
 ``<workdir>/results/`` and the report, made from those files only by ``experiments/report.py``, to
 ``docs/reproduction.md`` (``<workdir>/reproduction.md`` for another workdir).
 
-Stages and the commands they run (``N`` validation blocks, ``B`` the run's batch per step):
-
-- ``train``: ``ddlm train CONFIG run_dir=runs/NAME max_steps=... ...`` (see ``train_command``), then
-  ``results/train/NAME.json`` (steps, training minutes and final validation bound, copied from the
-  run's last checkpoint) for every finished run.
-- ``bound``: ``ddlm eval runs/NAME --passes 4 --seed 0 --out results/bound/NAME.json``: four passes
-  over the validation split with fresh Monte-Carlo draws (per-batch ELBO values are heavy-tailed);
-  one pass for the autoregressive run, whose exact NLL has no Monte-Carlo noise (repeating it would
-  copy the same batches and shrink the standard error).
-- ``frontier``: ``ddlm frontier ... --nfe 16 64 256 --temperature 0.6 0.7 0.8 0.9 1.0 1.1 --judge J
-  --num-samples 64 --out results/frontier/COMPARISON`` for the comparisons of ``frontier_calls``; a point
-  another comparison already scored with identical settings is copied, not redrawn (``reuse_points``).
-- ``probe``: ``ddlm probe runs/udm-* --nfe 64 --num-samples 16 --positions 8 --seed 0 --out results/probe``
-  (remade when the set of finished UDM runs or their steps change).
-- ``sudoku``: ``ddlm sudoku runs/sudoku-* --nfe 16|64 --puzzles 400 --out results/sudoku/NAME-nfeN.json``.
-- ``report``: ``experiments/report.py`` (tables, plots, commands and verdicts from ``results/``).
+The stages (``train``, ``bound``, ``frontier``, ``probe``, ``sudoku``, ``report``) and the exact command
+of each are in ``experiments/study_plan.py``.
 """
 
 from __future__ import annotations
 
 import argparse
-import csv
 import json
 import os
 import subprocess
@@ -45,66 +30,17 @@ import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
-ROOT = Path(__file__).resolve().parent
+from study_plan import (
+    COMMON, COMPARISONS, FRONTIER_NFE, FRONTIER_SAMPLES, FRONTIER_TEMPERATURES, PROBE_NFE, ROOT, RUNS, SUDOKU,
+    SUDOKU_NFE, SUDOKU_PUZZLES, SUDOKU_RUNS, TEXT, TEXT_RUNS, UDM_RUNS, StudyError, best_udm_run,
+    bound_command, frontier_calls, judge_matches, judge_spec, missing_points, probe_command, read_frontier,
+    read_result, rel_run, reuse_points, steps_of, sudoku_command,
+)
+
 RUNS_DIR = ROOT / "runs"
 RESULTS = ROOT / "results"
 #: the folder ``ddlm`` commands run in (``set_workdir``); RUNS_DIR and RESULTS live in it
 WORKDIR = ROOT
-
-#: training steps of every text run (same model, data, batch, seed), before --scale
-TEXT_STEPS = 8000
-SUDOKU_STEPS = 5000
-COMMON = ["sample_every=0", "max_minutes=null", "save_every=250", "keep_checkpoints=2", "seed=0"]
-TEXT = ["eval_every=1000"]
-SUDOKU = ["eval_every=500"]
-
-#: run name -> (packaged config, overrides, kind)
-RUNS = {  # in training order: the runs behind claim 1 first
-    "udm-loo-elbo": ("demo-udm", ["model.output=loo", "objective=udm_elbo"], "text"),
-    "udm-denoiser-elbo": ("demo-udm", ["model.output=denoiser", "objective=udm_elbo"], "text"),
-    "mdm": ("demo-mdm", [], "text"),
-    "audm": ("demo-audm", [], "text"),
-    "udm-loo-ce": ("demo-udm", ["model.output=loo", "objective=cross_entropy"], "text"),
-    "udm-denoiser-ce": ("demo-udm", ["model.output=denoiser", "objective=cross_entropy"], "text"),
-    "ar": ("demo-ar", [], "text"),
-    "sudoku-mdm": ("sudoku-mdm", [], "sudoku"),
-    "sudoku-udm": ("sudoku-udm", ["model.output=loo", "objective=udm_elbo"], "sudoku"),
-    "sudoku-audm": ("sudoku-audm", [], "sudoku"),
-}
-
-#: the four uniform-diffusion text runs (output x objective); the best of them by bound is "the best UDM run"
-UDM_RUNS = ("udm-loo-elbo", "udm-denoiser-elbo", "udm-loo-ce", "udm-denoiser-ce")
-TEXT_RUNS = tuple(n for n, (_, _, kind) in RUNS.items() if kind == "text")
-SUDOKU_RUNS = tuple(n for n, (_, _, kind) in RUNS.items() if kind == "sudoku")
-
-#: bound stage: passes over the validation split (diffusion runs; the AR run's exact NLL gets one)
-BOUND_PASSES = 4
-#: frontier stage defaults (the issue's grid)
-FRONTIER_NFE = (16, 64, 256)
-FRONTIER_TEMPERATURES = (0.6, 0.7, 0.8, 0.9, 1.0, 1.1)
-FRONTIER_SAMPLES = 64
-#: informed predictor-corrector: one Gibbs sweep after each corrected predictor step, k positions per
-#: sweep (4 of the 64 characters of a block: a light correction, so that the NFE it costs is not
-#: mostly spent re-drawing well-predicted positions); every selection rule is swept
-CORRECTOR_SWEEPS, CORRECTOR_K = 1, 4
-SELECTIONS = ("random", "lowest_maxprob", "lowest_current_prob", "lowest_log_margin")
-#: ReMDM remasking schedule (published default eta of "cap": 0.008)
-REMASKING = "cap"
-#: probe stage settings (``ddlm probe`` defaults, written out)
-PROBE_NFE, PROBE_SAMPLES, PROBE_POSITIONS = 64, 16, 8
-#: sudoku stage: NFE values and default number of test puzzles: the binomial SE of an accuracy is
-#: <= sqrt(0.25/400) = 0.025, so that two accuracies 0.1 apart differ by more than 2 combined SE
-#: (report.py's tolerance for "AUDM matches MDM"); generating and solving 400 puzzles takes about two
-#: minutes per run and NFE on one CPU core
-SUDOKU_NFE = (16, 64)
-SUDOKU_PUZZLES = 400
-#: comparisons of the frontier stage, in report order
-COMPARISONS = ("ancestral", "udm-pc", "udm-temperature", "udm-ablation", "audm-reaudm", "mdm-remdm")
-
-
-class StudyError(RuntimeError):
-    """A stage cannot proceed (a missing prerequisite result, an inconsistent result folder)."""
-
 
 def set_workdir(workdir: str | os.PathLike) -> None:
     """Put the runs (``runs/``), results (``results/``) and the commands' working folder under ``workdir``."""
@@ -116,17 +52,6 @@ def set_workdir(workdir: str | os.PathLike) -> None:
 def run_dir(name: str) -> Path:
     """The run's folder (absolute, under the working folder)."""
     return RUNS_DIR / name
-
-
-def rel_run(name: str) -> str:
-    """The run's folder as the study's commands name it (relative to the working folder)."""
-    return f"runs/{name}"
-
-
-def steps_of(name: str, scale: float) -> int:
-    """The run's training steps at this scale."""
-    base = SUDOKU_STEPS if RUNS[name][2] == "sudoku" else TEXT_STEPS
-    return max(1, round(base * scale))
 
 
 def train_command(name: str, scale: float) -> list[str]:
@@ -148,14 +73,16 @@ def last_step(path: Path) -> int | None:
     ckpt = latest_ckpt(path)
     if ckpt is None:
         return None
-    return int(json.loads((ckpt / "meta.json").read_text())["step"])
+    from ddlm.checkpoint import checkpoint_step
+
+    return checkpoint_step(ckpt)
 
 
 def latest_ckpt(path: Path) -> Path | None:
     """A run's latest complete checkpoint folder, or None."""
     if str(ROOT.parent / "src") not in sys.path:
         sys.path.insert(0, str(ROOT.parent / "src"))
-    from ddlm.checkpoint import latest_checkpoint
+    from ddlm.runs import latest_checkpoint
 
     return latest_checkpoint(path) if path.is_dir() else None
 
@@ -219,18 +146,11 @@ class Study:
         return out
 
 
-def _read_json(path: Path) -> dict:
-    try:
-        return json.loads(path.read_text())
-    except (OSError, ValueError) as e:
-        raise StudyError(f"result file {str(path)!r} is unreadable: {e}; delete it to remake it") from e
-
-
 def _up_to_date(path: Path, name: str, log, what: str) -> bool:
     """True when the result file exists and was made from the run's current checkpoint (its ``run.step``)."""
     if not path.exists():
         return False
-    step = _read_json(path).get("run", {}).get("step")
+    step = read_result(path).get("run", {}).get("step")
     now = last_step(run_dir(name))
     if step == now:
         log(f"{what}: done ({path.relative_to(WORKDIR)})")
@@ -249,8 +169,10 @@ def write_train_record(name: str, study: Study) -> Path | None:
     if ckpt is None:
         return None
     path = RESULTS / "train" / f"{name}.json"
-    step = int(json.loads((ckpt / "meta.json").read_text())["step"])
-    if path.exists() and _read_json(path).get("step") == step:
+    from ddlm.checkpoint import checkpoint_step
+
+    step = checkpoint_step(ckpt)
+    if path.exists() and read_result(path).get("step") == step:
         return path
     trainer = json.loads((ckpt / "trainer.json").read_text())
     config = json.loads((ckpt / "config.json").read_text())
@@ -284,19 +206,6 @@ def stage_train(study: Study) -> None:
 
 # ---- bound -----------------------------------------------------------------------------------------
 
-def bound_passes(name: str) -> int:
-    """Passes of the bound over the validation split: ``BOUND_PASSES`` with fresh Monte-Carlo draws
-    each (per-batch ELBO values are heavy-tailed), one for the autoregressive run's exact NLL (no
-    Monte-Carlo noise: repeating it would copy the same batches and shrink the standard error)."""
-    return 1 if RUNS[name][0] == "demo-ar" else BOUND_PASSES
-
-
-def bound_command(name: str) -> list[str]:
-    """The ``ddlm eval`` arguments of a run's bound (without ``--overwrite``/``--no-progress``)."""
-    return ["eval", rel_run(name), "--passes", str(bound_passes(name)), "--seed", "0",
-            "--out", f"results/bound/{name}.json"]
-
-
 def stage_bound(study: Study) -> None:
     """The validation bound of every finished run."""
     for name in study.ready([n for n in RUNS if n in study.runs], "bound"):
@@ -308,179 +217,13 @@ def stage_bound(study: Study) -> None:
 
 # ---- frontier --------------------------------------------------------------------------------------
 
-@dataclass(frozen=True)
-class FrontierCall:
-    """One ``ddlm frontier`` invocation: runs, the options that distinguish its curves, its folder."""
-
-    comparison: str
-    runs: tuple[str, ...]
-    options: tuple[str, ...] = ()
-
-    def argv(self, nfe, temperatures, judge: str, num_samples: int) -> list[str]:
-        """The full ``ddlm frontier`` arguments (without ``--no-progress``)."""
-        return ["frontier", *(rel_run(r) for r in self.runs), "--labels", *self.runs, *self.options,
-                "--nfe", *(str(n) for n in nfe), "--temperature", *(f"{t:g}" for t in temperatures),
-                "--judge", judge, "--num-samples", str(num_samples), "--seed", "0",
-                "--out", f"results/frontier/{self.comparison}"]
-
-    def option(self, flag: str) -> str | None:
-        """The value of ``flag`` in ``options`` (None if absent)."""
-        return self.options[self.options.index(flag) + 1] if flag in self.options else None
-
-
-def frontier_calls(text_runs: list[str], best_udm: str | None, audm: bool, mdm: bool) -> list[FrontierCall]:
-    """Every ``ddlm frontier`` invocation of the stage.
-
-    Args:
-        text_runs: finished text runs for the all-runs ancestral comparison (AR included).
-        best_udm: the UDM run with the lowest bound, or None to leave out its comparisons.
-        audm, mdm: include the AUDM/ReAUDM and MDM/ReMDM comparisons.
-    """
-    calls = []
-    if text_runs:
-        calls.append(FrontierCall("ancestral", tuple(text_runs)))
-    if best_udm is not None:
-        b = (best_udm,)
-        calls.append(FrontierCall("udm-pc", b))
-        for rule in SELECTIONS:
-            calls.append(FrontierCall("udm-pc", b, ("--corrector-sweeps", str(CORRECTOR_SWEEPS), "--corrector-k",
-                                                    str(CORRECTOR_K), "--corrector-selection", rule)))
-        calls.append(FrontierCall("udm-pc", b, ("--sampler", "max_coupling")))
-        calls.append(FrontierCall("udm-temperature", b, ("--temperature-on", "loo")))
-        calls.append(FrontierCall("udm-temperature", b, ("--temperature-on", "denoiser")))
-        calls.append(FrontierCall("udm-ablation", b))
-        calls.append(FrontierCall("udm-ablation", b, ("--sampler", "bridge_raw_denoiser")))
-    if audm:
-        calls.append(FrontierCall("audm-reaudm", ("audm",)))
-        calls.append(FrontierCall("audm-reaudm", ("audm",), ("--sampler", "reaudm")))
-    if mdm:
-        calls.append(FrontierCall("mdm-remdm", ("mdm",)))
-        calls.append(FrontierCall("mdm-remdm", ("mdm",), ("--sampler", "remdm", "--remasking", REMASKING)))
-    return calls
-
-
-def best_udm_run(results: Path | None = None) -> str:
-    """The UDM run with the lowest validation bound (nats/token) in ``results/bound``.
-
-    Raises:
-        StudyError: a bound of the four UDM runs is missing (the files are named).
-    """
-    folder = (results or RESULTS) / "bound"
-    missing = [str(folder / f"{n}.json") for n in UDM_RUNS if not (folder / f"{n}.json").exists()]
-    if missing:
-        raise StudyError(f"the best UDM run is chosen by the bounds of {', '.join(UDM_RUNS)}, but {missing} "
-                         "do not exist; run the bound stage first (--stage bound)")
-    bounds = {n: _read_json(folder / f"{n}.json")["nats_per_token"] for n in UDM_RUNS}
-    return min(bounds, key=bounds.get)
-
-
-def judge_spec(judge: str) -> str:
-    """The judge as the commands get it: "smollm2", or an absolute path (the commands run elsewhere)."""
-    if judge == "smollm2":
-        return judge
-    path = Path(judge).expanduser()
-    if not path.exists():
-        raise StudyError(f"--judge {judge!r} is neither 'smollm2' nor an existing folder")
-    return str(path.resolve())
-
-
-def judge_matches(spec: str, name: str) -> bool:
-    """Whether a CSV row's judge name is the one ``spec`` loads (see ``ddlm.evaluate.judge.load_judge``)."""
-    if spec == "smollm2":
-        return name.startswith("SmolLM2-135M-Instruct")
-    return name == f"hf:{spec}" or name.startswith(f"ddlm-ar:{spec}@")
-
-
-def _row_matches(row: dict, run: str, step: int, call: FrontierCall, nfe, temperature: float,
-                 num_samples: int) -> bool:
-    """Whether a frontier CSV row is the point (run, nfe, temperature) of ``call``."""
-    ar = RUNS[run][0] == "demo-ar"
-    sampler = "ancestral" if ar else (call.option("--sampler") or "ancestral")
-    corrector = json.loads(row["corrector"]) if row["corrector"] else None
-    remasking = json.loads(row["remasking"]) if row["remasking"] else None
-    want_corrector = None if ar or call.option("--corrector-sweeps") is None else {
-        "sweeps": int(call.option("--corrector-sweeps")), "k": int(call.option("--corrector-k")),
-        "selection": call.option("--corrector-selection")}
-    return (row["run"] == rel_run(run) and row["step"] == str(step) and row["sampler"] == sampler
-            and row["nfe"] == ("" if ar else str(nfe)) and float(row["temperature"]) == temperature
-            and float(row["top_p"]) == 1.0 and row["seed"] == "0"
-            and row["temperature_on"] == ("" if ar else (call.option("--temperature-on") or ""))
-            and (corrector and {k: corrector[k] for k in ("sweeps", "k", "selection")}) == want_corrector
-            and (remasking or {}).get("kind") == (None if ar else call.option("--remasking"))
-            and row["num_samples"] == str(num_samples))
-
-
-def missing_points(call: FrontierCall, rows: list[dict], steps: dict[str, int], nfe, temperatures,
-                   num_samples: int) -> int:
-    """How many points of ``call`` are not in the CSV rows (the study's check before invoking ``ddlm
-    frontier``, so that a finished sweep is not reloaded and its plot not redrawn)."""
-    missing = 0
-    for run in call.runs:
-        nfes = [None] if RUNS[run][0] == "demo-ar" else nfe
-        for n in nfes:
-            for t in temperatures:
-                if not any(_row_matches(r, run, steps[run], call, n, t, num_samples) for r in rows):
-                    missing += 1
-    return missing
-
-
-def read_frontier(folder: Path) -> list[dict]:
-    """Rows of ``folder/frontier.csv`` ([] if absent)."""
-    path = folder / "frontier.csv"
-    if not path.exists():
-        return []
-    with open(path, newline="") as f:
-        return list(csv.DictReader(f))
-
-
-def reuse_points(call: FrontierCall, steps: dict[str, int], nfe, temperatures, num_samples: int, judge: str,
-                 log) -> int:
-    """Copy into ``call``'s CSV the points it needs that another comparison already scored with the very
-    same settings (run, checkpoint, sampler, NFE, temperature, seed, judge, ...: the row's whole key), with
-    their samples file, so that ``ddlm frontier`` skips them instead of drawing and judging them again.
-
-    The comparisons of one run overlap (the best UDM run's plain ancestral curve is in ``ancestral``,
-    ``udm-pc`` and ``udm-ablation``); draws are seeded, so a recomputed point would be the same. Returns
-    the number of rows copied.
-    """
-    import shutil
-
-    from ddlm.evaluate.frontier import append_row, point_key
-
-    folder = RESULTS / "frontier" / call.comparison
-    have = {point_key(r) for r in read_frontier(folder)}
-    copied = 0
-    for other in COMPARISONS:
-        source = RESULTS / "frontier" / other
-        if other == call.comparison:
-            continue
-        for row in read_frontier(source):
-            key = point_key(row)
-            if key in have or not judge_matches(judge, row["judge"]):
-                continue
-            run = Path(row["run"]).name
-            if run not in call.runs or not any(
-                    _row_matches(row, run, steps[run], call, n, t, num_samples)
-                    for n in ([None] if RUNS[run][0] == "demo-ar" else nfe) for t in temperatures):
-                continue
-            (folder / "samples").mkdir(parents=True, exist_ok=True)
-            if row["samples_file"] and (source / row["samples_file"]).exists():
-                shutil.copyfile(source / row["samples_file"], folder / row["samples_file"])
-            append_row(folder / "frontier.csv", row)
-            have.add(key)
-            copied += 1
-    if copied:
-        log(f"frontier {call.comparison}: {copied} points copied from other comparisons (same settings and seed)")
-    return copied
-
-
 def stage_frontier(study: Study) -> None:
     """Every comparison of ``frontier_calls`` whose points are not all in its CSV yet."""
     judge = judge_spec(study.judge)
     text = study.ready([n for n in TEXT_RUNS if n in study.runs], "frontier")
     best = None
     if all(study.finished(n) for n in UDM_RUNS):
-        best = best_udm_run()
+        best = best_udm_run(RESULTS)
         study.log(f"frontier: best UDM run by bound: {best}")
         if best not in study.runs:
             study.log(f"frontier: {best} is not among --runs: comparisons udm-pc, udm-temperature and "
@@ -501,7 +244,7 @@ def stage_frontier(study: Study) -> None:
                              f"{study.judge!r}; gen-PPLs of different judges are not comparable: use another "
                              "--workdir or move that folder away")
         argv = call.argv(study.nfe, study.temperatures, judge, study.num_samples)
-        if reuse_points(call, steps, study.nfe, study.temperatures, study.num_samples, judge, study.log):
+        if reuse_points(call, RESULTS, steps, study.nfe, study.temperatures, study.num_samples, judge, study.log):
             rows = read_frontier(folder)
         todo = missing_points(call, rows, steps, study.nfe, study.temperatures, study.num_samples)
         if todo == 0:
@@ -512,12 +255,6 @@ def stage_frontier(study: Study) -> None:
 
 # ---- probe -----------------------------------------------------------------------------------------
 
-def probe_command(names: list[str], nfe: int = PROBE_NFE) -> list[str]:
-    """The ``ddlm probe`` arguments for these UDM runs."""
-    return ["probe", *(rel_run(n) for n in names), "--nfe", str(nfe), "--num-samples", str(PROBE_SAMPLES),
-            "--positions", str(PROBE_POSITIONS), "--seed", "0", "--out", "results/probe"]
-
-
 def stage_probe(study: Study) -> None:
     """The LOO probe of the finished UDM runs, remade when that set or their steps change."""
     names = study.ready([n for n in UDM_RUNS if n in study.runs], "probe")
@@ -525,7 +262,7 @@ def stage_probe(study: Study) -> None:
         return
     path = RESULTS / "probe" / "probe.json"
     if path.exists():
-        record = _read_json(path)
+        record = read_result(path)
         made = {(Path(r["run"]).name, r["step"]) for r in record.get("runs", [])}
         if made == {(n, last_step(run_dir(n))) for n in names} and record["settings"]["nfe"] == study.probe_nfe:
             study.log(f"probe: done ({path.relative_to(WORKDIR)})")
@@ -537,20 +274,14 @@ def stage_probe(study: Study) -> None:
 
 # ---- sudoku ----------------------------------------------------------------------------------------
 
-def sudoku_command(name: str, nfe: int, puzzles: int) -> list[str]:
-    """The ``ddlm sudoku`` arguments of a run at one NFE."""
-    return ["sudoku", rel_run(name), "--nfe", str(nfe), "--puzzles", str(puzzles), "--puzzle-seed", "0",
-            "--seed", "0", "--out", f"results/sudoku/{name}-nfe{nfe}.json"]
-
-
 def stage_sudoku(study: Study) -> None:
     """Sudoku accuracy of every finished Sudoku run at each NFE."""
     for name in study.ready([n for n in SUDOKU_RUNS if n in study.runs], "sudoku"):
         for nfe in SUDOKU_NFE:
             path = RESULTS / "sudoku" / f"{name}-nfe{nfe}.json"
-            if path.exists() and _read_json(path).get("num_puzzles") != study.puzzles:
+            if path.exists() and read_result(path).get("num_puzzles") != study.puzzles:
                 study.log(f"sudoku {name} nfe {nfe}: {path.relative_to(WORKDIR)} has "
-                          f"{_read_json(path).get('num_puzzles')} puzzles, not --puzzles {study.puzzles}: remaking it")
+                          f"{read_result(path).get('num_puzzles')} puzzles, not --puzzles {study.puzzles}: remaking it")
             elif _up_to_date(path, name, study.log, f"sudoku {name} nfe {nfe}"):
                 continue
             ddlm(sudoku_command(name, nfe, study.puzzles) + (["--overwrite"] if path.exists() else [])

@@ -1,4 +1,4 @@
-"""Checkpoint folders: exact resume, RNG, corruption detection, crash safety, run directories."""
+"""Checkpoint folders: exact resume, RNG, corruption detection, crash safety."""
 
 import hashlib
 import json
@@ -12,10 +12,7 @@ import torch
 from torch import nn
 
 from ddlm import checkpoint as ckpt
-from ddlm.checkpoint import (
-    CheckpointError, capture_rng, checkpoint_name, latest_checkpoint, load_checkpoint,
-    prune_checkpoints, restore_rng, save_checkpoint, set_latest,
-)
+from ddlm.checkpoint import CheckpointError, capture_rng, checkpoint_step, load_checkpoint, restore_rng, save_checkpoint
 
 CONFIG = {"model": {"width": 8}, "lr": 0.01, "betas": [0.9, 0.99]}
 TOKENIZER = {"vocab": ["a", "b", "<mask>"]}
@@ -220,48 +217,6 @@ def test_save_never_deletes_foreign_files(tmp_path):
         "c", "d", ".c.tmp-xyz", ".notes", ".c.tmp-0123456789abcdeg", ".c.tmp-0123456789abcdef"}
 
 
-def make_steps(run, steps):
-    for s in steps:
-        save_small(run / "checkpoints" / checkpoint_name(s), step=s)
-    return [run / "checkpoints" / checkpoint_name(s) for s in steps]
-
-
-def test_latest_checkpoint(tmp_path):
-    run = tmp_path / "run"
-    assert latest_checkpoint(run) is None
-    s1, s2, s3 = make_steps(run, [1, 2, 30])
-    assert checkpoint_name(30) == "step_000030" and checkpoint_name(1234567) == "step_1234567"
-    (run / "checkpoints" / ".step_000099.tmp-0123456789abcdef").mkdir()
-    (run / "checkpoints" / "step_000050").mkdir()  # incomplete: no meta.json
-    assert latest_checkpoint(run) == s3  # no latest file: highest complete step
-    set_latest(run, s2)
-    assert (run / "checkpoints" / "latest").read_text().strip() == "step_000002"
-    assert latest_checkpoint(run) == s2
-    (run / "checkpoints" / "latest").write_text("step_000007\n")  # names a missing folder
-    assert latest_checkpoint(run) == s3
-    set_latest(run, s3)
-    (s3 / "model.safetensors").unlink()  # latest now names an incomplete folder
-    assert latest_checkpoint(run) == s2
-    with pytest.raises(ValueError):
-        set_latest(run, run / "checkpoints" / "step_000050")
-
-
-def test_prune_checkpoints(tmp_path):
-    run = tmp_path / "run"
-    paths = make_steps(run, [1, 2, 3, 4, 5])
-    (run / "checkpoints" / "step_000000").mkdir()  # incomplete, left alone
-    (run / "checkpoints" / "notes").mkdir()
-    set_latest(run, paths[0])
-    deleted = prune_checkpoints(run, keep=2)
-    assert deleted == paths[1:3]
-    assert sorted(p.name for p in (run / "checkpoints").iterdir()) == [
-        "latest", "notes", "step_000000", "step_000001", "step_000004", "step_000005"]
-    assert latest_checkpoint(run) == paths[0]
-    assert prune_checkpoints(run, keep=0) == paths[3:]
-    with pytest.raises(ValueError):
-        prune_checkpoints(run, keep=-1)
-
-
 def test_loading_never_unpickles(tmp_path, monkeypatch):
     model, opt, sched = make_run(0)
     train_step(model, opt, sched)
@@ -276,3 +231,14 @@ def test_loading_never_unpickles(tmp_path, monkeypatch):
     ck = load_checkpoint(path)
     restore_rng(ck.rng)
     opt.load_state_dict(ck.optimizer)
+
+
+def test_checkpoint_step_reads_meta_only(tmp_path):
+    path = save_small(tmp_path / "c", step=42)
+    (path / "model.safetensors").unlink()  # the other files are not read
+    assert checkpoint_step(path) == 42
+    with pytest.raises(CheckpointError, match="meta.json: missing, unreadable or without a step"):
+        checkpoint_step(tmp_path / "nowhere")
+    (path / "meta.json").write_text("{not json")
+    with pytest.raises(CheckpointError, match="meta.json"):
+        checkpoint_step(path)

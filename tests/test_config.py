@@ -62,3 +62,27 @@ def test_saved_configs_keep_the_convention_they_were_made_with():
     mdm = {**old, "process": "mdm"}
     assert saved_config(mdm).model.block_start is True  # unused by diffusion runs
 
+
+
+def test_is_autoregressive_is_one_rule_for_names_configs_models_and_runs():
+    from ddlm import MaskedDiffusion
+    from ddlm.config import is_autoregressive
+    from ddlm.models.ar import ARConfig, ARTransformer
+    from ddlm.models.diffusion import DiffusionModel
+
+    ar, mdm = load_config(None, ["process=ar"]), load_config(None, ["process=mdm"])
+    assert is_autoregressive("ar") and not is_autoregressive("udm")
+    assert is_autoregressive(ar) and not is_autoregressive(mdm)
+    assert is_autoregressive(ar.to_dict()) and not is_autoregressive(mdm.to_dict())
+    assert is_autoregressive(ARTransformer(ARConfig.preset("tiny", 10, 8, hidden=16, blocks=1, heads=2)))
+    assert not is_autoregressive(DiffusionModel.build("mdm", 10, 8, hidden=16, blocks=1, heads=2))
+
+    class Loaded:  # a loaded run: its process, None for the autoregressive baseline
+        def __init__(self, process):
+            self.process = process
+
+    assert is_autoregressive(Loaded(None)) and not is_autoregressive(Loaded(MaskedDiffusion(10)))
+    with pytest.raises(TypeError, match="got MaskedDiffusion"):
+        is_autoregressive(MaskedDiffusion(10))
+    with pytest.raises(TypeError, match="got NoneType"):
+        is_autoregressive(None)

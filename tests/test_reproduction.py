@@ -1,6 +1,6 @@
-"""The reproduction study (experiments/study.py, experiments/report.py): the committed report matches
-the committed results, the verdict rules on synthetic numbers, and an end-to-end run of the study on
-tiny runs (resumed without redoing anything)."""
+"""The reproduction study (experiments/study.py, study_plan.py, report.py, report_rules.py, report_claims.py):
+the committed report matches the committed results, the verdict rules on synthetic numbers, and an
+end-to-end run of the study on tiny runs (resumed without redoing anything)."""
 
 import json
 import math
@@ -16,7 +16,10 @@ EXPERIMENTS = ROOT / "experiments"
 sys.path.insert(0, str(EXPERIMENTS))
 
 import report as R  # noqa: E402
+import report_claims as C  # noqa: E402
+import report_rules as V  # noqa: E402
 import study as S  # noqa: E402
+import study_plan as P  # noqa: E402
 
 
 # ---- (a) the committed report is what the committed results give ------------------------------------
@@ -54,44 +57,44 @@ def test_a_claim_with_parts_still_to_measure_is_provisional(tmp_path):
 def test_report_of_no_results_is_all_not_measured(tmp_path):
     text = R.render(tmp_path / "results", tmp_path / "reproduction.md")
     verdicts = R.tables_in(text)["verdicts"]
-    assert R.MISSING in verdicts
-    for v in (R.REPRODUCED, R.NOT_REPRODUCED, R.INCONCLUSIVE):
+    assert V.MISSING in verdicts
+    for v in (V.REPRODUCED, V.NOT_REPRODUCED, V.INCONCLUSIVE):
         assert f"| {v} |" not in verdicts and f"**{v}**" not in verdicts
 
 
 # ---- (b) verdict rules --------------------------------------------------------------------------------
 
 def test_outcome_respects_the_standard_error():
-    assert R.outcome(-0.3, 0.1) == R.BETTER
-    assert R.outcome(-0.3, 0.2) == R.TIE  # the same difference within 2 SE
-    assert R.outcome(0.3, 0.1) == R.WORSE
-    assert R.outcome(0.19, 0.1) == R.TIE
-    assert R.outcome(0.0, 0.0) == R.TIE
-    assert R.outcome(0.1, None) == R.UNDECIDED
-    assert R.outcome(None, 0.1) == R.UNDECIDED
+    assert V.outcome(-0.3, 0.1) == V.BETTER
+    assert V.outcome(-0.3, 0.2) == V.TIE  # the same difference within 2 SE
+    assert V.outcome(0.3, 0.1) == V.WORSE
+    assert V.outcome(0.19, 0.1) == V.TIE
+    assert V.outcome(0.0, 0.0) == V.TIE
+    assert V.outcome(0.1, None) == V.UNDECIDED
+    assert V.outcome(None, 0.1) == V.UNDECIDED
     # matches or beats, tolerance 0.1: worse by 0.05 +- 0.02 is a match, by 0.05 +- 0.05 undecided
-    assert R.outcome(0.05, 0.02, 0.1) == R.MATCH
-    assert R.outcome(0.05, 0.05, 0.1) == R.UNDECIDED
-    assert R.outcome(0.25, 0.05, 0.1) == R.WORSE
-    assert R.outcome(-0.25, 0.05, 0.1) == R.BETTER
+    assert V.outcome(0.05, 0.02, 0.1) == V.MATCH
+    assert V.outcome(0.05, 0.05, 0.1) == V.UNDECIDED
+    assert V.outcome(0.25, 0.05, 0.1) == V.WORSE
+    assert V.outcome(-0.25, 0.05, 0.1) == V.BETTER
 
 
 def test_verdict_rules_reach_every_verdict():
-    b, w, t, u = R.BETTER, R.WORSE, R.TIE, R.UNDECIDED
-    better = {(b,): R.REPRODUCED, (b, t): R.REPRODUCED, (w,): R.NOT_REPRODUCED, (w, t): R.NOT_REPRODUCED,
-              (t,): R.INCONCLUSIVE, (b, w): R.INCONCLUSIVE, (u,): R.INCONCLUSIVE, (): R.MISSING}
+    b, w, t, u = V.BETTER, V.WORSE, V.TIE, V.UNDECIDED
+    better = {(b,): V.REPRODUCED, (b, t): V.REPRODUCED, (w,): V.NOT_REPRODUCED, (w, t): V.NOT_REPRODUCED,
+              (t,): V.INCONCLUSIVE, (b, w): V.INCONCLUSIVE, (u,): V.INCONCLUSIVE, (): V.MISSING}
     for outcomes, want in better.items():
-        assert R.verdict_better(list(outcomes)) == want, outcomes
-    m = R.MATCH
-    match = {(m,): R.REPRODUCED, (b,): R.REPRODUCED, (m, u): R.REPRODUCED, (w,): R.NOT_REPRODUCED,
-             (w, u): R.NOT_REPRODUCED, (m, w): R.INCONCLUSIVE, (u,): R.INCONCLUSIVE, (): R.MISSING}
+        assert V.verdict_better(list(outcomes)) == want, outcomes
+    m = V.MATCH
+    match = {(m,): V.REPRODUCED, (b,): V.REPRODUCED, (m, u): V.REPRODUCED, (w,): V.NOT_REPRODUCED,
+             (w, u): V.NOT_REPRODUCED, (m, w): V.INCONCLUSIVE, (u,): V.INCONCLUSIVE, (): V.MISSING}
     for outcomes, want in match.items():
-        assert R.verdict_match(list(outcomes)) == want, outcomes
-    combine = {(R.REPRODUCED, R.MISSING): R.REPRODUCED, (R.REPRODUCED, R.INCONCLUSIVE): R.REPRODUCED,
-               (R.NOT_REPRODUCED,): R.NOT_REPRODUCED, (R.REPRODUCED, R.NOT_REPRODUCED): R.INCONCLUSIVE,
-               (R.INCONCLUSIVE,): R.INCONCLUSIVE, (R.MISSING, R.MISSING): R.MISSING}
+        assert V.verdict_match(list(outcomes)) == want, outcomes
+    combine = {(V.REPRODUCED, V.MISSING): V.REPRODUCED, (V.REPRODUCED, V.INCONCLUSIVE): V.REPRODUCED,
+               (V.NOT_REPRODUCED,): V.NOT_REPRODUCED, (V.REPRODUCED, V.NOT_REPRODUCED): V.INCONCLUSIVE,
+               (V.INCONCLUSIVE,): V.INCONCLUSIVE, (V.MISSING, V.MISSING): V.MISSING}
     for verdicts, want in combine.items():
-        assert R.combine(list(verdicts)) == want, verdicts
+        assert V.combine(list(verdicts)) == want, verdicts
 
 
 def _bound(bpc, se):
@@ -99,51 +102,51 @@ def _bound(bpc, se):
 
 
 @pytest.mark.parametrize("loo, den, se, want", [
-    (2.00, 2.10, 0.02, R.REPRODUCED),      # lower by 0.10 > 2 x 0.028
-    (2.00, 2.10, 0.05, R.INCONCLUSIVE),    # same gap, within 2 combined SE (0.141)
-    (2.10, 2.00, 0.02, R.NOT_REPRODUCED),
+    (2.00, 2.10, 0.02, V.REPRODUCED),      # lower by 0.10 > 2 x 0.028
+    (2.00, 2.10, 0.05, V.INCONCLUSIVE),    # same gap, within 2 combined SE (0.141)
+    (2.10, 2.00, 0.02, V.NOT_REPRODUCED),
 ])
 def test_bound_claim(loo, den, se, want):
-    res = R.Results(Path("."), bound={"udm-loo-elbo": _bound(loo, se), "udm-denoiser-elbo": _bound(den, se)})
-    evidence, verdict = R.bound_part(res, "udm-loo-elbo", "udm-denoiser-elbo", "better")
+    res = C.Results(Path("."), bound={"udm-loo-elbo": _bound(loo, se), "udm-denoiser-elbo": _bound(den, se)})
+    evidence, verdict = C.bound_part(res, "udm-loo-elbo", "udm-denoiser-elbo", "better")
     assert verdict == want, evidence
-    assert R.bound_part(R.Results(Path(".")), "udm-loo-elbo", "udm-denoiser-elbo", "better")[1] == R.MISSING
+    assert C.bound_part(C.Results(Path(".")), "udm-loo-elbo", "udm-denoiser-elbo", "better")[1] == V.MISSING
 
 
 @pytest.mark.parametrize("audm, se, want", [
-    (1.90, 0.02, R.REPRODUCED),       # better
-    (2.05, 0.02, R.REPRODUCED),       # worse by 0.03 + 2 x 0.028 < tolerance 0.1: a match
-    (2.10, 0.02, R.INCONCLUSIVE),     # worse by 0.08: within the tolerance, but not with 2 SE to spare
-    (2.05, 0.10, R.INCONCLUSIVE),     # too noisy to tell
-    (2.30, 0.02, R.NOT_REPRODUCED),   # worse by more than the tolerance
+    (1.90, 0.02, V.REPRODUCED),       # better
+    (2.05, 0.02, V.REPRODUCED),       # worse by 0.03 + 2 x 0.028 < tolerance 0.1: a match
+    (2.10, 0.02, V.INCONCLUSIVE),     # worse by 0.08: within the tolerance, but not with 2 SE to spare
+    (2.05, 0.10, V.INCONCLUSIVE),     # too noisy to tell
+    (2.30, 0.02, V.NOT_REPRODUCED),   # worse by more than the tolerance
 ])
 def test_match_claim_on_bounds(audm, se, want):
-    res = R.Results(Path("."), bound={"audm": _bound(audm, se), "mdm": _bound(2.02, se)})
-    assert R.TOLERANCE["bound"] == 0.1
-    assert R.bound_part(res, "audm", "mdm", "match")[1] == want
+    res = C.Results(Path("."), bound={"audm": _bound(audm, se), "mdm": _bound(2.02, se)})
+    assert V.TOLERANCE["bound"] == 0.1
+    assert C.bound_part(res, "audm", "mdm", "match")[1] == want
 
 
 def test_objectives_disagree_rule():
     b = {"udm-loo-elbo": 2.0, "udm-denoiser-elbo": 2.3, "udm-loo-ce": 2.2, "udm-denoiser-ce": 2.1}
-    res = R.Results(Path("."), bound={k: _bound(v, 0.02) for k, v in b.items()})
-    assert R.interaction_part(res)[1] == R.REPRODUCED  # D = 0.3 - (-0.1) = 0.4 > 2 x 0.04
+    res = C.Results(Path("."), bound={k: _bound(v, 0.02) for k, v in b.items()})
+    assert C.interaction_part(res)[1] == V.REPRODUCED  # D = 0.3 - (-0.1) = 0.4 > 2 x 0.04
     res.bound = {k: _bound(v, 0.2) for k, v in b.items()}
-    assert R.interaction_part(res)[1] == R.INCONCLUSIVE  # 0.4 < 2 x 0.4
+    assert C.interaction_part(res)[1] == V.INCONCLUSIVE  # 0.4 < 2 x 0.4
 
 
 def test_interpolation_and_matched_entropy():
-    value, factor = R.interpolate([(1.0, 0.0), (2.0, 1.0)], 1.5)
+    value, factor = V.interpolate([(1.0, 0.0), (2.0, 1.0)], 1.5)
     assert value == pytest.approx(0.5) and factor == pytest.approx(math.sqrt(0.5))
-    assert R.interpolate([(1.0, 0.0), (2.0, 1.0)], 2.5) is None
-    assert R.interpolate([(1.0, 3.0)], 1.0) == (3.0, 1.0)
+    assert V.interpolate([(1.0, 0.0), (2.0, 1.0)], 2.5) is None
+    assert V.interpolate([(1.0, 3.0)], 1.0) == (3.0, 1.0)
 
     def curve(lo, hi):
-        return R.Curve("r", "ancestral", 16, "", None, None, [(lo, 0.0), (hi, 0.0)])
+        return V.Curve("r", "ancestral", 16, "", None, None, [(lo, 0.0), (hi, 0.0)])
 
-    assert R.common_entropy([curve(1, 3), curve(2, 4)]) == pytest.approx(2.5)
-    assert R.common_entropy([curve(1, 2), curve(3, 4)]) is None
-    assert R.matched_entropy([curve(1, 3), curve(2, 4)]) == pytest.approx(2.5)  # all overlap: the common range
-    assert R.matched_entropy([curve(1, 3), curve(2, 4), curve(5, 6)]) == pytest.approx(2.5)  # most curves
+    assert V.common_entropy([curve(1, 3), curve(2, 4)]) == pytest.approx(2.5)
+    assert V.common_entropy([curve(1, 2), curve(3, 4)]) is None
+    assert V.matched_entropy([curve(1, 3), curve(2, 4)]) == pytest.approx(2.5)  # all overlap: the common range
+    assert V.matched_entropy([curve(1, 3), curve(2, 4), curve(5, 6)]) == pytest.approx(2.5)  # most curves
 
 
 def _frontier_rows(run, offset, noise, nfes=(16, 64), temps=(0.6, 0.7, 0.8, 0.9, 1.0, 1.1), **extra):
@@ -159,13 +162,13 @@ def _frontier_rows(run, offset, noise, nfes=(16, 64), temps=(0.6, 0.7, 0.8, 0.9,
     return rows
 
 
-@pytest.mark.parametrize("offset, noise, want", [(-0.2, 0.02, R.REPRODUCED), (-0.2, 0.3, R.INCONCLUSIVE),
-                                                 (0.2, 0.02, R.NOT_REPRODUCED), (0.0, 0.02, R.INCONCLUSIVE)])
+@pytest.mark.parametrize("offset, noise, want", [(-0.2, 0.02, V.REPRODUCED), (-0.2, 0.3, V.INCONCLUSIVE),
+                                                 (0.2, 0.02, V.NOT_REPRODUCED), (0.0, 0.02, V.INCONCLUSIVE)])
 def test_frontier_claim_at_matched_entropy(offset, noise, want):
     rows = _frontier_rows("udm-loo-elbo", offset, noise) + _frontier_rows("udm-denoiser-elbo", 0.0, noise)
-    curves = R.curves_of(rows)
-    sigma = R.noise_sigma(curves)
-    evidence, verdict = R.frontier_part(curves, curves, sigma, "udm-loo-elbo", "udm-denoiser-elbo", {}, {}, "better")
+    curves = V.curves_of(rows)
+    sigma = V.noise_sigma(curves)
+    evidence, verdict = C.frontier_part(curves, curves, sigma, "udm-loo-elbo", "udm-denoiser-elbo", {}, {}, "better")
     assert verdict == want, evidence
     assert "NFE 16" in evidence and "NFE 64" in evidence
 
@@ -173,47 +176,47 @@ def test_frontier_claim_at_matched_entropy(offset, noise, want):
 def test_frontier_without_overlap_or_noise_estimate_is_undecided():
     a = _frontier_rows("audm", -1.0, 0.01, temps=(0.6, 0.7))
     b = [dict(r, run="runs/mdm", entropy=repr(float(r["entropy"]) + 5)) for r in _frontier_rows("mdm", 0.0, 0.01)]
-    curves = R.curves_of(a + b)
-    assert R.noise_sigma(R.curves_of(a)) is None  # 2-point curves: no degrees of freedom
-    evidence, verdict = R.frontier_part(curves, curves, R.noise_sigma(curves), "audm", "mdm", {}, {}, "match")
-    assert verdict == R.INCONCLUSIVE and "no common entropy range" in evidence
+    curves = V.curves_of(a + b)
+    assert V.noise_sigma(V.curves_of(a)) is None  # 2-point curves: no degrees of freedom
+    evidence, verdict = C.frontier_part(curves, curves, V.noise_sigma(curves), "audm", "mdm", {}, {}, "match")
+    assert verdict == V.INCONCLUSIVE and "no common entropy range" in evidence
 
 
 def test_probe_se_is_the_conservative_bound():
     rec = {"mean_tv": 0.1, "states": [{"se_tv": 0.1}, {"se_tv": 0.3}]}
-    assert R.probe_mean(rec) == (0.1, pytest.approx(0.2))  # mean of the SEs, not sqrt(0.1^2 + 0.3^2) / 2
-    assert R.probe_mean({"mean_tv": 0.1, "states": [{"se_tv": 0.1}, {"se_tv": None}]})[1] is None
+    assert V.probe_mean(rec) == (0.1, pytest.approx(0.2))  # mean of the SEs, not sqrt(0.1^2 + 0.3^2) / 2
+    assert V.probe_mean({"mean_tv": 0.1, "states": [{"se_tv": 0.1}, {"se_tv": None}]})[1] is None
 
 
 def test_sudoku_claim_uses_binomial_se():
     def rec(exact, n=200):
         return {"num_puzzles": n, "num_exact": exact, "accuracy": exact / n, "cell_accuracy": 0.5}
 
-    res = R.Results(Path("."), sudoku={("sudoku-audm", 16): rec(100), ("sudoku-mdm", 16): rec(60)})
-    assert R.sudoku_part(res)[1] == R.REPRODUCED
+    res = C.Results(Path("."), sudoku={("sudoku-audm", 16): rec(100), ("sudoku-mdm", 16): rec(60)})
+    assert C.sudoku_part(res)[1] == V.REPRODUCED
     res.sudoku = {("sudoku-audm", 16): rec(60), ("sudoku-mdm", 16): rec(100)}
-    assert R.sudoku_part(res)[1] == R.NOT_REPRODUCED
+    assert C.sudoku_part(res)[1] == V.NOT_REPRODUCED
     res.sudoku = {("sudoku-audm", 16): rec(190, 400), ("sudoku-mdm", 16): rec(196, 400)}
-    assert R.sudoku_part(res)[1] == R.REPRODUCED  # 1.5 points below: within the 0.1 tolerance with 2 SE to spare
+    assert C.sudoku_part(res)[1] == V.REPRODUCED  # 1.5 points below: within the 0.1 tolerance with 2 SE to spare
     res.sudoku = {("sudoku-audm", 16): rec(95), ("sudoku-mdm", 16): rec(98)}
-    assert R.sudoku_part(res)[1] == R.INCONCLUSIVE  # the same with 200 puzzles: 2 SE alone is 0.1
+    assert C.sudoku_part(res)[1] == V.INCONCLUSIVE  # the same with 200 puzzles: 2 SE alone is 0.1
     res.sudoku = {("sudoku-audm", 16): rec(0, 4), ("sudoku-mdm", 16): rec(0, 4)}
-    assert R.sudoku_part(res)[1] == R.INCONCLUSIVE  # 4 puzzles: equal, but too few to tell
-    assert R.accuracy_se(rec(0)) > 0
+    assert C.sudoku_part(res)[1] == V.INCONCLUSIVE  # 4 puzzles: equal, but too few to tell
+    assert V.accuracy_se(rec(0)) > 0
     res.sudoku = {("sudoku-audm", 16): rec(1, 400), ("sudoku-mdm", 16): rec(0, 400)}
-    evidence, verdict = R.sudoku_part(res)
-    assert verdict == R.INCONCLUSIVE and "neither solves puzzles" in evidence  # at the floor: not a match
+    evidence, verdict = C.sudoku_part(res)
+    assert verdict == V.INCONCLUSIVE and "neither solves puzzles" in evidence  # at the floor: not a match
     res.sudoku = {("sudoku-audm", 16): rec(40, 400), ("sudoku-mdm", 16): rec(0, 400)}
-    assert R.sudoku_part(res)[1] == R.REPRODUCED  # one run above the floor: compared
+    assert C.sudoku_part(res)[1] == V.REPRODUCED  # one run above the floor: compared
 
 
 # ---- study helpers ------------------------------------------------------------------------------------
 
 def test_frontier_calls_cover_every_comparison():
-    calls = S.frontier_calls(list(S.TEXT_RUNS), "udm-loo-ce", True, True)
-    assert {c.comparison for c in calls} == set(S.COMPARISONS)
+    calls = P.frontier_calls(list(P.TEXT_RUNS), "udm-loo-ce", True, True)
+    assert {c.comparison for c in calls} == set(P.COMPARISONS)
     pc = [c for c in calls if c.comparison == "udm-pc"]
-    assert [c.option("--corrector-selection") for c in pc] == [None, *S.SELECTIONS, None]
+    assert [c.option("--corrector-selection") for c in pc] == [None, *P.SELECTIONS, None]
     assert pc[-1].option("--sampler") == "max_coupling" and all(c.runs == ("udm-loo-ce",) for c in pc)
     argv = calls[0].argv([16, 64], [0.6, 1.0], "smollm2", 64)
     assert argv[:3] == ["frontier", "runs/udm-loo-elbo", "runs/udm-denoiser-elbo"]
@@ -222,22 +225,21 @@ def test_frontier_calls_cover_every_comparison():
 
 
 def test_missing_points_counts_points_not_in_the_csv():
-    call = S.FrontierCall("mdm-remdm", ("mdm",), ("--sampler", "remdm", "--remasking", "cap"))
+    call = P.FrontierCall("mdm-remdm", ("mdm",), ("--sampler", "remdm", "--remasking", "cap"))
     row = {"run": "runs/mdm", "step": "10", "sampler": "remdm", "nfe": "16", "temperature": "1.0", "top_p": "1.0",
            "seed": "0", "temperature_on": "", "corrector": "", "remasking": json.dumps({"kind": "cap", "eta": 0.008}),
            "num_samples": "64"}
-    assert S.missing_points(call, [row], {"mdm": 10}, [16], [1.0], 64) == 0
-    assert S.missing_points(call, [row], {"mdm": 10}, [16, 64], [0.9, 1.0], 64) == 3
-    assert S.missing_points(call, [row], {"mdm": 11}, [16], [1.0], 64) == 1  # trained further: a new point
-    ar = S.FrontierCall("ancestral", ("ar",))
+    assert P.missing_points(call, [row], {"mdm": 10}, [16], [1.0], 64) == 0
+    assert P.missing_points(call, [row], {"mdm": 10}, [16, 64], [0.9, 1.0], 64) == 3
+    assert P.missing_points(call, [row], {"mdm": 11}, [16], [1.0], 64) == 1  # trained further: a new point
+    ar = P.FrontierCall("ancestral", ("ar",))
     ar_row = dict(row, run="runs/ar", sampler="ancestral", nfe="", remasking="")
-    assert S.missing_points(ar, [ar_row], {"ar": 10}, [16, 64, 256], [1.0], 64) == 0  # no NFE for AR
+    assert P.missing_points(ar, [ar_row], {"ar": 10}, [16, 64, 256], [1.0], 64) == 0  # no NFE for AR
 
 
-def test_reuse_points_copies_only_identical_points(tmp_path, monkeypatch):
+def test_reuse_points_copies_only_identical_points(tmp_path):
     from ddlm.evaluate.frontier import FIELDS, append_row
 
-    monkeypatch.setattr(S, "RESULTS", tmp_path)
     judge = "SmolLM2-135M-Instruct (test)"
     base = {f: "" for f in FIELDS}
     base.update(run="runs/udm-loo-ce", label="udm-loo-ce", checkpoint="runs/udm-loo-ce/checkpoints/step_000010",
@@ -252,16 +254,16 @@ def test_reuse_points_copies_only_identical_points(tmp_path, monkeypatch):
     for r in rows:
         append_row(tmp_path / "frontier" / "ancestral" / "frontier.csv", r)
     steps = {"udm-loo-ce": 10}
-    plain = S.FrontierCall("udm-ablation", ("udm-loo-ce",))
-    raw = S.FrontierCall("udm-ablation", ("udm-loo-ce",), ("--sampler", "bridge_raw_denoiser"))
+    plain = P.FrontierCall("udm-ablation", ("udm-loo-ce",))
+    raw = P.FrontierCall("udm-ablation", ("udm-loo-ce",), ("--sampler", "bridge_raw_denoiser"))
     log = []
-    assert S.reuse_points(raw, steps, [16, 64], [1.0], 64, "smollm2", log.append) == 0
-    assert S.reuse_points(plain, steps, [16, 64, 256], [0.8, 1.0], 64, "smollm2", log.append) == 2
-    got = S.read_frontier(tmp_path / "frontier" / "udm-ablation")
+    assert P.reuse_points(raw, tmp_path, steps, [16, 64], [1.0], 64, "smollm2", log.append) == 0
+    assert P.reuse_points(plain, tmp_path, steps, [16, 64, 256], [0.8, 1.0], 64, "smollm2", log.append) == 2
+    got = P.read_frontier(tmp_path / "frontier" / "udm-ablation")
     assert [(r["nfe"], r["gen_ppl"]) for r in got] == [("16", "99.0"), ("64", "99.0")]
     assert (tmp_path / "frontier" / "udm-ablation" / "samples" / "a.jsonl").read_text() == '{"text": "x"}\n'
-    assert S.missing_points(plain, got, steps, [16, 64], [1.0], 64) == 0
-    assert S.reuse_points(plain, steps, [16, 64, 256], [0.8, 1.0], 64, "smollm2", log.append) == 0  # no duplicates
+    assert P.missing_points(plain, got, steps, [16, 64], [1.0], 64) == 0
+    assert P.reuse_points(plain, tmp_path, steps, [16, 64, 256], [0.8, 1.0], 64, "smollm2", log.append) == 0  # no duplicates
     assert "2 points copied" in log[0]
 
 
@@ -272,32 +274,32 @@ def test_frontier_stage_runs_only_the_chosen_comparisons(tmp_path, monkeypatch):
     monkeypatch.setattr(S.Study, "finished", lambda self, name: False)  # no best UDM run: its comparisons skipped
     invoked = []
     monkeypatch.setattr(S, "ddlm", lambda argv, log: invoked.append(argv[argv.index("--out") + 1]))
-    study = S.Study(runs=list(S.RUNS), log=lambda msg: None, comparisons=["mdm-remdm"])
+    study = S.Study(runs=list(P.RUNS), log=lambda msg: None, comparisons=["mdm-remdm"])
     S.stage_frontier(study)
     assert invoked == ["results/frontier/mdm-remdm"] * 2  # ancestral and ReMDM, not the other comparisons
     invoked.clear()
-    S.stage_frontier(S.Study(runs=list(S.RUNS), log=lambda msg: None))
+    S.stage_frontier(S.Study(runs=list(P.RUNS), log=lambda msg: None))
     assert sorted(set(invoked)) == ["results/frontier/ancestral", "results/frontier/audm-reaudm",
                                     "results/frontier/mdm-remdm"]
 
 
 def test_best_udm_needs_the_four_bounds(tmp_path):
     (tmp_path / "bound").mkdir()
-    for name, nats in zip(S.UDM_RUNS[:3], (2.3, 2.1, 2.2)):
+    for name, nats in zip(P.UDM_RUNS[:3], (2.3, 2.1, 2.2)):
         (tmp_path / "bound" / f"{name}.json").write_text(json.dumps({"nats_per_token": nats}))
-    with pytest.raises(S.StudyError, match="udm-denoiser-ce.json"):
-        S.best_udm_run(tmp_path)
+    with pytest.raises(P.StudyError, match="udm-denoiser-ce.json"):
+        P.best_udm_run(tmp_path)
     (tmp_path / "bound" / "udm-denoiser-ce.json").write_text(json.dumps({"nats_per_token": 2.4}))
-    assert S.best_udm_run(tmp_path) == S.UDM_RUNS[1]
+    assert P.best_udm_run(tmp_path) == P.UDM_RUNS[1]
 
 
 def test_bound_uses_four_passes_except_for_the_exact_ar_nll():
-    assert S.bound_command("mdm")[:4] == ["eval", "runs/mdm", "--passes", "4"]
-    assert S.bound_command("ar")[:4] == ["eval", "runs/ar", "--passes", "1"]
+    assert P.bound_command("mdm")[:4] == ["eval", "runs/mdm", "--passes", "4"]
+    assert P.bound_command("ar")[:4] == ["eval", "runs/ar", "--passes", "1"]
 
 
 def test_set_scopes():
-    study = S.Study(runs=list(S.RUNS), extra=["a=1", "text:b=2", "sudoku:c=3", "ar:d=4"])
+    study = S.Study(runs=list(P.RUNS), extra=["a=1", "text:b=2", "sudoku:c=3", "ar:d=4"])
     assert study.overrides("mdm") == ["a=1", "b=2"]
     assert study.overrides("ar") == ["a=1", "b=2", "d=4"]
     assert study.overrides("sudoku-udm") == ["a=1", "c=3"]
@@ -327,16 +329,16 @@ def test_study_end_to_end_and_resume(tmp_path):
     assert first.returncode == 0, first.stdout[-3000:] + first.stderr[-3000:]
     results = work / "results"
     for name in ("ar", "udm-loo-elbo", "sudoku-mdm"):
-        assert json.loads((results / "train" / f"{name}.json").read_text())["step"] == S.steps_of(name, 0.0005)
+        assert json.loads((results / "train" / f"{name}.json").read_text())["step"] == P.steps_of(name, 0.0005)
     bounds = {n: json.loads((results / "bound" / f"{n}.json").read_text()) for n in ("ar", "udm-loo-elbo")}
     assert bounds["ar"]["estimator"] == "exact_nll" and bounds["ar"]["num_batches"] == 2
     assert bounds["udm-loo-elbo"]["num_batches"] == 4 * math.ceil(bounds["udm-loo-elbo"]["blocks"] / 32)
-    rows = S.read_frontier(results / "frontier" / "ancestral")
+    rows = P.read_frontier(results / "frontier" / "ancestral")
     assert sorted((r["run"], r["nfe"]) for r in rows) == [("runs/ar", ""), ("runs/udm-loo-elbo", "2")]
     assert (results / "frontier" / "ancestral" / "frontier.png").exists()
     probe = json.loads((results / "probe" / "probe.json").read_text())
     assert [r["run"] for r in probe["runs"]] == ["runs/udm-loo-elbo"]
-    for nfe in S.SUDOKU_NFE:
+    for nfe in P.SUDOKU_NFE:
         assert json.loads((results / "sudoku" / f"sudoku-mdm-nfe{nfe}.json").read_text())["num_puzzles"] == 2
     report = work / "reproduction.md"
     assert report.read_text() == R.render(results, report)
@@ -349,3 +351,10 @@ def test_study_end_to_end_and_resume(tmp_path):
     assert second.returncode == 0, second.stdout[-3000:] + second.stderr[-3000:]
     assert "+ ddlm" not in second.stdout, second.stdout
     assert _mtimes(work) == before
+
+
+def test_the_autoregressive_run_is_the_one_whose_config_has_process_ar():
+    from ddlm.config import is_autoregressive, load_config
+
+    for name, (config, overrides, _) in P.RUNS.items():
+        assert P.autoregressive(name) == is_autoregressive(load_config(config, overrides))

@@ -10,7 +10,7 @@ __version__ = "0.1.0"
 
 def load(path, ema: bool = True):
     """Load a training run (or one checkpoint folder): returns (model, process, tokenizer)."""
-    from .train import load as _load
+    from .runs import load as _load
 
     return _load(path, ema=ema)
 

@@ -11,9 +11,8 @@ A checkpoint is a folder::
                           structures with tensors replaced by {"__tensor__": "optimizer/state/0/exp_avg"}
     meta.json             format name and version, step, and each file's name, size and SHA-256
 
-A run directory holds ``checkpoints/step_000123/`` folders and a ``checkpoints/latest`` text file
-holding the name of the newest one. Loading reads only JSON and safetensors (never pickle) and verifies every
-checksum. Saving writes into ``.<name>.tmp-<hex>`` beside the target and renames it into place, so a
+A training run keeps its checkpoints under ``checkpoints/`` in its run folder (``ddlm.runs``). Loading
+reads only JSON and safetensors (never pickle) and verifies every checksum. Saving writes into ``.<name>.tmp-<hex>`` beside the target and renames it into place, so a
 crash leaves the old or the new complete checkpoint at the path; strays are removed by the next save
 into the same parent. Concurrent saves into one parent from several processes are not supported.
 """
@@ -38,14 +37,14 @@ import safetensors.torch
 import torch
 from torch import Tensor
 
+from ._io import fsync_dir
+
 FORMAT = "ddlm-checkpoint"
 FORMAT_VERSION = 1
-META, CHECKPOINTS, LATEST = "meta.json", "checkpoints", "latest"
+META = "meta.json"
 _REQUIRED = ("config.json", "tokenizer.json", "model.safetensors", "trainer.json", "trainer.safetensors")
 _KNOWN = frozenset(_REQUIRED + ("ema.safetensors",))
 _STRAY = re.compile(r"^\.(?P<name>.+)\.(?P<kind>tmp|old)-[0-9a-f]{16}$")
-_STEP = re.compile(r"^step_(\d+)$")
-_TAGS = ("__tensor__", "__tuple__", "__items__", "__ndarray__")
 
 
 class CheckpointError(ValueError):
@@ -142,16 +141,6 @@ def _write_file(path: Path, data: bytes) -> dict:
     return {"name": path.name, "size": len(data), "sha256": hashlib.sha256(data).hexdigest()}
 
 
-def _fsync_dir(path: Path) -> None:
-    if os.name == "nt":  # directories cannot be opened for fsync on Windows
-        return
-    fd = os.open(path, os.O_RDONLY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
-
-
 def _json_bytes(obj: Any) -> bytes:
     return json.dumps(obj, indent=1).encode()
 
@@ -177,7 +166,20 @@ def _read_meta(folder: Path) -> dict | None:
     return meta if isinstance(meta, dict) and meta.get("format") == FORMAT else None
 
 
-def _is_complete(folder: Path) -> bool:
+def checkpoint_step(folder: str | os.PathLike) -> int:
+    """The step a checkpoint folder records in its ``meta.json`` (its other files are not read).
+
+    Raises:
+        CheckpointError: ``meta.json`` is missing, unreadable or not a checkpoint's (the file is named).
+    """
+    meta = _read_meta(Path(folder))
+    step = meta.get("step") if meta is not None else None
+    if isinstance(step, bool) or not isinstance(step, int):
+        raise CheckpointError(f"{Path(folder) / META}: missing, unreadable or without a step")
+    return step
+
+
+def is_complete(folder: Path) -> bool:
     """A known-version meta.json whose listed files all exist with their recorded sizes (no hashing)."""
     meta = _read_meta(folder)
     try:
@@ -241,7 +243,7 @@ def save_checkpoint(path: str | os.PathLike, *, step: int, config: dict, tokeniz
             files.append(_write_file(tmp / name, _safetensors_bytes(group)))
     meta = {"format": FORMAT, "version": FORMAT_VERSION, "step": step, "files": files}
     _write_file(tmp / META, _json_bytes(meta))
-    _fsync_dir(tmp)
+    fsync_dir(tmp)
     old = parent / f".{path.name}.old-{secrets.token_hex(8)}" if os.path.lexists(path) else None
     if old is not None:
         os.replace(path, old)
@@ -252,7 +254,7 @@ def save_checkpoint(path: str | os.PathLike, *, step: int, config: dict, tokeniz
             with contextlib.suppress(Exception):
                 os.replace(old, path)  # otherwise the next save's _cleanup puts it back
         raise
-    _fsync_dir(parent)
+    fsync_dir(parent)
     if old is not None:
         shutil.rmtree(old)
     return path
@@ -348,71 +350,3 @@ def restore_rng(rng: dict) -> None:
         random.setstate(rng["python"])
     if "numpy" in rng:
         np.random.set_state(rng["numpy"])
-
-
-def checkpoint_name(step: int) -> str:
-    """Folder name of the checkpoint of ``step``, e.g. ``step_000123``."""
-    if isinstance(step, bool) or not isinstance(step, int) or step < 0:
-        raise ValueError(f"step must be a non-negative int, got {step!r}")
-    return f"step_{step:06d}"
-
-
-def _complete_steps(run_dir: Path) -> list[Path]:
-    """Complete ``checkpoints/step_*`` folders, oldest first."""
-    root = run_dir / CHECKPOINTS
-    if not root.is_dir():
-        return []
-    found = [(int(m[1]), p) for p in root.iterdir()
-             if (m := _STEP.match(p.name)) and not p.is_symlink() and p.is_dir() and _is_complete(p)]
-    return [p for _, p in sorted(found)]
-
-
-def _named_latest(run_dir: Path) -> Path | None:
-    try:
-        name = (run_dir / CHECKPOINTS / LATEST).read_text().strip()
-    except (OSError, UnicodeDecodeError):
-        return None
-    folder = run_dir / CHECKPOINTS / name
-    return folder if _STEP.match(name) and folder.is_dir() and _is_complete(folder) else None
-
-
-def set_latest(run_dir: str | os.PathLike, checkpoint: str | os.PathLike) -> None:
-    """Atomically write ``<name>`` into ``run_dir/checkpoints/latest`` (a complete step folder's name)."""
-    run_dir, name = Path(run_dir), Path(checkpoint).name
-    if not _STEP.match(name) or not _is_complete(run_dir / CHECKPOINTS / name):
-        raise ValueError(f"{run_dir / CHECKPOINTS / name} is not a complete step checkpoint")
-    tmp = run_dir / CHECKPOINTS / f".{LATEST}.tmp-{secrets.token_hex(8)}"
-    try:
-        _write_file(tmp, f"{name}\n".encode())
-        os.replace(tmp, run_dir / CHECKPOINTS / LATEST)
-        _fsync_dir(run_dir / CHECKPOINTS)
-    finally:
-        tmp.unlink(missing_ok=True)
-
-
-def latest_checkpoint(run_dir: str | os.PathLike) -> Path | None:
-    """The folder ``checkpoints/latest`` names if complete, else the highest complete step, else None."""
-    run_dir = Path(run_dir)
-    named = _named_latest(run_dir)
-    if named is not None:
-        return named
-    steps = _complete_steps(run_dir)
-    return steps[-1] if steps else None
-
-
-def prune_checkpoints(run_dir: str | os.PathLike, keep: int) -> list[Path]:
-    """Delete all but the newest ``keep`` complete step folders, never the one ``latest`` names.
-
-    Incomplete folders, temp folders and anything else are left alone. Returns the deleted folders.
-    """
-    if isinstance(keep, bool) or not isinstance(keep, int) or keep < 0:
-        raise ValueError(f"keep must be a non-negative int, got {keep!r}")
-    run_dir = Path(run_dir)
-    steps = _complete_steps(run_dir)
-    latest = _named_latest(run_dir)
-    doomed = [p for p in steps[:max(len(steps) - keep, 0)] if p != latest]
-    for folder in doomed:  # rename first: a crash mid-delete leaves a temp folder, not a broken step
-        trash = folder.parent / f".{folder.name}.tmp-{secrets.token_hex(8)}"
-        os.replace(folder, trash)
-        shutil.rmtree(trash)
-    return doomed

@@ -21,7 +21,7 @@ def _demo(args) -> int:
 
 
 def _export(args) -> int:
-    from .train import export
+    from .runs import export
 
     path = export(args.run, args.out, description=args.description, train_minutes=args.train_minutes,
                   dtype=args.dtype)
@@ -67,9 +67,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--no-resume", action="store_true", help="do not resume: fail if run_dir already has checkpoints (never overwrites them)")
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
     p.set_defaults(func=_train)
-    from .evaluate import bound, frontier, generate, probe, sudoku
+    from .evaluate import bound, frontier, generate, probe_cli, sudoku
 
-    for module in (generate, bound, frontier, probe, sudoku):  # ddlm sample, eval, frontier, probe, sudoku
+    for module in (generate, bound, frontier, probe_cli, sudoku):  # ddlm sample, eval, frontier, probe, sudoku
         module.add_command(sub)
     return parser
 

@@ -7,16 +7,16 @@ import typing
 from dataclasses import dataclass, field
 from pathlib import Path
 
-#: config process name of the autoregressive baseline (not a diffusion process)
-AR = "ar"
+#: the ``process`` of the autoregressive baseline on the same trunk (every other process is a diffusion process)
+AUTOREGRESSIVE = "ar"
 
 
 def _process_table(attr: str) -> dict:
-    """process name -> a class attribute of each registered process, plus the AR baseline."""
+    """process name -> a class attribute of each registered diffusion process, plus the AR baseline."""
     from .processes import REGISTRY
 
     table = {name: getattr(cls, attr) for name, cls in REGISTRY.items()}
-    table[AR] = ("next_token",) if attr == "objectives" else ()
+    table[AUTOREGRESSIVE] = ("next_token",) if attr == "objectives" else ()
     return table
 
 
@@ -24,6 +24,27 @@ def __getattr__(attr):  # a derived table, kept for scripts that read it
     if attr == "PROCESS_OBJECTIVES":
         return _process_table("objectives")
     raise AttributeError(attr)
+
+
+def is_autoregressive(run) -> bool:
+    """Whether ``run`` is the autoregressive baseline rather than a diffusion run: the one rule for it.
+
+    ``run`` is a process name, a run config (a ``TrainConfig`` or its saved dict), or anything with a
+    ``process`` attribute, such as a model or a loaded run. The baseline's process is "ar" in its
+    config, and it has no diffusion process: the ``process`` of an ``ARTransformer``, and the one
+    ``ddlm.load`` returns for an autoregressive run, is None.
+
+    Raises:
+        TypeError: ``run`` is none of these (e.g. a process object, or None).
+    """
+    if isinstance(run, str):
+        return run == AUTOREGRESSIVE
+    if isinstance(run, dict):
+        return run.get("process") == AUTOREGRESSIVE
+    if not hasattr(run, "process"):
+        raise TypeError(f"is_autoregressive takes a process name, a run config, a model or a loaded run "
+                        f"(something with a .process), got {type(run).__name__}")
+    return run.process is None or run.process == AUTOREGRESSIVE
 
 
 @dataclass
@@ -238,7 +259,7 @@ def saved_config(saved: dict) -> TrainConfig:
     today's default: an autoregressive run saved without ``model.block_start`` (before 2026-11-24)
     was trained without a block-start token.
     """
-    if saved.get("process") == "ar" and "block_start" not in (saved.get("model") or {}):
+    if is_autoregressive(saved) and "block_start" not in (saved.get("model") or {}):
         saved = {**saved, "model": {**(saved.get("model") or {}), "block_start": False}}
     return from_dict(TrainConfig, saved).validate()
 

@@ -103,7 +103,8 @@ def train_demo(minutes: float = 4.0, run_dir: str = "runs/demo-mdm", nfe: int = 
     """Train the ``demo-mdm`` config for ``minutes`` on this machine, print its validation bound next
     to the corpus's unigram entropy and samples; then the same for the shipped reference checkpoint."""
     from .config import load_config
-    from .train import load, train
+    from .runs import is_checkpoint_folder, load
+    from .train import train
 
     cfg = load_config("demo-mdm", [f"run_dir={run_dir}", f"max_minutes={minutes}", f"num_samples={num_samples}",
                                    f"sample_nfe={nfe}"])
@@ -123,7 +124,7 @@ def train_demo(minutes: float = 4.0, run_dir: str = "runs/demo-mdm", nfe: int = 
         f"{_pct(_known(held_out)['known_fraction'])}.")
     result["demo_words"] = words
     result["held_out_words"] = _known(held_out)
-    if not (REFERENCE / "meta.json").is_file():
+    if not is_checkpoint_folder(REFERENCE):
         out(f"(no reference checkpoint at {REFERENCE})")
         return result
     model, process, tokenizer = load(REFERENCE)
@@ -132,7 +133,7 @@ def train_demo(minutes: float = 4.0, run_dir: str = "runs/demo-mdm", nfe: int = 
     ref = load_checkpoint(REFERENCE).metrics
     out(f"\nReference checkpoint shipped with ddlm ({REFERENCE.name}: {ref.get('description', '')}):")
     from .evaluate.bound import model_bound
-    from .train import prepare_data
+    from .data.prepare import prepare_data
 
     _, _, val_blocks = prepare_data(cfg, tokenizer)
     bound = model_bound(model, val_blocks, batch_size=32, seed=0, t_min=cfg.t_min)  # every block once
@@ -162,7 +163,7 @@ def _pct(fraction) -> str:
 
 
 def _held_out_text(cfg, tokenizer=None, num_blocks: int = 128) -> list[str]:
-    from .train import prepare_data
+    from .data.prepare import prepare_data
 
     tokenizer, _, val = prepare_data(cfg, tokenizer)
     return [tokenizer.decode(row) for row in val[:num_blocks].tolist()]
@@ -181,8 +182,10 @@ def real_words(model, process, tokenizer, length: int, nfe: int, num_samples: in
     ancestral samples against the embedded corpus (whose held-out blocks score about 95%: words cut
     at the block edges are the misses). An autoregressive model (``process`` None) generates
     ``length`` tokens after BOS (``length`` - 1 when its context holds no more; ``nfe`` is unused)."""
+    from .config import is_autoregressive
+
     g = torch.Generator().manual_seed(seed)
-    if process is None:
+    if is_autoregressive(model):
         bos = torch.full((num_samples, 1), tokenizer.bos_id, dtype=torch.long)
         total = min(length + 1, model.config.max_len)
         x = model.eval().generate(bos, total, temperature=temperature, generator=g)[:, 1:]

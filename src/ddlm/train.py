@@ -6,6 +6,10 @@ the per-token loss through ``ddlm.losses.compute``, step, update the EMA; period
 sample, checkpoint. Runs on a CPU as is and under ``torchrun --nproc-per-node N`` (gloo on CPU,
 nccl on GPU), with DDP or FSDP (``ddlm.parallel``). Every random draw of a step comes from a
 generator seeded by (seed, step, rank), so a resumed run continues exactly as an uninterrupted one.
+
+What the loop uses lives below it: the run's data (``ddlm.data.prepare``), its model
+(``ddlm.models.factory``), the per-token losses and the validation bound (``ddlm.bound``, shared with
+``ddlm eval``), the run folder and its checkpoints (``ddlm.runs``, ``ddlm.checkpoint``).
 """
 
 from __future__ import annotations
@@ -18,26 +22,29 @@ from pathlib import Path
 import torch
 from torch import Tensor
 
-from .checkpoint import (capture_rng, checkpoint_name, latest_checkpoint, load_checkpoint, prune_checkpoints,
-                         save_checkpoint, set_latest)
-from .config import TrainConfig
-from .data.corpora import load_corpus, pack, split_documents, unigram_entropy
-from .data.tokenizers import BPETokenizer, CharTokenizer, tokenizer_from_dict
-from .models.ar import ARConfig, ARTransformer
+from ._io import atomic_write_json
+from .bound import ELBO, ar_token_losses, corrupt, stratified_times, token_losses, validation_bound
+from .checkpoint import capture_rng, load_checkpoint, save_checkpoint
+from .config import TrainConfig, is_autoregressive
+from .data.corpora import unigram_entropy
+from .data.prepare import prepare_data
+from .data.tokenizers import tokenizer_from_dict
 from .models.diffusion import DiffusionModel
+from .models.factory import build_model
 from .parallel import Parallel, setup_distributed
-from .processes import State
+from .runs import checkpoint_name, export, latest_checkpoint, load, prune_checkpoints, set_latest
 from .sampling import sample
+
+#: the public names; ``build_model``, ``load``, ``export``, ``prepare_data``, ``stratified_times`` and the
+#: bound's ``ELBO``, ``corrupt``, ``token_losses`` and ``validation_bound`` live in their own modules now
+#: and are importable from here for code written before the split
+__all__ = ["ELBO", "build_model", "corrupt", "export", "load", "lr_lambda", "prepare_data", "stratified_times",
+           "token_losses", "train", "validation_bound"]
+
 
 def step_generator(seed: int, step: int) -> torch.Generator:
     """The CPU generator of a training step's draws (the same on every rank)."""
     return torch.Generator().manual_seed((seed * 1_000_003 + step) * 1_009)  # as the recorded runs
-
-
-def stratified_times(u0: float, indices: Tensor, global_batch: int, t_min: float) -> Tensor:
-    """Antithetic times u_j = (U + j / B) mod 1 for global row indices j, mapped to [t_min, 1]."""
-    u = torch.remainder(u0 + indices.double() / global_batch, 1.0)
-    return t_min + (1.0 - t_min) * u
 
 
 def lr_lambda(cfg: TrainConfig):
@@ -54,98 +61,6 @@ def lr_lambda(cfg: TrainConfig):
     return f
 
 
-def corrupt(process, x0: Tensor, t: Tensor, generator):
-    """(x_t, noise or None) for clean blocks x0 at times t."""
-    return tuple(process.corrupt(x0, t, generator=generator))
-
-
-def token_losses(model: DiffusionModel, objective: str, x0: Tensor, xt: Tensor, noise, t: Tensor) -> Tensor:
-    """Per-token loss (B, L) of ``objective`` for clean blocks x0 corrupted to (xt, noise) at times t;
-    the network's output is read from its declaration ``model.prediction``."""
-    process = model.process
-    alpha = process.alpha(t).unsqueeze(-1)
-    dalpha = process.dalpha(t).unsqueeze(-1)
-    logits = model(xt, t, noise)
-    weights = torch.promote_types(logits.dtype, torch.float32)  # never round alpha to bfloat16
-    return process.loss(objective, logits, model.prediction, x0, State(xt, noise), alpha.to(weights),
-                        dalpha.to(weights))
-
-
-def ar_token_losses(model, x0: Tensor) -> Tensor:
-    """Next-token cross-entropy of the autoregressive baseline on blocks x0 (B, L): (B, L) with a
-    block-start token, (B, L - 1) without (``ARTransformer.block_losses``); ``model`` may be the
-    DDP view of training."""
-    inner = model.ddp_net.module if hasattr(model, "ddp_net") else model
-    return inner.block_losses(x0, forward=model)
-
-
-@torch.no_grad()
-def validation_bound(model, blocks: Tensor, batch_size: int, num_batches: int, seed: int,
-                     t_min: float) -> tuple[float, float]:
-    """Monte-Carlo NLL bound in nats/token on held-out blocks (antithetic t), and its standard error
-    over batches. For the autoregressive baseline: its exact NLL per predicted token. The blocks and
-    the random draws stay on the CPU; each batch is moved to the model's device."""
-    device = next(model.parameters()).device
-    g = torch.Generator().manual_seed(seed)
-    per_batch = []
-    for b in range(num_batches):
-        x0 = blocks[torch.arange(b * batch_size, (b + 1) * batch_size) % blocks.shape[0]]
-        if isinstance(model, ARTransformer):
-            per_batch.append(ar_token_losses(model, x0.to(device)).mean().item())
-            continue
-        t = stratified_times(float(torch.rand((), generator=g, dtype=torch.float64)), torch.arange(len(x0)),
-                             len(x0), t_min)
-        xt, noise = corrupt(model.process, x0, t, g)
-        on = [None if v is None else v.to(device) for v in (x0, xt, noise, t)]
-        per_batch.append(token_losses(model, model.process.elbo, *on).mean().item())
-    mean = sum(per_batch) / len(per_batch)
-    var = sum((v - mean) ** 2 for v in per_batch) / max(1, len(per_batch) - 1)
-    return mean, math.sqrt(var / len(per_batch))
-
-
-def build_tokenizer(spec: str, text: str):
-    """"char" (from the corpus text), "gpt2" (offline GPT-2 BPE) or a tokenizers JSON file."""
-    if spec == "char":
-        return CharTokenizer.from_text(text)
-    if spec == "gpt2":
-        return BPETokenizer.gpt2()
-    if not Path(spec).is_file():
-        raise ValueError(f"config key 'data.tokenizer' is {spec!r}, expected 'char', 'gpt2' or an existing tokenizers JSON file")
-    return BPETokenizer.from_file(spec)
-
-
-def sudoku_blocks(num: int, seed: int, tokenizer) -> Tensor:
-    """Solved Sudoku grids as blocks of 81 tokens (digits through the char tokenizer)."""
-    from .data import sudoku
-
-    _, solutions = sudoku.generate(num, clues=81, seed=seed)
-    return torch.tensor([tokenizer.encode("".join(map(str, row))) for row in solutions.tolist()], dtype=torch.long)
-
-
-def prepare_data(cfg: TrainConfig, tokenizer=None):
-    """Tokenizer (built from the corpus unless given), packed train and validation blocks.
-
-    Corpus "sudoku": solved grids from ``ddlm.data.sudoku`` (training learns the law of solutions;
-    puzzles are solved by sampling with the clues as a prompt), validation from another seed.
-    """
-    if cfg.data.corpus == "sudoku":
-        tokenizer = tokenizer or CharTokenizer.from_text("123456789")
-        n_val = max(10, round(cfg.data.num_puzzles * cfg.data.val_fraction))
-        return (tokenizer, sudoku_blocks(cfg.data.num_puzzles, cfg.seed, tokenizer),
-                sudoku_blocks(n_val, cfg.seed + 1_000_003, tokenizer))
-    docs = load_corpus(cfg.data.corpus)
-    train_docs, val_docs = split_documents(docs, cfg.data.val_fraction, seed=cfg.seed)
-    if tokenizer is None:
-        tokenizer = build_tokenizer(cfg.data.tokenizer, "".join(train_docs + val_docs))
-    bs = cfg.data.block_size
-    train = pack([tokenizer.encode(d) for d in train_docs], bs, tokenizer.bos_id, tokenizer.eos_id)
-    val = pack([tokenizer.encode(d) for d in val_docs], bs, tokenizer.bos_id, tokenizer.eos_id)
-    if train.shape[0] == 0 or val.shape[0] == 0:
-        raise ValueError(f"corpus {cfg.data.corpus!r} is too small for block_size {bs}: "
-                         f"{train.shape[0]} training and {val.shape[0]} validation blocks")
-    return tokenizer, train, val
-
-
 #: config keys a resumed run must share with its checkpoint (the rest, e.g. max_steps, may change)
 FIXED_ON_RESUME = ("process", "objective", "schedule", "eps", "t_min", "model", "data", "batch_size", "seed")
 
@@ -159,22 +74,6 @@ def check_resumable(cfg: TrainConfig, saved: dict, path) -> None:
                 f"cannot resume from checkpoint {str(path)!r}: config key {key!r} is {current.get(key)!r} now but "
                 f"{saved.get(key)!r} in the checkpoint; use a new run_dir for a different run"
             )
-
-
-def build_model(cfg: TrainConfig, vocab_size: int, start_id: int | None = None):
-    """The DiT of the run's process, or the autoregressive baseline on the same trunk (process "ar";
-    ``start_id``, the tokenizer's BOS, is required when ``model.block_start`` is true)."""
-    overrides = {k: getattr(cfg.model, k) for k in ("hidden", "blocks", "heads") if getattr(cfg.model, k) is not None}
-    if cfg.process == "ar":
-        if cfg.model.block_start and start_id is None:
-            raise ValueError("build_model: an autoregressive run with model.block_start needs start_id (the BOS id)")
-        start = start_id if cfg.model.block_start else None
-        return ARTransformer(ARConfig.preset(cfg.model.preset, vocab_size, cfg.data.block_size + (start is not None),
-                                             dropout=cfg.model.dropout, start_id=start, **overrides))
-    return DiffusionModel.build(cfg.process, vocab_size, cfg.data.block_size, preset=cfg.model.preset,
-                                output=cfg.model.output, schedule=cfg.schedule, eps=cfg.eps,
-                                time_conditioning=cfg.model.time_conditioning, dropout=cfg.model.dropout,
-                                **overrides)
 
 
 def _batch_indices(num_blocks: int, step: int, global_batch: int, seed: int) -> Tensor:
@@ -249,7 +148,7 @@ def train(cfg: TrainConfig, resume: bool = True, progress: bool = True, log=prin
     entropy = unigram_entropy(train_blocks.flatten().tolist(), tokenizer.vocab_size)
     if ddp.main:
         run.mkdir(parents=True, exist_ok=True)
-        (run / "config.json").write_text(json.dumps(cfg.to_dict(), indent=2))
+        atomic_write_json(run / "config.json", cfg.to_dict(), indent=2)
         n_params = sum(p.numel() for p in model.parameters())  # (global sizes under FSDP too)
         mode = f"; {ddp.world} processes ({par.kind.upper()})" if ddp.world > 1 else ""
         log(f"{cfg.process.upper()} run {run}: {n_params / 1e6:.2f}M parameters, vocab {tokenizer.vocab_size}, "
@@ -283,7 +182,7 @@ def train(cfg: TrainConfig, resume: bool = True, progress: bool = True, log=prin
             u0 = float(torch.rand((), generator=g, dtype=torch.float64))
             x0_all = train_blocks[_batch_indices(train_blocks.shape[0], step, cfg.batch_size, cfg.seed)]
             t_all = stratified_times(u0, torch.arange(cfg.batch_size), cfg.batch_size, cfg.t_min)
-            ar = cfg.process == "ar"
+            ar = is_autoregressive(cfg)
             xt_all, noise_all = (x0_all, None) if ar else corrupt(model.process, x0_all, t_all, g)
             model.train()
             optimizer.zero_grad(set_to_none=True)
@@ -363,7 +262,7 @@ def decoded_samples(model: DiffusionModel, tokenizer, cfg: TrainConfig, step: in
     """A few samples from the (EMA) model with the process's ancestral sampler, decoded."""
     device = next(model.parameters()).device
     g = torch.Generator(device=device).manual_seed(cfg.seed + step)
-    if isinstance(model, ARTransformer):
+    if is_autoregressive(model):
         prefix = torch.full((cfg.num_samples, 1), tokenizer.bos_id, dtype=torch.long, device=device)
         x = model.eval().generate(prefix, model.config.max_len, generator=g)  # BOS + a block
         return [tokenizer.decode(row.tolist()) for row in x.cpu()]
@@ -387,52 +286,3 @@ def _save(run: Path, cfg, tokenizer, model: dict, ema: dict, optimizer: dict, sc
     set_latest(run, path)
     prune_checkpoints(run, cfg.keep_checkpoints)
 
-
-def load(path: str | Path, ema: bool = True):
-    """Load a run folder (or one checkpoint folder): returns (model, process, tokenizer).
-
-    The model is a ``DiffusionModel`` in eval mode with the EMA weights (``ema=False`` for the raw
-    ones); for an autoregressive run it is the ``ARTransformer`` and the process is None. Nothing is
-    unpickled.
-    """
-    from .config import saved_config
-
-    path = Path(path)
-    ckpt_path = latest_checkpoint(path) if (path / "checkpoints").is_dir() else path
-    if ckpt_path is None:
-        raise FileNotFoundError(f"no checkpoint found in run folder {str(path)!r}")
-    ckpt = load_checkpoint(ckpt_path)
-    cfg = saved_config(ckpt.config)
-    tokenizer = tokenizer_from_dict(ckpt.tokenizer)
-    model = build_model(cfg, tokenizer.vocab_size, tokenizer.bos_id)
-    model.load_state_dict(ckpt.ema if ema and ckpt.ema is not None else ckpt.model)
-    return model.eval(), getattr(model, "process", None), tokenizer
-
-
-EXPORT_DTYPES = {"float32": torch.float32, "float16": torch.float16, "bfloat16": torch.bfloat16}
-
-
-def export(run: str | Path, out: str | Path, description: str = "", train_minutes: float | None = None,
-           dtype: str = "float32") -> Path:
-    """Write the EMA weights of a run's latest checkpoint (or of a checkpoint folder), with its config,
-    tokenizer and metrics, as a small standalone checkpoint (no optimizer state) at ``out``.
-
-    ``dtype`` "float16" or "bfloat16" stores the floating-point weights at half the size; ``load``
-    casts them back to float32 (the model then computes in float32 with rounded weights)."""
-    if dtype not in EXPORT_DTYPES:
-        raise ValueError(f"dtype must be one of {sorted(EXPORT_DTYPES)}, got {dtype!r}")
-    run = Path(run)
-    ckpt_path = latest_checkpoint(run) if (run / "checkpoints").is_dir() else run
-    if ckpt_path is None:
-        raise FileNotFoundError(f"no checkpoint found in run folder {str(run)!r}")
-    ckpt = load_checkpoint(ckpt_path)
-    metrics = dict(ckpt.metrics or {}, description=description, exported_from=str(ckpt_path), weights_dtype=dtype)
-    if train_minutes is not None:
-        metrics["train_minutes"] = train_minutes
-    out = Path(out)
-    if out.exists():
-        raise FileExistsError(f"out {str(out)!r} already exists; choose a new folder (nothing was overwritten)")
-    return save_checkpoint(out, step=ckpt.step, config=ckpt.config, tokenizer=ckpt.tokenizer,
-                           model={k: v.to(EXPORT_DTYPES[dtype]) if v.is_floating_point() else v
-                                  for k, v in (ckpt.ema if ckpt.ema is not None else ckpt.model).items()},
-                           metrics=metrics)

@@ -1,4 +1,4 @@
-"""Tests for ddlm.data.corpora: the embedded corpus, loading, entropy, packing, splitting, dataset."""
+"""Tests for ddlm.data.corpora: the embedded corpus, loading, entropy, packing, splitting."""
 
 from __future__ import annotations
 
@@ -8,10 +8,9 @@ import random
 
 import pytest
 import torch
-from torch.utils.data import DataLoader
 
 from ddlm.data.corpora import (
-    DEFAULT_CORPUS_NAME, TextDataset, default_corpus, load_corpus, pack, split_documents, unigram_entropy,
+    DEFAULT_CORPUS_NAME, default_corpus, load_corpus, pack, split_documents, unigram_entropy,
 )
 from ddlm.data.tokenizers import CharTokenizer
 
@@ -102,7 +101,7 @@ def test_unigram_entropy_known_counts():
     assert unigram_entropy([5, 5, 5], vocab_size=6) == 0.0
     # counts 2, 1, 1 -> p = 1/2, 1/4, 1/4 -> H = 1.5 log 2
     assert unigram_entropy([[7, 7], [1], [0]], vocab_size=8) == pytest.approx(1.5 * math.log(2))
-    with pytest.raises(ValueError, match=r"must lie in \[0, 4\)"):
+    with pytest.raises(ValueError, match=r"ids holds token id 4, expected ids in \[0, 3\]"):
         unigram_entropy([0, 4], vocab_size=4)
     with pytest.raises(ValueError, match="at least one token"):
         unigram_entropy([], vocab_size=4)
@@ -156,21 +155,22 @@ def test_split_inside_few_documents():
         split_documents(["a", "b"])
 
 
-# -------------------------------------------------------------------------------------- dataset
+# -------------------------------------------------------------------------------------- splits
 
 
-def test_text_dataset_default_corpus():
+def _blocks(docs, tok, block_size, split="train", val_fraction=0.05, seed=0):
+    train, val = split_documents(docs, val_fraction=val_fraction, seed=seed)
+    return pack([tok.encode(d) for d in (train if split == "train" else val)], block_size, tok.bos_id, tok.eos_id)
+
+
+def test_default_corpus_blocks():
     tok = CharTokenizer.from_text(default_corpus())
-    train = TextDataset.from_corpus("default", tok, block_size=128)
-    val = TextDataset.from_corpus("default", tok, block_size=128, split="val")
-    assert train[0].shape == (128,) and train[0].dtype == torch.long
-    assert train.blocks.shape == (len(train), 128) and train.block_size == 128
+    train, val = _blocks(default_corpus(), tok, 128), _blocks(default_corpus(), tok, 128, "val")
+    assert train.shape[1] == 128 and train.dtype == torch.long
     n_chars = sum(len(d) for d in default_corpus())
     assert (len(train) + len(val)) * 128 == pytest.approx(n_chars, rel=0.01)
     assert 0.04 < len(val) / (len(train) + len(val)) < 0.06
     assert train[0][0] == tok.bos_id
-    batch = next(iter(DataLoader(train, batch_size=4)))
-    assert batch.shape == (4, 128)
 
 
 def test_train_and_val_text_are_disjoint():
@@ -178,26 +178,16 @@ def test_train_and_val_text_are_disjoint():
     rng = random.Random(0)
     docs = ["".join(rng.choice(chr(0x4E00 + 2 * i) + chr(0x4E01 + 2 * i)) for _ in range(50)) for i in range(40)]
     tok = CharTokenizer.from_text(docs)
-    train = TextDataset.from_corpus(docs, tok, block_size=16, val_fraction=0.1, seed=1)
-    val = TextDataset.from_corpus(docs, tok, block_size=16, split="val", val_fraction=0.1, seed=1)
+    train = _blocks(docs, tok, 16, val_fraction=0.1, seed=1)
+    val = _blocks(docs, tok, 16, "val", val_fraction=0.1, seed=1)
     special = {tok.bos_id, tok.eos_id}
-    train_ids, val_ids = set(train.blocks.unique().tolist()) - special, set(val.blocks.unique().tolist()) - special
+    train_ids, val_ids = set(train.unique().tolist()) - special, set(val.unique().tolist()) - special
     assert train_ids and val_ids and not train_ids & val_ids
     _, val_docs = split_documents(docs, val_fraction=0.1, seed=1)
     assert val_ids <= set(tok.encode("".join(val_docs)))
     # one document: split inside the text
     tok = CharTokenizer.from_text("ab")
-    train = TextDataset.from_corpus(["a" * 900 + "b" * 100], tok, block_size=10, val_fraction=0.1)
-    val = TextDataset.from_corpus(["a" * 900 + "b" * 100], tok, block_size=10, split="val", val_fraction=0.1)
+    train = _blocks(["a" * 900 + "b" * 100], tok, 10, val_fraction=0.1)
+    val = _blocks(["a" * 900 + "b" * 100], tok, 10, "val", val_fraction=0.1)
     # streams: BOS a*900 EOS -> 90 blocks; BOS b*100 EOS -> 10 blocks
-    assert tok.decode(train.blocks.flatten()) == "a" * 899 and tok.decode(val.blocks.flatten()) == "b" * 99
-
-
-def test_text_dataset_errors():
-    tok = CharTokenizer.from_text("ab")
-    with pytest.raises(ValueError, match='split must be "train" or "val"'):
-        TextDataset.from_corpus(["ab" * 100], tok, block_size=8, split="test")
-    with pytest.raises(ValueError, match="the val split has 12 tokens, fewer than one block of 16"):
-        TextDataset.from_corpus(["ab" * 100], tok, block_size=16, split="val")
-    with pytest.raises(ValueError, match="2-D LongTensor"):
-        TextDataset(torch.zeros(3, dtype=torch.long))
+    assert tok.decode(train.flatten()) == "a" * 899 and tok.decode(val.flatten()) == "b" * 99

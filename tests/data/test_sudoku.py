@@ -1,4 +1,4 @@
-"""Tests for ddlm.data.sudoku: solver, generator, constraint counting, tokens and the dataset."""
+"""Tests for ddlm.data.sudoku: solver, generator, constraint counting and the token encoding."""
 
 from __future__ import annotations
 
@@ -7,8 +7,9 @@ import pytest
 import torch
 
 from ddlm.data.sudoku import (
-    SudokuDataset, format_grid, from_tokens, generate, is_valid_solution, solve, to_tokens, violations,
+    format_grid, generate, grid_tokens, is_valid_solution, solve, token_grids, violations,
 )
+from ddlm.data.tokenizers import CharTokenizer
 
 # A 22-clue puzzle from our own generator (generate(6, clues=22, seed=7)[0][4]); unique solution.
 HARD = "604900000000000800003010700000008400007100006106020005002600000030001000000085000"
@@ -135,42 +136,46 @@ def test_violations_hand_made_grids():
     # A grid of all ones: each of the 27 units has 1 distinct digit: 27 * 8 = 216.
     ones = np.ones(81, dtype=np.int64)
     batch = np.stack([sol, far, near, ones])
-    assert violations(batch).tolist() == [0, 4, 2, 216]
-    assert violations(torch.from_numpy(batch - 1), tokens=True).tolist() == [0, 4, 2, 216]
-    assert is_valid_solution(batch).tolist() == [True, False, False, False]
+    # A blank cell (0) holds no digit: its row, column and box each lack one: 3; an empty grid: 27 * 9.
+    blank = sol.copy()
+    blank[40] = 0
+    batch = np.stack([sol, far, near, ones, blank, np.zeros(81, dtype=np.int64)])
+    assert violations(batch).tolist() == [0, 4, 2, 216, 3, 243]
+    assert violations(torch.from_numpy(batch)).tolist() == [0, 4, 2, 216, 3, 243]
+    assert is_valid_solution(batch).tolist() == [True, False, False, False, False, False]
 
 
 def test_violations_rejects_bad_input():
-    with pytest.raises(ValueError, match=r"grids holds value 0, expected values in \[1, 9\]"):
-        violations(np.zeros((2, 81), dtype=np.int64))
+    with pytest.raises(ValueError, match=r"grids holds value 10, expected values in \[0, 9\]"):
+        violations(np.full((2, 81), 10, dtype=np.int64))
+    with pytest.raises(ValueError, match=r"grids holds value -1, expected values in \[0, 9\]"):
+        violations(-np.ones((2, 81), dtype=np.int64))
     with pytest.raises(ValueError, match=r"grids must be an integer array of shape \(\.\.\., 81\)"):
         violations(np.ones((2, 80), dtype=np.int64))
 
 
-def test_tokens_round_trip():
+def test_grid_tokens_round_trip():
+    tok = CharTokenizer.from_text("123456789")
     puzzles, solutions = generate(3, clues=35, seed=5)
-    x0, mask = to_tokens(puzzles, solutions)
-    assert x0.dtype == torch.int64 and mask.dtype == torch.bool and x0.shape == mask.shape == (3, 81)
-    assert int(x0.min()) >= 0 and int(x0.max()) <= 8
-    assert mask.sum(dim=1).tolist() == [35, 35, 35]
-    np.testing.assert_array_equal(from_tokens(x0), solutions)
+    x0, filled = grid_tokens(solutions, tok)
+    assert x0.dtype == torch.int64 and x0.shape == (3, 81) and bool(filled.all())
+    assert [tok.decode(row) for row in x0.tolist()] == ["".join(map(str, row)) for row in solutions.tolist()]
+    np.testing.assert_array_equal(token_grids(x0, tok), solutions)
+    prompt, mask = grid_tokens(puzzles, tok)
     np.testing.assert_array_equal(mask.numpy(), puzzles != 0)
-    assert is_valid_solution(x0, tokens=True).all()
+    assert mask.sum(dim=1).tolist() == [35, 35, 35]
+    assert torch.equal(prompt[mask], x0[mask])
+    with_specials = x0.clone()
+    with_specials[0, 0] = tok.bos_id  # a token that is no digit decodes to a blank cell
+    assert token_grids(with_specials, tok)[0, 0] == 0 and violations(token_grids(with_specials, tok))[0] == 3
 
 
-def test_tokens_reject_bad_input():
-    puzzles, solutions = generate(1, clues=35, seed=5)
-    with pytest.raises(ValueError, match=r"puzzles has shape"):
-        to_tokens(puzzles, np.concatenate([solutions, solutions]))
-    wrong = solutions.copy()
-    idx = int(np.flatnonzero(puzzles[0])[0])
-    wrong[0, idx] = wrong[0, idx] % 9 + 1
-    with pytest.raises(ValueError, match=r"puzzles has clues that disagree with solutions"):
-        to_tokens(puzzles, wrong)
-    with pytest.raises(ValueError, match=r"solutions holds value 0"):
-        to_tokens(puzzles, puzzles)
-    with pytest.raises(ValueError, match=r"x holds value 9, expected values in \[0, 8\]"):
-        from_tokens(torch.full((81,), 9))
+def test_grid_tokens_reject_bad_input():
+    tok = CharTokenizer.from_text("123456789")
+    with pytest.raises(ValueError, match=r"grids holds value 10"):
+        grid_tokens(np.full((1, 81), 10), tok)
+    with pytest.raises(ValueError, match="'1'"):  # not a token of this tokenizer
+        grid_tokens(np.ones((1, 81), dtype=np.int64), CharTokenizer.from_text("23456789"))
 
 
 def test_format_grid():
@@ -180,38 +185,3 @@ def test_format_grid():
     assert lines[0] == "6 . 4 | 9 . . | . . ."
     assert lines[3] == "------+-------+------"
     assert format_grid(digits(HARD).reshape(9, 9)) == text
-
-
-def test_dataset_items_and_save_load(tmp_path):
-    ds = SudokuDataset(5, clues=35, seed=2)
-    assert len(ds) == 5
-    item = ds[0]
-    assert set(item) == {"x0", "prompt_mask"}
-    assert item["x0"].dtype == torch.int64 and item["x0"].shape == (81,)
-    assert item["prompt_mask"].dtype == torch.bool and int(item["prompt_mask"].sum()) == 35
-    path = tmp_path / "sudoku.npz"
-    ds.save(path)
-    back = SudokuDataset.load(path)
-    assert (back.clues, back.seed, len(back)) == (35, 2, 5)
-    assert torch.equal(back.x0, ds.x0) and torch.equal(back.prompt_mask, ds.prompt_mask)
-    np.testing.assert_array_equal(back.puzzles, ds.puzzles)
-    batch = next(iter(torch.utils.data.DataLoader(ds, batch_size=5)))
-    assert batch["x0"].shape == (5, 81)
-
-
-def test_dataset_load_errors(tmp_path):
-    with pytest.raises(FileNotFoundError, match=r"does not exist"):
-        SudokuDataset.load(tmp_path / "missing.npz")
-    corrupt = tmp_path / "corrupt.npz"
-    corrupt.write_bytes(b"this is not an npz file")
-    with pytest.raises(ValueError, match=r"is not a valid SudokuDataset file"):
-        SudokuDataset.load(corrupt)
-    ds = SudokuDataset(2, clues=35, seed=0)
-    bad = tmp_path / "bad.npz"
-    np.savez(bad, puzzles=ds.puzzles, solutions=np.ones_like(ds.solutions), clues=35, seed=0)
-    with pytest.raises(ValueError, match=r"is not a valid SudokuDataset file: solutions must be valid"):
-        SudokuDataset.load(bad)
-    nokey = tmp_path / "nokey.npz"
-    np.savez(nokey, puzzles=ds.puzzles)
-    with pytest.raises(ValueError, match=r"is not a valid SudokuDataset file: KeyError"):
-        SudokuDataset.load(nokey)

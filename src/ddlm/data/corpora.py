@@ -1,11 +1,12 @@
-"""Text corpora for language-model training: loading, splitting, packing into blocks, and a dataset.
+"""Text corpora for language-model training: loading, splitting and packing into blocks.
 
 The embedded default corpus is nine Shakespeare plays (public domain, about 1.15 MB of ASCII text)
 shipped as package data under ``ddlm/data/corpus/`` (see ``SOURCES.md`` there). Any other corpus
 is a text file, a folder of ``*.txt`` files, or a JSONL file (see :func:`load_corpus`).
 
 Pipeline: documents -> :func:`split_documents` (train/val) -> ``tokenizer.encode`` -> :func:`pack`
-(BOS + tokens + EOS per document, one stream cut into fixed blocks) -> :class:`TextDataset`.
+(BOS + tokens + EOS per document, one stream cut into fixed blocks); ``ddlm.data.prepare`` runs it
+for a run config.
 """
 
 from __future__ import annotations
@@ -22,14 +23,11 @@ from pathlib import Path
 
 import torch
 from torch import Tensor
-from torch.utils.data import Dataset
 
-from ddlm.data.tokenizers import Tokenizer
+from .._checks import check_tokens
 
 #: name of the embedded corpus, as accepted by :func:`load_corpus`
 DEFAULT_CORPUS_NAME = "default"
-#: what the embedded corpus holds
-DEFAULT_CORPUS_DESCRIPTION = "Shakespeare: nine plays (public domain), one document per play"
 
 
 @lru_cache(maxsize=1)
@@ -132,8 +130,7 @@ def unigram_entropy(ids: Tensor | Iterable[int] | Iterable[Iterable[int]], vocab
     ids = ids.reshape(-1).long()
     if ids.numel() == 0:
         raise ValueError("unigram_entropy needs at least one token")
-    if int(ids.min()) < 0 or int(ids.max()) >= vocab_size:
-        raise ValueError(f"token ids must lie in [0, {vocab_size}), got [{int(ids.min())}, {int(ids.max())}]")
+    check_tokens("ids", ids, vocab_size)
     p = torch.bincount(ids, minlength=vocab_size).double() / ids.numel()
     p = p[p > 0]
     return float(-(p * p.log()).sum())
@@ -203,69 +200,3 @@ def split_documents(
     if not val:
         raise ValueError("corpus too small to split: no document has 2 or more characters")
     return train, val
-
-
-class TextDataset(Dataset):
-    """Packed token blocks of a text corpus; item ``i`` is a LongTensor of shape ``(block_size,)``.
-
-    Args:
-        blocks: LongTensor ``(N, block_size)``, e.g. from :func:`pack`.
-        tokenizer: the tokenizer that made the blocks (kept for decoding), optional.
-    """
-
-    def __init__(self, blocks: Tensor, tokenizer: Tokenizer | None = None) -> None:
-        if blocks.dim() != 2 or blocks.dtype != torch.long:
-            raise ValueError(f"blocks must be a 2-D LongTensor, got {tuple(blocks.shape)} {blocks.dtype}")
-        self.blocks, self.tokenizer = blocks, tokenizer
-
-    @classmethod
-    def from_corpus(
-        cls,
-        source: str | PathLike | Sequence[str],
-        tokenizer: Tokenizer,
-        block_size: int,
-        split: str = "train",
-        val_fraction: float = 0.05,
-        seed: int = 0,
-        **load_kwargs,
-    ) -> TextDataset:
-        """Load, split, tokenize and pack a corpus.
-
-        Args:
-            source: as for :func:`load_corpus`, or a list of documents.
-            tokenizer: encodes each document; its ``bos_id``/``eos_id`` wrap them.
-            block_size: tokens per block (>= 2).
-            split: ``"train"`` or ``"val"`` (see :func:`split_documents`).
-            val_fraction: fraction of the corpus held out for validation.
-            seed: seed of the document split.
-            **load_kwargs: passed to :func:`load_corpus` (``split_on_blank_lines``, ``field``).
-
-        Raises:
-            ValueError: unknown ``split``, or the split is shorter than one block.
-        """
-        if split not in ("train", "val"):
-            raise ValueError(f'split must be "train" or "val", got {split!r}')
-        docs = list(source) if isinstance(source, (list, tuple)) else load_corpus(source, **load_kwargs)
-        train, val = split_documents(docs, val_fraction=val_fraction, seed=seed)
-        ids = [tokenizer.encode(d) for d in (train if split == "train" else val)]
-        blocks = pack(ids, block_size, tokenizer.bos_id, tokenizer.eos_id)
-        if len(blocks) == 0:
-            n = sum(len(d) + 2 for d in ids)
-            raise ValueError(f"the {split} split has {n} tokens, fewer than one block of {block_size}")
-        return cls(blocks, tokenizer)
-
-    @property
-    def block_size(self) -> int:
-        """Tokens per block."""
-        return self.blocks.shape[1]
-
-    @property
-    def n_tokens(self) -> int:
-        """Tokens in all blocks."""
-        return self.blocks.numel()
-
-    def __len__(self) -> int:
-        return self.blocks.shape[0]
-
-    def __getitem__(self, i: int) -> Tensor:
-        return self.blocks[i]

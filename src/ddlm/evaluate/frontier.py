@@ -12,7 +12,7 @@ With ``--mauve`` each point also gets MAUVE between its samples and as many held
 run's validation split (decoded, cut the same way as the samples), on the judge's features.
 
 Files in the output folder: ``frontier.csv`` (one row per point), ``samples/<key>.jsonl`` (the
-decoded samples of each point) and ``frontier.png``.
+decoded samples of each point) and ``frontier.png`` (``ddlm.evaluate.frontier_plot``).
 """
 
 from __future__ import annotations
@@ -23,11 +23,11 @@ import dataclasses
 import hashlib
 import itertools
 import json
-import math
 import os
 import time
 from pathlib import Path
 
+from .._io import atomic_write_text
 from .metrics import sample_entropy
 from .options import SamplerSettings, TEMPERATURE_ON, draw, resolve_sampler
 
@@ -109,7 +109,7 @@ def sweep(runs: list, settings: list[SamplerSettings], judge, out_dir: str | os.
         settings: the sampler settings of the points (see :func:`grid`); for an autoregressive run the
             diffusion options are dropped and the NFE is not recorded (one pass per token), so a
             temperature or top-p sweep gives one point per value.
-        judge: an object with ``name`` and ``gen_ppl(texts)`` (``ddlm.evaluate.judge.load_judge``).
+        judge: an object with ``name`` and ``gen_ppl(texts)`` (``ddlm.evaluate.judge_loading.load_judge``).
         out_dir: the sweep's folder (created); its CSV is appended to point by point.
         num_samples, length, batch_size: per point; length defaults to each run's ``sample_length``
             (the block size; for an autoregressive run BOS + a block).
@@ -162,9 +162,7 @@ def sweep(runs: list, settings: list[SamplerSettings], judge, out_dir: str | os.
             row["mauve"] = mauve_score(reference, [t for t in texts if t.strip()], judge)["mauve"]
         ent = content_entropy(x.tolist(), run.tokenizer)
         name = hashlib.sha1(repr(point_key(row)).encode()).hexdigest()[:16] + ".jsonl"
-        with open(out / "samples" / name, "w") as f:
-            for text in texts:
-                f.write(json.dumps({"text": text}) + "\n")
+        atomic_write_text(out / "samples" / name, "".join(json.dumps({"text": text}) + "\n" for text in texts))
         row.update(label=label, gen_ppl=scored["gen_ppl"], mean_nll=scored["mean_nll"],
                    mean_nll_se=scored.get("mean_nll_se"),
                    judge_tokens=scored["num_tokens"], num_empty=scored.get("num_empty", 0),
@@ -222,112 +220,10 @@ def _point_settings(run, s: SamplerSettings, judge_name: str, num_samples: int, 
             "num_samples": num_samples, "length": length, "batch_size": batch_size, "judge": judge_name}
 
 
-def _curve_name(row: dict, varying: str) -> str:
-    parts = [row["label"], row["sampler"]]
-    if row["nfe"]:
-        parts.append(f"nfe {row['nfe']}")
-    if row["temperature_on"]:
-        parts.append(f"T on {row['temperature_on']}")
-    if row["corrector"]:
-        c = json.loads(row["corrector"])
-        parts.append(f"Gibbs {c['sweeps']}x k={c['k']} {c['selection']}")
-    if row["remasking"]:
-        parts.append(f"remask {json.loads(row['remasking'])['kind']}")
-    if str(row["seed"]) != "0":
-        parts.append(f"seed {row['seed']}")
-    if row.get("mauve_reference"):
-        parts.append("with MAUVE")
-    fixed = "top_p" if varying == "temperature" else "temperature"
-    if float(row[fixed]) != 1.0:
-        parts.append(f"{'p' if fixed == 'top_p' else 'T'}={float(row[fixed]):g}")
-    return ", ".join(parts)
-
-
-def curves(rows: list[dict]) -> dict[str, list[dict]]:
-    """Rows grouped into curves: same run/sampler/NFE/options, ordered along the swept value
-    (temperature, or top-p when the temperatures are all equal within a group)."""
-    groups: dict[tuple, list[dict]] = {}
-    for r in rows:
-        fixed = tuple(r[f] for f in KEY_FIELDS if f not in ("temperature", "top_p")) + (r["label"],)
-        groups.setdefault(fixed, []).append(r)
-    out = {}
-    for members in groups.values():
-        varying = "temperature" if len({m["temperature"] for m in members}) > 1 else "top_p"
-        # a group may also hold a second sweep of the other knob: split on the fixed knob's value
-        fixed_knob = "top_p" if varying == "temperature" else "temperature"
-        for value in sorted({m[fixed_knob] for m in members}, key=float):
-            curve = sorted((m for m in members if m[fixed_knob] == value), key=lambda m: float(m[varying]))
-            out[_curve_name(curve[0], varying)] = [dict(m, _varying=varying) for m in curve]
-    return out
-
-
-def plot_frontier(rows: list[dict], path: str | os.PathLike, title: str | None = None) -> Path:
-    """Gen-PPL (log scale) against mean sample entropy, one line per curve, points labelled with the
-    swept value and error bars exp(mean NLL +- 1 SE); one panel per NFE when there are several (an
-    autoregressive run, which has no NFE, is drawn in every panel). The judge is named in the title.
-    Writes a PNG.
-
-    Raises:
-        ValueError: no rows, or rows scored by different judges (their numbers are not comparable).
-    """
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    if not rows:
-        raise ValueError("no frontier rows to plot")
-    judges = sorted({r["judge"] for r in rows})
-    if len(judges) > 1:
-        raise ValueError(f"rows come from several judges {judges}; their generative perplexities are not "
-                         "comparable: plot them separately")
-    all_curves = curves(rows)
-    nfes = sorted({int(r["nfe"]) for r in rows if r["nfe"]}) or [None]
-    fig, axes = plt.subplots(1, len(nfes), figsize=(5.2 * len(nfes) + 1, 5.2), sharey=True, squeeze=False)
-    colours = {name: f"C{i % 10}" for i, name in enumerate(sorted({_without_nfe(n) for n in all_curves}))}
-    handles = {}
-    for ax, nfe in zip(axes[0], nfes):
-        for name, curve in all_curves.items():
-            if curve[0]["nfe"] and int(curve[0]["nfe"]) != nfe:
-                continue
-            xs = [float(r["entropy"]) for r in curve]
-            ys = [float(r["gen_ppl"]) for r in curve]
-            se = [float(r["mean_nll_se"]) if r.get("mean_nll_se") else 0.0 for r in curve]
-            err = [[y - y * math.exp(-e) for y, e in zip(ys, se)], [y * math.exp(e) - y for y, e in zip(ys, se)]]
-            colour = colours[_without_nfe(name)]
-            handles[_without_nfe(name)] = ax.errorbar(xs, ys, yerr=err, marker="o", ms=4, capsize=2, lw=1.2,
-                                                      color=colour)
-            for r, x, y in zip(curve, xs, ys):
-                tag = "T" if r["_varying"] == "temperature" else "p"
-                ax.annotate(f"{tag}={float(r[r['_varying']]):g}", (x, y), textcoords="offset points",
-                            xytext=(4, 3), fontsize=6, color=colour)
-        ax.set_yscale("log")
-        ax.set_xlabel("mean unigram entropy of a sample (nats)")
-        ax.set_title(f"NFE {nfe}" if nfe is not None else "")
-        ax.grid(True, which="both", alpha=0.3)
-    axes[0][0].set_ylabel("generative perplexity")
-    fig.legend(list(handles.values()), list(handles), loc="lower center", ncol=min(4, len(handles)), fontsize=7,
-               frameon=False)
-    n = ", ".join(sorted({r["num_samples"] for r in rows}))
-    fig.suptitle(title or f"Generative frontier: judge {judges[0]}\n{n} samples per point, error bars "
-                          "exp(mean NLL +- 1 SE); lower at equal entropy is better", fontsize=9)
-    rows_of_legend = math.ceil(len(handles) / 4)
-    fig.tight_layout(rect=(0, 0.045 * rows_of_legend + 0.02, 1, 1))
-    path = Path(path)
-    tmp = path.with_name(path.name + ".tmp.png")
-    fig.savefig(tmp, dpi=120)
-    plt.close(fig)
-    os.replace(tmp, path)
-    return path
-
-
-def _without_nfe(name: str) -> str:
-    return ", ".join(part for part in name.split(", ") if not part.startswith("nfe "))
-
-
 # ---- command line ---------------------------------------------------------------------------------
 
 def _handler(args) -> int:
+    from .frontier_plot import plot_frontier
     from .options import settings_from_args
     from .results import load_run
 
@@ -348,7 +244,7 @@ def _handler(args) -> int:
     fixed.sampler, fixed.nfe, fixed.temperature, fixed.top_p = None, None, 1.0, 1.0
     base = settings_from_args(fixed)
     points = grid(args.sampler or [None], _check_list("--nfe", args.nfe), temps, top_ps, base)
-    from .judge import load_judge
+    from .judge_loading import load_judge
 
     judge = load_judge(args.judge, device=args.device or "cpu", progress=not args.no_progress)
     runs = [load_run(r, device=args.device or "cpu") for r in args.runs]

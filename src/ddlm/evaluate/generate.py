@@ -113,16 +113,16 @@ def generate_samples(run, settings: SamplerSettings, *, num_samples: int = 4, le
     max_len = run.sample_length
     length = max_len if length is None else length
     if isinstance(length, bool) or not isinstance(length, int) or not 1 <= length <= max_len:
-        what = "its context, BOS included" if run.process is None else "the run's block size"
+        what = "its context, BOS included" if run.autoregressive else "the run's block size"
         raise ValueError(f"length must be an integer in [1, {max_len}] ({what}), got {length!r}")
-    if run.process is None and length < 2:
+    if run.autoregressive and length < 2:
         raise ValueError(f"length must be >= 2 for an autoregressive run (BOS + 1 token), got {length}")
     conditions = ([(p, None) for p in prompts] if prompts is not None else
                   [(None, t) for t in infills] if infills is not None else [(None, None)])
     if not conditions:
         raise ValueError("prompts/infills is an empty list, expected at least one")
     common = {"command": "sample", "run": run.info, "sampler": settings.to_dict(),
-              "resolved_sampler": "ancestral" if run.process is None else resolve_sampler(settings, run.process),
+              "resolved_sampler": "ancestral" if run.autoregressive else resolve_sampler(settings, run.process),
               "process": run.info["process"], "num_samples": num_samples, "length": length,
               "batch_size": batch_size, "bos": bos, "ddlm_version": __version__}
     tok, records = run.tokenizer, []
@@ -160,7 +160,7 @@ def _handler(args) -> int:
     check_out(args.out, args.overwrite)
     settings = settings_from_args(args)
     run = load_run(args.run, device=args.device)
-    if run.process is None:
+    if run.autoregressive:
         check_ar_args(args)
     prompts = _read_prompt_file(args.prompt_file) if args.prompt_file is not None else args.prompt
     records = generate_samples(run, settings, num_samples=args.num_samples, length=args.length, prompts=prompts,

@@ -6,14 +6,16 @@ from __future__ import annotations
 import json
 import math
 import os
-import secrets
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import torch
 
-from ..checkpoint import latest_checkpoint
+from .._io import atomic_write_text
+from ..checkpoint import checkpoint_step
+from ..config import is_autoregressive
+from ..runs import resolve_checkpoint
 
 
 class ResultExistsError(FileExistsError, ValueError):
@@ -51,35 +53,15 @@ class LoadedRun:
     info: dict
 
     @property
+    def autoregressive(self) -> bool:
+        """Whether this is the autoregressive baseline (``ddlm.config.is_autoregressive``; its process is None)."""
+        return is_autoregressive(self.config)
+
+    @property
     def sample_length(self) -> int:
         """The default (and longest) sample length in tokens: the block size for a diffusion run; for
         an autoregressive run its context, BOS included (BOS + a whole block with a block-start token)."""
-        return int(self.model.config.max_len) if self.process is None else int(self.config.data.block_size)
-
-
-def resolve_checkpoint(path: str | os.PathLike) -> Path:
-    """The checkpoint folder a run path designates: the latest complete checkpoint of a run folder,
-    or the folder itself when it is a checkpoint folder (it holds ``meta.json``).
-
-    Raises:
-        FileNotFoundError: ``path`` does not exist, or holds no checkpoint (the path is named).
-    """
-    path = Path(path)
-    if not path.exists():
-        raise FileNotFoundError(f"run folder {str(path)!r} does not exist")
-    if not path.is_dir():
-        raise FileNotFoundError(f"run folder {str(path)!r} is not a folder")
-    if (path / "checkpoints").is_dir():
-        ckpt = latest_checkpoint(path)
-        if ckpt is None:
-            raise FileNotFoundError(f"run folder {str(path)!r} holds no complete checkpoint under checkpoints/")
-        return ckpt
-    if (path / "meta.json").is_file():
-        return path
-    raise FileNotFoundError(
-        f"run folder {str(path)!r} holds no checkpoint: expected checkpoints/step_N/ folders (a training run) "
-        "or meta.json (a checkpoint folder)"
-    )
+        return int(self.model.config.max_len) if self.autoregressive else int(self.config.data.block_size)
 
 
 def _read_json(path: Path) -> Any:
@@ -106,15 +88,14 @@ def run_info(path: str | os.PathLike) -> dict:
 
     ckpt = resolve_checkpoint(path)
     config = _read_json(ckpt / "config.json")
-    meta = _read_json(ckpt / "meta.json")
     cfg = saved_config(config)
-    if cfg.process == "ar":
+    if is_autoregressive(cfg):
         output = "next_token"
     else:
         from ..processes import REGISTRY
 
         output = cfg.model.output or REGISTRY[cfg.process].default_output
-    return {"run": str(path), "checkpoint": str(ckpt), "step": int(meta["step"]), "process": cfg.process,
+    return {"run": str(path), "checkpoint": str(ckpt), "step": checkpoint_step(ckpt), "process": cfg.process,
             "model_output": output, "config": cfg.to_dict(), "ddlm_version": __version__}
 
 
@@ -133,7 +114,7 @@ def load_run(path: str | os.PathLike, device: str | torch.device | None = "cpu")
         ddlm.checkpoint.CheckpointError: a corrupt checkpoint (the file is named).
     """
     from ..config import saved_config
-    from ..train import load
+    from ..runs import load
 
     info = run_info(path)
     model, process, tokenizer = load(info["checkpoint"], ema=True)
@@ -164,26 +145,11 @@ def _jsonable(obj: Any) -> Any:
 
 def _atomic_write(path: Path, data: str, overwrite: bool) -> Path:
     check_out(path, overwrite)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.parent / f".{path.name}.tmp-{secrets.token_hex(8)}"
     try:
-        with open(tmp, "x", encoding="utf-8") as f:
-            f.write(data)
-            f.flush()
-            os.fsync(f.fileno())
-        if overwrite:
-            os.replace(tmp, path)
-        else:  # link fails if the path appeared meanwhile: never clobber a result
-            try:
-                os.link(tmp, path)
-            except FileExistsError:
-                check_out(path, overwrite)
-            except OSError:  # file systems without hard links
-                check_out(path, overwrite)
-                os.replace(tmp, path)
-    finally:
-        tmp.unlink(missing_ok=True)
-    return path
+        return atomic_write_text(path, data, overwrite=overwrite)
+    except FileExistsError:  # the path appeared meanwhile: never clobber a result
+        check_out(path, overwrite)
+        raise
 
 
 def write_json(path: str | os.PathLike, record: dict, overwrite: bool = False) -> Path:

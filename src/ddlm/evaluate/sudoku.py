@@ -1,9 +1,9 @@
 """Sudoku solving by conditional generation (MATH.md section 6): ``ddlm sudoku``.
 
-A Sudoku run learns the law of solved grids (``ddlm.train.prepare_data``, corpus "sudoku"). A puzzle
-is solved by sampling 81 cells with the clue cells fixed as a prompt. Test puzzles are generated
-with the seed ``cfg.seed + 2 * 1_000_003 + seed``, disjoint from the training grids (seed
-``cfg.seed``) and the validation grids (``cfg.seed + 1_000_003``).
+A Sudoku run learns the law of solved grids (``ddlm.data.prepare.prepare_data``, corpus "sudoku"). A
+puzzle is solved by sampling 81 cells with the clue cells fixed as a prompt. Test puzzles are
+generated with the seed ``cfg.seed + 2 * 1_000_003 + seed``, disjoint from the training grids (seed
+``cfg.seed``) and the validation grids (``cfg.seed + 1_000_003``): ``ddlm.data.sudoku.SEED_OFFSETS``.
 
 Metrics: exact-match accuracy (the sampled grid equals the solution), solve rate (the grid violates
 no row, column or box constraint; with the clues held fixed and a unique solution this is the same
@@ -14,43 +14,17 @@ a blank (it makes its row, column and box each lack a digit).
 
 from __future__ import annotations
 
-
 import numpy as np
-import torch
 
 from ..data import sudoku as S
 from .options import SamplerSettings, add_sampler_options, draw, resolve_sampler, settings_from_args
 
-#: offset of the test-puzzle seed from the run's seed (training uses +0, validation +1_000_003)
-TEST_SEED_OFFSET = 2 * 1_000_003
-
-
-def _digits(name: str, a, lo: int) -> np.ndarray:
-    a = a.detach().cpu().numpy() if isinstance(a, torch.Tensor) else np.asarray(a)
-    if a.ndim != 2 or a.shape[1] != 81 or a.dtype.kind not in "iu":
-        raise ValueError(f"{name} must be an integer array of shape (N, 81), got shape {a.shape} dtype {a.dtype}")
-    if a.size and (a.min() < lo or a.max() > 9):
-        raise ValueError(f"{name} holds values in [{a.min()}, {a.max()}], expected digits in [{lo}, 9]")
-    return a.astype(np.int64)
-
-
-def grid_violations(grids) -> np.ndarray:
-    """Violations per grid (N,): ``ddlm.data.sudoku.violations`` for complete grids; a blank cell (0)
-    holds no digit, so each unit counts 9 - (distinct digits among its filled cells)."""
-    g = _digits("grids", grids, 0)
-    out = np.zeros(g.shape[0], dtype=np.int64)
-    full = (g > 0).all(axis=1)
-    if full.any():
-        out[full] = S.violations(g[full])
-    if (~full).any():
-        b = g[~full].reshape(-1, 9, 9)
-        boxes = b.reshape(-1, 3, 3, 3, 3).transpose(0, 1, 3, 2, 4).reshape(-1, 9, 9)
-        total = np.zeros(b.shape[0], dtype=np.int64)
-        for units in (b, b.transpose(0, 2, 1), boxes):
-            present = (units[..., None] == np.arange(1, 10)).any(axis=2)  # (n, 9 units, 9 digits)
-            total += (9 - present.sum(axis=-1)).sum(axis=-1)
-        out[~full] = total
-    return out
+def _grids(name: str, a, lo: int) -> np.ndarray:
+    """(N, 81) digits in [lo, 9] (``ddlm.data.sudoku.as_grids``, one grid per row)."""
+    g = S.as_grids(name, a, lo)
+    if g.ndim != 2:
+        raise ValueError(f"{name} must have shape (N, 81), got shape {g.shape}")
+    return g
 
 
 def sudoku_metrics(pred_grids, solutions) -> dict:
@@ -65,12 +39,12 @@ def sudoku_metrics(pred_grids, solutions) -> dict:
         "cell_accuracy", "blank_cells"}``; solved = no violation (any valid grid, even if it is not
         the given solution).
     """
-    pred, sol = _digits("pred_grids", pred_grids, 0), _digits("solutions", solutions, 1)
+    pred, sol = _grids("pred_grids", pred_grids, 0), _grids("solutions", solutions, 1)
     if pred.shape != sol.shape:
         raise ValueError(f"pred_grids has shape {pred.shape}, expected the shape of solutions {sol.shape}")
     if pred.shape[0] == 0:
         raise ValueError("pred_grids holds no grid, expected at least one")
-    viol = grid_violations(pred)
+    viol = S.violations(pred)
     exact = (pred == sol).all(axis=1)
     n = pred.shape[0]
     return {"num_puzzles": n, "accuracy": float(exact.mean()), "num_exact": int(exact.sum()),
@@ -79,27 +53,13 @@ def sudoku_metrics(pred_grids, solutions) -> dict:
             "blank_cells": int((pred == 0).sum())}
 
 
-def digit_tokens(tokenizer) -> list[int]:
-    """Token id of each digit 1..9 under the run's tokenizer (index d - 1).
-
-    Raises:
-        ValueError: a digit is not a single token.
-    """
-    ids = []
-    for d in range(1, 10):
-        enc = tokenizer.encode(str(d))
-        if len(enc) != 1:
-            raise ValueError(f"the run's tokenizer encodes digit {d} as {enc}, expected a single token")
-        ids.append(enc[0])
-    return ids
-
-
 def puzzle_seed_for(run_seed: int, seed: int) -> int:
     """Seed of the test puzzles; refuses the training and validation seeds."""
-    s = run_seed + TEST_SEED_OFFSET + seed
-    if s in (run_seed, run_seed + 1_000_003):
-        raise ValueError(f"seed {seed} makes the test puzzles those of the run's "
-                         f"{'training' if s == run_seed else 'validation'} grids; choose another seed")
+    s = run_seed + S.SEED_OFFSETS["test"] + seed
+    for split in ("train", "validation"):
+        if s == run_seed + S.SEED_OFFSETS[split]:
+            raise ValueError(f"seed {seed} makes the test puzzles those of the run's "
+                             f"{'training' if split == 'train' else 'validation'} grids; choose another seed")
     return s
 
 
@@ -132,20 +92,15 @@ def evaluate_sudoku(run, settings: SamplerSettings, num_puzzles: int = 100, clue
     cfg = run.config
     if cfg.data.corpus != "sudoku":
         raise ValueError(f"run {run.info['run']!r} was trained on corpus {cfg.data.corpus!r}, expected 'sudoku'")
-    if run.process is None:
+    if run.autoregressive:
         raise ValueError("Sudoku solving fixes clues anywhere in the grid, which needs a diffusion run, "
                          "got an autoregressive one")
     puzzle_seed = puzzle_seed_for(cfg.seed, seed)
     puzzles, solutions = S.generate(num_puzzles, clues=clues, seed=puzzle_seed, progress=progress)
-    ids = digit_tokens(run.tokenizer)
-    table = torch.tensor([0] + ids)  # digit -> token (0 is a placeholder for empty cells)
-    mask = torch.from_numpy(puzzles != 0)
-    prompt = table[torch.from_numpy(puzzles)]
+    prompt, mask = S.grid_tokens(puzzles, run.tokenizer)  # the clues fixed, the empty cells free
     x = draw(run.model, run.process, run.tokenizer, settings, num_puzzles, 81, prompt=prompt, prompt_mask=mask,
              batch_size=batch_size, progress=progress)
-    to_digit = torch.zeros(run.tokenizer.vocab_size, dtype=torch.long)
-    to_digit[torch.tensor(ids)] = torch.arange(1, 10)
-    pred = to_digit[x].numpy()
+    pred = S.token_grids(x, run.tokenizer)
     clues_preserved = bool((pred[puzzles != 0] == puzzles[puzzles != 0]).all())
     metrics = sudoku_metrics(pred, solutions)
 
@@ -157,7 +112,7 @@ def evaluate_sudoku(run, settings: SamplerSettings, num_puzzles: int = 100, clue
             "clues": clues, "seed": seed, "puzzle_seed": puzzle_seed, "batch_size": batch_size,
             "ddlm_version": __version__, **metrics, "clues_preserved": clues_preserved,
             "puzzles": strings(puzzles), "solutions": strings(solutions), "predictions": strings(pred),
-            "violations": grid_violations(pred).tolist()}
+            "violations": S.violations(pred).tolist()}
 
 
 def format_sudoku(r: dict) -> str:

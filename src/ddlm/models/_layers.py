@@ -8,6 +8,8 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from .._checks import check_tokens
+
 PRESETS: dict[str, dict[str, int]] = {
     "tiny": {"hidden": 256, "blocks": 4, "heads": 4},
     "small": {"hidden": 768, "blocks": 12, "heads": 12},
@@ -34,7 +36,7 @@ def check_trunk_config(hidden: int, blocks: int, heads: int, mlp_ratio: int, max
         raise ValueError(f"dropout must lie in [0, 1); got {dropout!r}")
 
 
-def check_tokens(name: str, x: Tensor, high: int, max_len: int | None = None) -> tuple[int, int]:
+def check_token_batch(name: str, x: Tensor, high: int, max_len: int | None = None) -> tuple[int, int]:
     """Check that ``x`` is a non-empty (B, L) int64 tensor of ids in [0, high) with L <= max_len.
 
     Returns:
@@ -46,9 +48,7 @@ def check_tokens(name: str, x: Tensor, high: int, max_len: int | None = None) ->
     batch, length = x.shape
     if max_len is not None and length > max_len:
         raise ValueError(f"{name} has length L={length} but the model's max_len={max_len}")
-    lo, hi = int(x.min()), int(x.max())
-    if lo < 0 or hi >= high:
-        raise ValueError(f"{name} ids must lie in [0, {high}); got min {lo}, max {hi}")
+    check_tokens(name, x, high)
     return batch, length
 
 

@@ -9,7 +9,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from ._layers import Block, check_tokens, check_trunk_config, count_parameters, init_weights, preset_dims, rotary
+from ._layers import Block, check_token_batch, check_trunk_config, count_parameters, init_weights, preset_dims, rotary
 
 
 @dataclass(kw_only=True)
@@ -55,6 +55,9 @@ class ARConfig:
 class ARTransformer(nn.Module):
     """Causal transformer: token embedding, pre-norm RoPE blocks, final LayerNorm and linear head."""
 
+    #: the autoregressive baseline has no diffusion process (``ddlm.config.is_autoregressive``)
+    process = None
+
     def __init__(self, config: ARConfig) -> None:
         super().__init__()
         self.config = cfg = config
@@ -80,7 +83,7 @@ class ARTransformer(nn.Module):
             applies the linear head to them.
         """
         cfg = self.config
-        _, length = check_tokens("x", x, cfg.vocab_size, cfg.max_len)
+        _, length = check_token_batch("x", x, cfg.vocab_size, cfg.max_len)
         cos, sin = rotary(length, cfg.hidden // cfg.heads, x.device)
         h = self.embed(x)
         for block in self.blocks:

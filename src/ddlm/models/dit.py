@@ -9,7 +9,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from ._layers import (Block, TimeEmbedding, check_tokens, check_trunk_config, count_parameters,
+from ._layers import (Block, TimeEmbedding, check_token_batch, check_trunk_config, count_parameters,
                       init_weights, modulate, preset_dims, rotary)
 
 
@@ -105,7 +105,7 @@ class DiT(nn.Module):
             ValueError: On malformed inputs; the message names the argument.
         """
         cfg = self.config
-        batch, length = check_tokens("xt", xt, cfg.vocab_size, cfg.max_len)
+        batch, length = check_token_batch("xt", xt, cfg.vocab_size, cfg.max_len)
         if not isinstance(sigma, Tensor) or sigma.shape != (batch,) or not sigma.is_floating_point():
             got = f"dtype {sigma.dtype}, shape {tuple(sigma.shape)}" if isinstance(sigma, Tensor) else type(sigma)
             raise ValueError(f"sigma must be a floating tensor of shape ({batch},) matching xt; got {got}")
@@ -113,7 +113,7 @@ class DiT(nn.Module):
         if cfg.audm:
             if noise is None:
                 raise ValueError("noise must be given (B, L) int64 ids when config.audm=True; got None")
-            check_tokens("noise", noise, cfg.output_size)
+            check_token_batch("noise", noise, cfg.output_size)
             if noise.shape != xt.shape:
                 raise ValueError(f"noise shape {tuple(noise.shape)} must equal xt shape {tuple(xt.shape)}")
             h = h + self.noise_embed(noise) + self.active_embed((xt == noise).long())

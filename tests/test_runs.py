@@ -1,0 +1,117 @@
+"""Run folders: checkpoints/ bookkeeping, which checkpoint a path designates, loading and exporting."""
+
+import pytest
+import torch
+
+from ddlm.checkpoint import save_checkpoint
+from ddlm.config import load_config
+from ddlm.runs import (
+    checkpoint_name, export, is_checkpoint_folder, is_run_folder, latest_checkpoint, load, prune_checkpoints,
+    resolve_checkpoint, set_latest,
+)
+from ddlm.train import train
+
+TEXT = ("the quick brown fox jumps over the lazy dog. " * 40 + "\n\n") * 3
+
+
+def save_small(path, step=1):
+    model = {"w": torch.ones(3, 2), "b": torch.arange(3.0)}
+    return save_checkpoint(path, step=step, config={"lr": 0.01}, tokenizer={"vocab": ["a", "b"]}, model=model)
+
+
+def make_steps(run, steps):
+    for s in steps:
+        save_small(run / "checkpoints" / checkpoint_name(s), step=s)
+    return [run / "checkpoints" / checkpoint_name(s) for s in steps]
+
+
+def test_latest_checkpoint(tmp_path):
+    run = tmp_path / "run"
+    assert latest_checkpoint(run) is None
+    s1, s2, s3 = make_steps(run, [1, 2, 30])
+    assert checkpoint_name(30) == "step_000030" and checkpoint_name(1234567) == "step_1234567"
+    (run / "checkpoints" / ".step_000099.tmp-0123456789abcdef").mkdir()
+    (run / "checkpoints" / "step_000050").mkdir()  # incomplete: no meta.json
+    assert latest_checkpoint(run) == s3  # no latest file: highest complete step
+    set_latest(run, s2)
+    assert (run / "checkpoints" / "latest").read_text().strip() == "step_000002"
+    assert latest_checkpoint(run) == s2
+    (run / "checkpoints" / "latest").write_text("step_000007\n")  # names a missing folder
+    assert latest_checkpoint(run) == s3
+    set_latest(run, s3)
+    (s3 / "model.safetensors").unlink()  # latest now names an incomplete folder
+    assert latest_checkpoint(run) == s2
+    with pytest.raises(ValueError):
+        set_latest(run, run / "checkpoints" / "step_000050")
+
+
+def test_prune_checkpoints(tmp_path):
+    run = tmp_path / "run"
+    paths = make_steps(run, [1, 2, 3, 4, 5])
+    (run / "checkpoints" / "step_000000").mkdir()  # incomplete, left alone
+    (run / "checkpoints" / "notes").mkdir()
+    set_latest(run, paths[0])
+    deleted = prune_checkpoints(run, keep=2)
+    assert deleted == paths[1:3]
+    assert sorted(p.name for p in (run / "checkpoints").iterdir()) == [
+        "latest", "notes", "step_000000", "step_000001", "step_000004", "step_000005"]
+    assert latest_checkpoint(run) == paths[0]
+    assert prune_checkpoints(run, keep=0) == paths[3:]
+    with pytest.raises(ValueError):
+        prune_checkpoints(run, keep=-1)
+
+
+def test_resolve_checkpoint(tmp_path):
+    run = tmp_path / "run"
+    with pytest.raises(FileNotFoundError, match="does not exist"):
+        resolve_checkpoint(run)
+    (run / "checkpoints").mkdir(parents=True)
+    assert is_run_folder(run) and not is_checkpoint_folder(run)
+    with pytest.raises(FileNotFoundError, match="holds no complete checkpoint under checkpoints/"):
+        resolve_checkpoint(run)
+    s1, s2 = make_steps(run, [1, 2])
+    assert resolve_checkpoint(run) == s2
+    set_latest(run, s1)
+    assert resolve_checkpoint(run) == s1  # the run folder's latest
+    assert is_checkpoint_folder(s2) and resolve_checkpoint(s2) == s2  # a checkpoint folder designates itself
+    (tmp_path / "notes.txt").write_text("x")
+    with pytest.raises(FileNotFoundError, match="is not a folder"):
+        resolve_checkpoint(tmp_path / "notes.txt")
+    (tmp_path / "other").mkdir()
+    with pytest.raises(FileNotFoundError, match="holds no checkpoint: expected checkpoints/step_N/"):
+        resolve_checkpoint(tmp_path / "other")
+
+
+def _cfg(tmp_path, name):
+    corpus = tmp_path / "corpus.txt"
+    corpus.write_text(TEXT)
+    return load_config(None, [f"run_dir={tmp_path / name}", f"data.corpus={corpus}", "data.block_size=16",
+                              "model.hidden=32", "model.blocks=1", "model.heads=2", "batch_size=8", "max_steps=6",
+                              "eval_every=3", "save_every=3", "eval_batches=2", "optim.warmup_steps=2"])
+
+
+def test_load_errors_name_the_path(tmp_path):
+    with pytest.raises(FileNotFoundError, match="missing' does not exist"):
+        load(tmp_path / "missing")
+    (tmp_path / "empty" / "checkpoints").mkdir(parents=True)
+    with pytest.raises(FileNotFoundError, match="empty' holds no complete checkpoint"):
+        load(tmp_path / "empty")
+
+
+def test_export_writes_a_small_loadable_checkpoint(tmp_path):
+    train(_cfg(tmp_path, "e"), progress=False, log=lambda *_: None)
+    out = export(tmp_path / "e", tmp_path / "ref", description="test", train_minutes=1.5)
+    model, proc, _ = load(out)
+    ema_model, _, _ = load(tmp_path / "e", ema=True)
+    for p, q in zip(model.state_dict().values(), ema_model.state_dict().values()):
+        assert torch.equal(p, q)
+    assert not (out / "trainer.safetensors").exists() or (out / "trainer.safetensors").stat().st_size < 10_000
+    with pytest.raises(FileExistsError, match="already exists"):
+        export(tmp_path / "e", out)
+    half = export(tmp_path / "e", tmp_path / "half", dtype="float16")
+    assert (half / "model.safetensors").stat().st_size < 0.6 * (out / "model.safetensors").stat().st_size
+    model16, _, _ = load(half)
+    for p, q in zip(model16.state_dict().values(), ema_model.state_dict().values()):
+        assert p.dtype == q.dtype and torch.equal(p, q.half().to(q.dtype) if q.is_floating_point() else q)
+    with pytest.raises(ValueError, match="dtype must be one of"):
+        export(tmp_path / "e", tmp_path / "x", dtype="int8")
