@@ -67,11 +67,21 @@ BASE = ["data.block_size=16", "model.hidden=32", "model.blocks=1", "model.heads=
         "eval_every=3", "save_every=3", "eval_batches=2", "optim.warmup_steps=2", "log_every=1"]
 
 
-def _torchrun(tmp_path, name, port, *over):
+def _free_port() -> int:
+    """A TCP port free now (concurrent test runs must not share a fixed rendezvous port)."""
+    import socket
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def _torchrun(tmp_path, name, *over):
     """``torchrun --nproc-per-node 2 -m ddlm train`` with _cfg's settings (and ``over``) in run ``name``."""
     import subprocess
     import sys
 
+    port = _free_port()
     args = [f"run_dir={tmp_path / name}", f"data.corpus={tmp_path / 'corpus.txt'}", *BASE, *over]
     cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc-per-node", "2", "--master-port", str(port),
            "-m", "ddlm", "train", "-", *args, "--no-progress"]
@@ -88,11 +98,11 @@ def _assert_same_weights(tmp_path, a, b, ema=False):
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize("process,port", [("mdm", 29517), ("ar", 29523)])
-def test_torchrun_two_processes_match_one(tmp_path, process, port):
+@pytest.mark.parametrize("process", ["mdm", "ar"])
+def test_torchrun_two_processes_match_one(tmp_path, process):
     """DDP over 2 gloo processes with the same global batch reproduces the single-process run."""
     train(_cfg(tmp_path, "one", process=process), progress=False, log=lambda *_: None)
-    _torchrun(tmp_path, "two", port, f"process={process}")
+    _torchrun(tmp_path, "two", f"process={process}")
     _assert_same_weights(tmp_path, "one", "two")
 
 
@@ -106,7 +116,7 @@ def test_fsdp_matches_one_process_and_resumes_across_modes(tmp_path):
     over = {"process": "audm", "model.blocks": 2}
     train(_cfg(tmp_path, "one", **over), progress=False, log=lambda *_: None)
     flags = [f"{k}={v}" for k, v in over.items()]
-    out = _torchrun(tmp_path, "fsdp", 29519, "parallel=fsdp", "grad_accum=2", *flags)
+    out = _torchrun(tmp_path, "fsdp", "parallel=fsdp", "grad_accum=2", *flags)
     assert "2 processes (FSDP)" in out.stdout + out.stderr
     for ema in (False, True):
         _assert_same_weights(tmp_path, "one", "fsdp", ema=ema)
@@ -120,7 +130,7 @@ def test_fsdp_matches_one_process_and_resumes_across_modes(tmp_path):
     train(_cfg(tmp_path, "fsdp-then-one", **over), progress=False, log=lambda *_: None)
     # a one-process checkpoint resumed under FSDP
     train(_cfg(tmp_path, "one-then-fsdp", **over), progress=False, log=lambda *_: None, stop_at=3)
-    _torchrun(tmp_path, "one-then-fsdp", 29521, "parallel=fsdp", *flags)
+    _torchrun(tmp_path, "one-then-fsdp", "parallel=fsdp", *flags)
     for name in ("fsdp-then-one", "one-then-fsdp"):
         for ema in (False, True):
             _assert_same_weights(tmp_path, "one", name, ema=ema)

@@ -50,6 +50,7 @@ def is_autoregressive(run) -> bool:
 @dataclass
 class ModelConfig:
     preset: str = "tiny"
+    backbone: str = "dit"  # a name in ddlm.models.backbones.BACKBONES ("dit", "conv"); diffusion runs only
     output: str | None = None  # "denoiser" | "loo" (UDM) | "posterior" (AUDM); default per process
     time_conditioning: bool = True
     hidden: int | None = None
@@ -123,6 +124,11 @@ class TrainConfig:
         outputs = _process_table("network_outputs")[self.process]
         need(self.model.output is None or self.model.output in outputs, "model.output", self.model.output,
              f"one of {outputs} for process {self.process!r}")
+        from .models.backbones import BACKBONES
+
+        backbones = ("dit",) if is_autoregressive(self.process) else tuple(sorted(BACKBONES))
+        need(self.model.backbone in backbones, "model.backbone", self.model.backbone,
+             f"one of {backbones} for process {self.process!r}")
         need(self.schedule in ("linear", "cosine"), "schedule", self.schedule, "'linear' or 'cosine'")
         need(0 <= self.eps < 1, "eps", self.eps, "a number in [0, 1)")
         need(0 <= self.t_min < 1, "t_min", self.t_min, "a number in [0, 1)")

@@ -1,5 +1,5 @@
-"""A DiT bound to its process: the callable ``model(xt, t, noise=None) -> logits`` that training,
-sampling and evaluation use."""
+"""A backbone (a DiT by default) bound to its process: the callable ``model(xt, t, noise=None) -> logits``
+that training, sampling and evaluation use."""
 
 from __future__ import annotations
 
@@ -8,8 +8,7 @@ from torch import Tensor, nn
 
 from ..processes import get_process
 from ..schedules import get_schedule
-from .dit import DiT, DiTConfig
-
+from .backbones import get_backbone
 
 
 def __getattr__(attr):  # a derived table, kept for scripts that read it
@@ -21,17 +20,17 @@ def __getattr__(attr):  # a derived table, kept for scripts that read it
 
 
 class DiffusionModel(nn.Module):
-    """A DiT whose time input is t: it conditions on sigma = -log alpha_t of the process's schedule.
+    """A backbone whose time input is t: it conditions on sigma = -log alpha_t of the process's schedule.
 
     Args:
         process: the forward process (its vocabulary and schedule).
-        net: the DiT (input vocabulary = process.input_vocab_size, output = K data tokens).
+        net: the backbone, e.g. a DiT (input vocabulary = process.input_vocab_size, output = K data tokens).
         output: what the network predicts, one of ``process.network_outputs``: "loo" or "denoiser"
             (UDM), "denoiser" (MDM), "posterior" (AUDM). Declared as ``model.prediction``, which
             ``ddlm.sample``, the losses and evaluation read.
     """
 
-    def __init__(self, process, net: DiT, output: str):
+    def __init__(self, process, net: nn.Module, output: str):
         super().__init__()
         if output not in process.network_outputs:
             raise ValueError(f"output must be one of {process.network_outputs} for {process.label}, got {output!r}")
@@ -45,12 +44,14 @@ class DiffusionModel(nn.Module):
     @classmethod
     def build(cls, process_name: str, vocab_size: int, max_len: int, *, preset: str = "tiny",
               output: str | None = None, schedule: str = "linear", eps: float = 1e-3,
-              time_conditioning: bool = True, **overrides) -> "DiffusionModel":
-        """Process + DiT preset in one call (``overrides`` replace DiT config fields)."""
+              time_conditioning: bool = True, backbone: str = "dit", **overrides) -> "DiffusionModel":
+        """Process + backbone preset in one call (``overrides`` replace the backbone's config fields;
+        ``backbone`` names an entry of ``ddlm.models.backbones.BACKBONES``)."""
         process = get_process(process_name, vocab_size, get_schedule(schedule, eps=eps))
-        config = DiTConfig.preset(preset, process.input_vocab_size, vocab_size, max_len,
-                                  audm=process.has_noise, time_conditioning=time_conditioning, **overrides)
-        return cls(process, DiT(config), output or process.default_output)
+        net_cls, config_cls = get_backbone(backbone)
+        config = config_cls.preset(preset, process.input_vocab_size, vocab_size, max_len,
+                                   audm=process.has_noise, time_conditioning=time_conditioning, **overrides)
+        return cls(process, net_cls(config), output or process.default_output)
 
     @property
     def prediction(self) -> str:
