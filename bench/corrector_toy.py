@@ -37,7 +37,8 @@ def main(argv=None) -> int:
     floor = exact.tv_distance(law, law.sample(args.samples, generator=torch.Generator().manual_seed(1)))
     print(f"K = {args.vocab}, L = {args.length}, {args.samples} samples; TV of {args.samples} iid draws "
           f"from p_0 (noise level): {floor:.4f}")
-    print("| predictor steps | corrector | NFE | TV (predictor + corrector) | TV (predictor only, same NFE) | TV (predictor only, same steps) |")
+    print("| predictor steps | corrector | NFE | TV (predictor + corrector) | TV (predictor only, same NFE) "
+          "| TV (predictor only, same steps) |")
     print("|---|---|---|---|---|---|")
     for steps in args.steps:
         same_steps = tv(law, proc, steps, None, args.samples, 0)
@@ -46,8 +47,8 @@ def main(argv=None) -> int:
             nfe = steps + 2 * (steps - 1)
             with_corr = tv(law, proc, nfe, corr, args.samples, 0)
             same_nfe = tv(law, proc, nfe, None, args.samples, 0)
-            print(f"| {steps} | Gibbs(2 sweeps, k={k}, {sel}) | {nfe} | {with_corr:.4f} | {same_nfe:.4f} | {same_steps:.4f} |",
-                  flush=True)
+            print(f"| {steps} | Gibbs(2 sweeps, k={k}, {sel}) | {nfe} | {with_corr:.4f} | {same_nfe:.4f} "
+                  f"| {same_steps:.4f} |", flush=True)
     return 0
 
 

@@ -77,7 +77,7 @@ def worker(args) -> None:
     g = torch.Generator().manual_seed(0)
     per_rank = args.batch // d.world
     times = []
-    for step in range(args.steps):
+    for _step in range(args.steps):
         x0 = torch.randint(78, (args.batch, args.length), generator=g)
         t = torch.rand(args.batch, generator=g, dtype=torch.float64) * 0.999 + 0.001
         xt = model.process.corrupt(x0, t, generator=g).xt
@@ -90,7 +90,7 @@ def worker(args) -> None:
         torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
         opt.step()
         with torch.no_grad():
-            for pe, pm in zip(ema.parameters(), model.parameters()):
+            for pe, pm in zip(ema.parameters(), model.parameters(), strict=False):
                 pe.lerp_(pm, 0.001)
         dist.barrier()
         times.append(time.perf_counter() - start)
@@ -137,13 +137,14 @@ def main() -> None:
         out = subprocess.run(cmd, capture_output=True, text=True, env=env)
         if out.returncode != 0:
             sys.exit(f"{mode} failed:\n{out.stderr[-3000:]}")
-        line = next(l for l in out.stdout.splitlines() if l.startswith("RESULT "))
+        line = next(s for s in out.stdout.splitlines() if s.startswith("RESULT "))
         records = json.loads(line[len("RESULT "):])
         rows.append((mode, records))
     print(f"DiT {args.preset}, MDM, vocab 78, L = {args.length}, global batch {args.batch}, {args.nproc} processes "
           f"(gloo, CPU), {rows[0][1][0]['params'] / 1e6:.1f}M parameters, "
           f"MALLOC_MMAP_THRESHOLD_={args.mmap_threshold or 'default'}\n")
-    print("| mode | training state per process (MB) | peak RSS rise (MB) | RSS rise at the end (MB) | step time (s, median) |")
+    print("| mode | training state per process (MB) | peak RSS rise (MB) | RSS rise at the end (MB) "
+          "| step time (s, median) |")
     print("|---|---|---|---|---|")
     for mode, records in rows:
         state = max(r["state_bytes"] for r in records) / 2**20

@@ -40,7 +40,9 @@ CONFIGS = [  # (name, process, prediction, sampler, corrector)
 
 
 def make_process(kind: str, vocab: int):
-    return {"mdm": ddlm.MaskedDiffusion, "udm": ddlm.UniformDiffusion, "audm": ddlm.AbsorbingUniformDiffusion}[kind](vocab)
+    from ddlm.processes import get_process
+
+    return get_process(kind, vocab)
 
 
 def stub_model(batch: int, length: int, vocab: int):
@@ -70,7 +72,8 @@ def time_config(cfg, batch, length, vocab, steps, repeats):
 
 
 def peak_memory(index, batch, length, vocab, steps) -> float:
-    """Run one configuration in a subprocess; return the step's peak memory (logits included) as a multiple of the logits."""
+    """Run one configuration in a subprocess; return the step's peak memory (logits included) as a multiple
+    of the logits."""
     code = (
         "import sys, json; sys.path.insert(0, 'bench'); import sampling as b; "
         f"print(json.dumps(b._memory_child({index}, {batch}, {length}, {vocab}, {steps})))"
@@ -133,7 +136,8 @@ def main(argv=None) -> int:
     for i, cfg in enumerate(CONFIGS):
         t = time_config(cfg, args.batch, args.length, args.vocab, args.steps, args.repeats)
         frac = f"{100 * t / dit:.1f}%" if dit else "-"
-        mem = "-" if args.no_memory else f"{peak_memory(i, args.batch, args.length, args.vocab, min(args.steps, 4)):.2f}x"
+        steps = min(args.steps, 4)
+        mem = "-" if args.no_memory else f"{peak_memory(i, args.batch, args.length, args.vocab, steps):.2f}x"
         print(f"| {cfg[0]:<32} | {t * 1e3:9.1f} | {frac:>14} | {mem:>18} |", flush=True)
     return 0
 

@@ -27,10 +27,23 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 import study_plan as P  # noqa: E402
 from report_claims import Results, claim_verdicts, load_results, parts_of  # noqa: E402
 from report_rules import (  # noqa: E402
-    INCONCLUSIVE, LN2, MIN_DOF, MISSING, NOT_REPRODUCED, SUDOKU_FLOOR, TOLERANCE, Z, Curve, accuracy_se, curves_of,
-    interpolate, matched_entropy, nfes_of, pm, probe_mean,
+    INCONCLUSIVE,
+    LN2,
+    MIN_DOF,
+    MISSING,
+    NOT_REPRODUCED,
+    SUDOKU_FLOOR,
+    TOLERANCE,
+    Curve,
+    Z,
+    accuracy_se,
+    curves_of,
+    interpolate,
+    matched_entropy,
+    nfes_of,
+    pm,
+    probe_mean,
 )
-
 
 # ---- formatting ------------------------------------------------------------------------------------
 

@@ -16,11 +16,27 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 import study_plan as P  # noqa: E402
 from report_rules import (  # noqa: E402
-    INCONCLUSIVE, MISSING, SUDOKU_FLOOR, TOLERANCE, UNDECIDED, Z, Curve, accuracy_se, bound_of,
-    combine, compare_curves, curves_of, nfes_of, noise_sigma, outcome, pick, pm, probe_mean, verdict_better,
+    INCONCLUSIVE,
+    MISSING,
+    SUDOKU_FLOOR,
+    TOLERANCE,
+    UNDECIDED,
+    Curve,
+    Z,
+    accuracy_se,
+    bound_of,
+    combine,
+    compare_curves,
+    curves_of,
+    nfes_of,
+    noise_sigma,
+    outcome,
+    pick,
+    pm,
+    probe_mean,
+    verdict_better,
     verdict_match,
 )
-
 
 # ---- loading ---------------------------------------------------------------------------------------
 

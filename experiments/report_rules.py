@@ -186,7 +186,7 @@ def interpolate(points: list, h: float) -> tuple[float, float] | None:
     neighbouring points; None if h lies outside the curve's entropy range."""
     if not points or not points[0][0] <= h <= points[-1][0]:
         return None
-    for (h0, y0), (h1, y1) in zip(points, points[1:]):
+    for (h0, y0), (h1, y1) in zip(points, points[1:], strict=False):
         if h0 <= h <= h1:
             w = 0.0 if h1 == h0 else (h - h0) / (h1 - h0)
             return y0 + w * (y1 - y0), math.sqrt(w * w + (1 - w) ** 2)
@@ -201,7 +201,7 @@ def matched_entropy(curves: list[Curve]) -> float | None:
         return None
     edges = sorted({x for r in ranges for x in r})
     best = None
-    for lo, hi in [(e, e) for e in edges] + list(zip(edges, edges[1:])):
+    for lo, hi in [(e, e) for e in edges] + list(zip(edges, edges[1:], strict=False)):
         mid = (lo + hi) / 2
         key = (sum(a <= mid <= b for a, b in ranges), hi - lo)
         if best is None or key > best[0]:

@@ -256,9 +256,10 @@ def read_frontier(folder: Path) -> list[dict]:
 
 def reuse_points(call: FrontierCall, results: Path, steps: dict[str, int], nfe, temperatures, num_samples: int,
                  judge: str, log) -> int:
-    """Copy into ``call``'s CSV (under the ``results`` folder) the points it needs that another comparison already scored with the very
-    same settings (run, checkpoint, sampler, NFE, temperature, seed, judge, ...: the row's whole key), with
-    their samples file, so that ``ddlm frontier`` skips them instead of drawing and judging them again.
+    """Copy into ``call``'s CSV (under the ``results`` folder) the points it needs that another comparison
+    already scored with the very same settings (run, checkpoint, sampler, NFE, temperature, seed, judge, ...:
+    the row's whole key), with their samples file, so that ``ddlm frontier`` skips them instead of drawing and
+    judging them again.
 
     The comparisons of one run overlap (the best UDM run's plain ancestral curve is in ``ancestral``,
     ``udm-pc`` and ``udm-ablation``); draws are seeded, so a recomputed point would be the same. Returns

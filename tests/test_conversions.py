@@ -52,19 +52,22 @@ def test_loo_is_invariant_to_own_token(law):
         for y in range(law.vocab_size):
             changed = xt.clone()
             changed[:, i] = y
-            for f in (lambda x: exact.loo(law, x, alpha), lambda x: C.denoiser_to_loo(exact.denoiser(law, x, alpha), x, alpha)):
+            for f in (lambda x: exact.loo(law, x, alpha),
+                      lambda x: C.denoiser_to_loo(exact.denoiser(law, x, alpha), x, alpha)):
                 assert torch.allclose(f(changed)[:, i], f(xt)[:, i], atol=TOL, rtol=0)
     # the denoiser, by contrast, does depend on it
     changed = xt.clone()
     changed[:, 0] = (xt[:, 0] + 1) % law.vocab_size
-    assert not torch.allclose(exact.denoiser(law, changed, alpha)[:, 0], exact.denoiser(law, xt, alpha)[:, 0], atol=1e-3)
+    assert not torch.allclose(exact.denoiser(law, changed, alpha)[:, 0], exact.denoiser(law, xt, alpha)[:, 0],
+                              atol=1e-3)
 
 
 def test_unnormalised_logits_are_normalised():
     g = torch.Generator().manual_seed(0)
     logits = torch.randn(4, 3, 5, generator=g, dtype=torch.float64)
     xt = torch.randint(5, (4, 3), generator=g)
-    assert torch.allclose(C.loo_to_denoiser(logits + 7.0, xt, 0.3), C.loo_to_denoiser(logits.log_softmax(-1), xt, 0.3), atol=1e-12)
+    assert torch.allclose(C.loo_to_denoiser(logits + 7.0, xt, 0.3), C.loo_to_denoiser(logits.log_softmax(-1), xt, 0.3),
+                          atol=1e-12)
 
 
 def test_tensor_alpha_broadcasts_per_sequence(law):
@@ -80,7 +83,8 @@ def test_float32_finite_and_close(alpha):
     g = torch.Generator().manual_seed(0)
     logr = torch.randn(16, 8, 50, generator=g).log_softmax(-1)
     xt = torch.randint(50, (16, 8), generator=g)
-    for f in (C.loo_to_denoiser, C.denoiser_to_loo, C.loo_to_score, C.score_to_loo, C.denoiser_to_score, C.score_to_denoiser):
+    for f in (C.loo_to_denoiser, C.denoiser_to_loo, C.loo_to_score, C.score_to_loo, C.denoiser_to_score,
+              C.score_to_denoiser):
         out = f(logr, xt, alpha)
         assert out.dtype == torch.float32
         assert not torch.isnan(out).any() and not torch.isinf(out).any(), f.__name__

@@ -1,7 +1,6 @@
 import pytest
 import torch
 
-from conftest import ALPHAS
 from ddlm import conversions as C
 from ddlm import exact, losses
 from ddlm.schedules import CosineSchedule
@@ -71,8 +70,8 @@ def _minimise(objective, law, xt, alpha, process="udm"):
     def closure():
         opt.zero_grad()
         logits = theta[None].expand(n, -1, -1)
-        l = objective(logits, x0, xt[None].expand(n, -1)).sum(-1)
-        f = (post * l).sum()
+        per_seq = objective(logits, x0, xt[None].expand(n, -1)).sum(-1)
+        f = (post * per_seq).sum()
         f.backward()
         return f
 
@@ -178,10 +177,10 @@ def test_finite_nonnegative_with_finite_gradients(dtype, alpha):
     a = torch.full((8, 1), alpha, dtype=dtype)
     out = _all_losses(logits, x0, xt, noise, a, torch.tensor(-1.0, dtype=dtype), k)
     total = 0
-    for name, l in out.items():
-        assert l.dtype == dtype and l.shape == (8, 16), name
-        assert torch.isfinite(l).all() and (l >= 0).all(), name
-        total = total + l.sum()
+    for name, value in out.items():
+        assert value.dtype == dtype and value.shape == (8, 16), name
+        assert torch.isfinite(value).all() and (value >= 0).all(), name
+        total = total + value.sum()
     total.backward()
     assert torch.isfinite(logits.grad).all()
 

@@ -29,7 +29,7 @@ def test_one_block_overfit(process, output, objective):
     history = []
     steps = 400
     sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda i: 1.0 - i / steps)
-    for step in range(steps):
+    for _ in range(steps):
         t = (torch.rand((), generator=g, dtype=torch.float64) + torch.arange(batch) / batch) % 1.0 * 0.999 + 0.001
         xt, noise = model.process.corrupt(x0, t, generator=g)
         logits = model(xt, t, noise)

@@ -21,7 +21,6 @@ import report_rules as V  # noqa: E402
 import study as S  # noqa: E402
 import study_plan as P  # noqa: E402
 
-
 # ---- (a) the committed report is what the committed results give ------------------------------------
 
 def test_committed_report_matches_results():
@@ -263,7 +262,8 @@ def test_reuse_points_copies_only_identical_points(tmp_path):
     assert [(r["nfe"], r["gen_ppl"]) for r in got] == [("16", "99.0"), ("64", "99.0")]
     assert (tmp_path / "frontier" / "udm-ablation" / "samples" / "a.jsonl").read_text() == '{"text": "x"}\n'
     assert P.missing_points(plain, got, steps, [16, 64], [1.0], 64) == 0
-    assert P.reuse_points(plain, tmp_path, steps, [16, 64, 256], [0.8, 1.0], 64, "smollm2", log.append) == 0  # no duplicates
+    # no duplicates
+    assert P.reuse_points(plain, tmp_path, steps, [16, 64, 256], [0.8, 1.0], 64, "smollm2", log.append) == 0
     assert "2 points copied" in log[0]
 
 
@@ -285,7 +285,7 @@ def test_frontier_stage_runs_only_the_chosen_comparisons(tmp_path, monkeypatch):
 
 def test_best_udm_needs_the_four_bounds(tmp_path):
     (tmp_path / "bound").mkdir()
-    for name, nats in zip(P.UDM_RUNS[:3], (2.3, 2.1, 2.2)):
+    for name, nats in zip(P.UDM_RUNS[:3], (2.3, 2.1, 2.2), strict=False):
         (tmp_path / "bound" / f"{name}.json").write_text(json.dumps({"nats_per_token": nats}))
     with pytest.raises(P.StudyError, match="udm-denoiser-ce.json"):
         P.best_udm_run(tmp_path)

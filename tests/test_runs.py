@@ -6,8 +6,15 @@ import torch
 from ddlm.checkpoint import save_checkpoint
 from ddlm.config import load_config
 from ddlm.runs import (
-    checkpoint_name, export, is_checkpoint_folder, is_run_folder, latest_checkpoint, load, prune_checkpoints,
-    resolve_checkpoint, set_latest,
+    checkpoint_name,
+    export,
+    is_checkpoint_folder,
+    is_run_folder,
+    latest_checkpoint,
+    load,
+    prune_checkpoints,
+    resolve_checkpoint,
+    set_latest,
 )
 from ddlm.train import train
 
@@ -103,7 +110,7 @@ def test_export_writes_a_small_loadable_checkpoint(tmp_path):
     out = export(tmp_path / "e", tmp_path / "ref", description="test", train_minutes=1.5)
     model, proc, _ = load(out)
     ema_model, _, _ = load(tmp_path / "e", ema=True)
-    for p, q in zip(model.state_dict().values(), ema_model.state_dict().values()):
+    for p, q in zip(model.state_dict().values(), ema_model.state_dict().values(), strict=True):
         assert torch.equal(p, q)
     assert not (out / "trainer.safetensors").exists() or (out / "trainer.safetensors").stat().st_size < 10_000
     with pytest.raises(FileExistsError, match="already exists"):
@@ -111,7 +118,7 @@ def test_export_writes_a_small_loadable_checkpoint(tmp_path):
     half = export(tmp_path / "e", tmp_path / "half", dtype="float16")
     assert (half / "model.safetensors").stat().st_size < 0.6 * (out / "model.safetensors").stat().st_size
     model16, _, _ = load(half)
-    for p, q in zip(model16.state_dict().values(), ema_model.state_dict().values()):
+    for p, q in zip(model16.state_dict().values(), ema_model.state_dict().values(), strict=True):
         assert p.dtype == q.dtype and torch.equal(p, q.half().to(q.dtype) if q.is_floating_point() else q)
     with pytest.raises(ValueError, match="dtype must be one of"):
         export(tmp_path / "e", tmp_path / "x", dtype="int8")

@@ -12,9 +12,11 @@ from ddlm.models.diffusion import DiffusionModel
 
 def test_stratified_times_cover_the_unit_interval():
     t = stratified_times(0.3, torch.arange(8), 8, 0.0)
-    assert torch.allclose(torch.sort(t).values, torch.sort((torch.arange(8, dtype=torch.float64) / 8 + 0.3) % 1.0).values)
+    want = (torch.arange(8, dtype=torch.float64) / 8 + 0.3) % 1.0
+    assert torch.allclose(torch.sort(t).values, torch.sort(want).values)
     # ranks and accumulation steps take disjoint strata of one global batch
-    halves = torch.cat([stratified_times(0.3, torch.arange(4), 8, 0.0), stratified_times(0.3, torch.arange(4, 8), 8, 0.0)])
+    halves = torch.cat([stratified_times(0.3, torch.arange(4), 8, 0.0),
+                        stratified_times(0.3, torch.arange(4, 8), 8, 0.0)])
     assert torch.allclose(torch.sort(halves).values, torch.sort(t).values)
 
 

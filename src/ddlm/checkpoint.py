@@ -11,10 +11,11 @@ A checkpoint is a folder::
                           structures with tensors replaced by {"__tensor__": "optimizer/state/0/exp_avg"}
     meta.json             format name and version, step, and each file's name, size and SHA-256
 
-A training run keeps its checkpoints under ``checkpoints/`` in its run folder (``ddlm.runs``). Loading
-reads only JSON and safetensors (never pickle) and verifies every checksum. Saving writes into ``.<name>.tmp-<hex>`` beside the target and renames it into place, so a
-crash leaves the old or the new complete checkpoint at the path; strays are removed by the next save
-into the same parent. Concurrent saves into one parent from several processes are not supported.
+A training run keeps its checkpoints under ``checkpoints/`` in its run folder (``ddlm.runs``). Loading reads
+only JSON and safetensors (never pickle) and verifies every checksum. Saving writes into ``.<name>.tmp-<hex>``
+beside the target and renames it into place, so a crash leaves the old or the new complete checkpoint at the
+path; strays are removed by the next save into the same parent. Concurrent saves into one parent from several
+processes are not supported.
 """
 
 from __future__ import annotations
@@ -345,7 +346,7 @@ def restore_rng(rng: dict) -> None:
         if torch.cuda.is_available():
             torch.cuda.set_rng_state_all(rng["cuda"])
         else:
-            warnings.warn("checkpoint holds CUDA RNG states but CUDA is not available; not restored")
+            warnings.warn("checkpoint holds CUDA RNG states but CUDA is not available; not restored", stacklevel=2)
     if "python" in rng:
         random.setstate(rng["python"])
     if "numpy" in rng:

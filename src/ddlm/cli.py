@@ -43,7 +43,8 @@ def _train(args) -> int:
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="ddlm", description="Discrete diffusion language models.")
     sub = parser.add_subparsers(dest="command", required=True)
-    p = sub.add_parser("demo", help="train the demo model for a few minutes, then sample from it and from the reference")
+    p = sub.add_parser("demo", help="train the demo model for a few minutes, then sample from it and from the "
+                                    "reference")
     p.add_argument("--minutes", type=float, default=4.0, help="training budget in minutes (default 4)")
     p.add_argument("--run-dir", default="runs/demo-mdm", help="where the demo run is written")
     p.set_defaults(func=_demo)
@@ -64,7 +65,8 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("train", help="train a model from a YAML config (resumes the run if it has checkpoints)")
     p.add_argument("config", help="a packaged config name (e.g. demo-mdm) or a YAML file; - for the defaults")
     p.add_argument("overrides", nargs="*", help="key=value overrides, e.g. optim.lr=3e-4 max_steps=500")
-    p.add_argument("--no-resume", action="store_true", help="do not resume: fail if run_dir already has checkpoints (never overwrites them)")
+    p.add_argument("--no-resume", action="store_true",
+                   help="do not resume: fail if run_dir already has checkpoints (never overwrites them)")
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
     p.set_defaults(func=_train)
     from .evaluate import bound, frontier, generate, probe_cli, sudoku

@@ -111,7 +111,7 @@ class TrainConfig:
     device: str = "auto"  # "auto" | "cpu" | "cuda"
     parallel: str = "ddp"  # under torchrun: "ddp" (replicated) or "fsdp" (sharded weights and optimizer state)
 
-    def validate(self) -> "TrainConfig":
+    def validate(self) -> TrainConfig:
         def need(cond, key, value, expected):
             if not cond:
                 raise ValueError(f"config key {key!r} is {value!r}, expected {expected}")

@@ -132,8 +132,8 @@ def train_demo(minutes: float = 4.0, run_dir: str = "runs/demo-mdm", nfe: int = 
 
     ref = load_checkpoint(REFERENCE).metrics
     out(f"\nReference checkpoint shipped with ddlm ({REFERENCE.name}: {ref.get('description', '')}):")
-    from .evaluate.bound import model_bound
     from .data.prepare import prepare_data
+    from .evaluate.bound import model_bound
 
     _, _, val_blocks = prepare_data(cfg, tokenizer)
     bound = model_bound(model, val_blocks, batch_size=32, seed=0, t_min=cfg.t_min)  # every block once

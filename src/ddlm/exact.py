@@ -18,8 +18,8 @@ It is a testing and validation tool: cost grows as K^(2L), keep K^L below a few 
 from __future__ import annotations
 
 import math
+from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Callable
 
 import torch
 from torch import Tensor
@@ -345,7 +345,7 @@ def elbo(
     n0, ns = x0.shape[0], xt.shape[0]
     ts, _, ws = tanh_sinh_nodes(level)
     total = torch.zeros(n0, dtype=_F64)
-    for t, w in zip(ts, ws):
+    for t, w in zip(ts, ws, strict=False):
         alpha = schedule.alpha(t)
         dalpha = schedule.dalpha(t)
         if not 0.0 < float(alpha) < 1.0:

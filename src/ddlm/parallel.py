@@ -88,7 +88,7 @@ class Parallel:
             if any(p.is_meta for p in ema.parameters()):  # an EMA built on the meta device: never unsharded
                 ema.to_empty(device=_device(model))
                 with torch.no_grad():
-                    for pe, pm in zip(ema.parameters(), model.parameters()):
+                    for pe, pm in zip(ema.parameters(), model.parameters(), strict=False):
                         pe.to_local().copy_(pm.to_local())
             self.eval_copy = make_eval_copy() if d.main else None
 

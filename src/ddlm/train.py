@@ -93,7 +93,10 @@ def train(cfg: TrainConfig, resume: bool = True, progress: bool = True, log=prin
     ``stop_at`` ends this invocation (with a checkpoint) after that step, as an interruption would;
     the run's schedule still follows ``cfg.max_steps``.
     """
-    device = "cuda" if cfg.device == "auto" and torch.cuda.is_available() else ("cpu" if cfg.device == "auto" else cfg.device)
+    if cfg.device == "auto":
+        device = "cuda" if torch.cuda.is_available() else "cpu"
+    else:
+        device = cfg.device
     ddp = setup_distributed(device)
     if device == "cuda":
         torch.cuda.set_device(ddp.local_rank)
@@ -163,9 +166,9 @@ def train(cfg: TrainConfig, resume: bool = True, progress: bool = True, log=prin
     metrics_file = run / "metrics.jsonl"
     bar = None
     if progress and ddp.main:
-        from tqdm.auto import tqdm
-
         import sys
+
+        from tqdm.auto import tqdm
 
         # redraw at most every 30 s when the output is a log file rather than a terminal
         bar = tqdm(total=cfg.max_steps, initial=start, desc="training", unit="step",
@@ -206,7 +209,7 @@ def train(cfg: TrainConfig, resume: bool = True, progress: bool = True, log=prin
             scheduler.step()
             with torch.no_grad():  # EMA with warm-up: early averages do not remember the initialisation
                 decay = min(cfg.ema, (1.0 + step) / (10.0 + step))
-                for pe, pm in zip(ema.parameters(), model.parameters()):
+                for pe, pm in zip(ema.parameters(), model.parameters(), strict=False):
                     pe.lerp_(pm, 1.0 - decay)
             step += 1
             tokens_seen += cfg.batch_size * cfg.data.block_size

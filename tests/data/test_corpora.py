@@ -10,7 +10,12 @@ import pytest
 import torch
 
 from ddlm.data.corpora import (
-    DEFAULT_CORPUS_NAME, default_corpus, load_corpus, pack, split_documents, unigram_entropy,
+    DEFAULT_CORPUS_NAME,
+    default_corpus,
+    load_corpus,
+    pack,
+    split_documents,
+    unigram_entropy,
 )
 from ddlm.data.tokenizers import CharTokenizer
 

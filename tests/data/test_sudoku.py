@@ -7,7 +7,13 @@ import pytest
 import torch
 
 from ddlm.data.sudoku import (
-    format_grid, generate, grid_tokens, is_valid_solution, solve, token_grids, violations,
+    format_grid,
+    generate,
+    grid_tokens,
+    is_valid_solution,
+    solve,
+    token_grids,
+    violations,
 )
 from ddlm.data.tokenizers import CharTokenizer
 
@@ -88,7 +94,7 @@ def test_generate_unique_puzzles_with_exact_clues(clues):
     assert is_valid_solution(solutions).all()
     clue = puzzles != 0
     np.testing.assert_array_equal(puzzles[clue], solutions[clue])
-    for p, s in zip(puzzles, solutions):
+    for p, s in zip(puzzles, solutions, strict=False):
         n, sol = solve(p)
         assert n == 1
         np.testing.assert_array_equal(sol, s)

@@ -5,6 +5,7 @@ import math
 
 import pytest
 import torch
+from _eval_runs import TEXT, cli, run_cli, text_run
 
 import ddlm
 from ddlm import exact
@@ -12,8 +13,6 @@ from ddlm.data.corpora import pack
 from ddlm.evaluate import bound
 from ddlm.evaluate.bound import CallableModel, model_bound, nll_bound
 from ddlm.processes import AbsorbingUniformDiffusion, MaskedDiffusion, UniformDiffusion
-
-from _eval_runs import TEXT, cli, run_cli, text_run
 
 SCHEDULE = ddlm.LinearSchedule(eps=0.0)  # alpha_1 = 0: the ELBO has no prior term
 CASES = [(MaskedDiffusion, "denoiser"), (UniformDiffusion, "loo"), (UniformDiffusion, "denoiser"),

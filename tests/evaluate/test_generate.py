@@ -4,14 +4,13 @@ import json
 
 import pytest
 import torch
+from _eval_runs import cli, run_cli, text_run
 
 import ddlm
 from ddlm.evaluate import generate
 from ddlm.evaluate.generate import condition_tokens, parse_infill
 from ddlm.evaluate.options import SamplerSettings, draw
 from ddlm.evaluate.results import load_run, run_info, write_json, write_jsonl
-
-from _eval_runs import cli, run_cli, text_run
 
 
 @pytest.fixture(scope="module")

@@ -11,11 +11,10 @@ import math
 
 import pytest
 import torch
+from _judges import FLUENT, TINY_MAX_LEN, gpt2_hf_tokenizer, make_ar_run, make_smollm2, make_tiny_hf, shuffle_words
 
 from ddlm.evaluate.judge import length_batches, next_token_nll, pad_right, summarize_nlls
 from ddlm.evaluate.judge_loading import load_judge
-
-from _judges import FLUENT, TINY_MAX_LEN, gpt2_hf_tokenizer, make_ar_run, make_smollm2, make_tiny_hf, shuffle_words
 
 
 @pytest.fixture(scope="module")
@@ -100,7 +99,7 @@ def test_gen_ppl_of_own_samples_is_exp_of_mean_direct_nll(tiny_hf, with_bos: boo
     assert judge.bos_id == (50256 if with_bos else None)
     nlls = judge.token_nlls(texts, batch_size=3)
     direct = direct_hf_nlls(model, tok, texts, with_bos)
-    for i, (a, b) in enumerate(zip(nlls, direct)):
+    for i, (a, b) in enumerate(zip(nlls, direct, strict=False)):
         n_tokens = len(tok(texts[i], add_special_tokens=False)["input_ids"])
         assert a.dtype == torch.float64 and a.shape == (max(n_tokens - (0 if with_bos else 1), 0),)
         torch.testing.assert_close(a, b, rtol=0, atol=1e-5)

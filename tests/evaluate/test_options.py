@@ -7,8 +7,14 @@ import torch
 
 import ddlm
 from ddlm.data.tokenizers import CharTokenizer
-from ddlm.evaluate.options import (SamplerSettings, add_sampler_options, batch_seed, draw, settings_from_args,
-                                   time_conditioned)
+from ddlm.evaluate.options import (
+    SamplerSettings,
+    add_sampler_options,
+    batch_seed,
+    draw,
+    settings_from_args,
+    time_conditioned,
+)
 from ddlm.models.ar import ARConfig, ARTransformer
 from ddlm.models.diffusion import DiffusionModel
 
@@ -136,7 +142,8 @@ def test_prompts_are_held_fixed(process):
     ("audm", SamplerSettings(remasking={"kind": "cap"}), "option remasking applies to no AUDM sampler"),
     ("mdm", SamplerSettings(corrector={"sweeps": 1}),
      "option corrector GibbsCorrector supports uniform diffusion only, got process MDM"),
-    ("mdm", SamplerSettings(temperature_on="loo"), r"option temperature_on must be one of \('denoiser',\) for MDM, got 'loo'"),
+    ("mdm", SamplerSettings(temperature_on="loo"),
+     r"option temperature_on must be one of \('denoiser',\) for MDM, got 'loo'"),
     ("mdm", SamplerSettings(sampler="x0"), r"option sampler must be one of \[.*'remdm'\] for MDM, got 'x0'"),
     ("mdm", SamplerSettings(sampler="ancestral", remasking={"kind": "cap"}), "used by sampler 'remdm' only"),
     ("udm", SamplerSettings(sampler="confidence", temperature=0.5), "greedy"),

@@ -60,7 +60,7 @@ def test_denoiser_posing_as_loo_matches_brute_force_all_positions():
     equal the brute-force enumeration with exact.denoiser."""
     states = _states(LAW2, UDM2, nfe=4, n=10)
     res = P.loo_sensitivity(Declared(LAW2, UDM2, "denoiser", "loo"), UDM2, states, positions_per_sequence=3)
-    for (x, t), r in zip(states, res):
+    for (x, t), r in zip(states, res, strict=True):
         alpha = float(UDM2.alpha(torch.tensor(t, dtype=torch.float64)))
         table = torch.tensor([[_brute_tv(LAW2, row, alpha, i, 1 - int(row[i]), "denoiser") for i in range(3)]
                               for row in x], dtype=torch.float64)

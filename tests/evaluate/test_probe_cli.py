@@ -13,7 +13,6 @@ from ddlm.evaluate import probe
 from ddlm.evaluate import probe_cli as P
 from ddlm.train import train
 
-
 # ---- plot and command ---------------------------------------------------------------------------
 
 def test_plot_writes_a_png(tmp_path):

@@ -5,6 +5,7 @@ import json
 import numpy as np
 import pytest
 import torch
+from _eval_runs import cli, run_cli, sudoku_run, text_run
 
 from ddlm.data import sudoku as S
 from ddlm.evaluate import sudoku
@@ -12,8 +13,6 @@ from ddlm.evaluate.bound import CallableModel
 from ddlm.evaluate.options import SamplerSettings
 from ddlm.evaluate.results import LoadedRun, load_run
 from ddlm.evaluate.sudoku import evaluate_sudoku, sudoku_metrics
-
-from _eval_runs import cli, run_cli, sudoku_run, text_run
 
 # a valid solution, by the pattern (3 (r mod 3) + r // 3 + c) mod 9 + 1
 SOLUTION = np.array([[(3 * (r % 3) + r // 3 + c) % 9 + 1 for c in range(9)] for r in range(9)]).reshape(81)
@@ -74,18 +73,19 @@ def test_solving_with_a_perfect_model_is_exact():
 def test_end_to_end_on_a_tiny_run(mdm_run):
     r = evaluate_sudoku(mdm_run, SamplerSettings(nfe=8, seed=1), num_puzzles=6, clues=30, batch_size=4)
     assert r["clues_preserved"] and len(r["predictions"]) == 6
-    for puzzle, pred, sol in zip(r["puzzles"], r["predictions"], r["solutions"]):
+    for puzzle, pred, sol in zip(r["puzzles"], r["predictions"], r["solutions"], strict=False):
         assert sum(c != "." for c in puzzle) == 30
-        assert all(p == "." or p == q for p, q in zip(puzzle, pred))  # every clue cell kept its digit
-        assert all(p == "." or p == s for p, s in zip(puzzle, sol))
+        assert all(p == "." or p == q for p, q in zip(puzzle, pred, strict=False))  # every clue cell kept its digit
+        assert all(p == "." or p == s for p, s in zip(puzzle, sol, strict=False))
     # the metrics agree with a direct recount from the stored grids
-    exact = [p == s for p, s in zip(r["predictions"], r["solutions"])]
+    exact = [p == s for p, s in zip(r["predictions"], r["solutions"], strict=False)]
     assert r["num_exact"] == sum(exact) and r["accuracy"] == pytest.approx(sum(exact) / 6)
     viol = [int(S.violations(np.array([int(c) for c in p]))) if "." not in p else None for p in r["predictions"]]
-    assert all(v is None or v == w for v, w in zip(viol, r["violations"]))
+    assert all(v is None or v == w for v, w in zip(viol, r["violations"], strict=False))
     assert r["mean_violations"] == pytest.approx(np.mean(r["violations"]))
     assert r["num_solved"] == sum(v == 0 for v in r["violations"])
-    cells = sum(a == b for p, s in zip(r["predictions"], r["solutions"]) for a, b in zip(p, s))
+    cells = sum(a == b for p, s in zip(r["predictions"], r["solutions"], strict=True)
+                for a, b in zip(p, s, strict=True))
     assert r["cell_accuracy"] == pytest.approx(cells / (6 * 81))
     # test puzzles are not training or validation grids
     from ddlm.data.prepare import prepare_data

@@ -5,7 +5,8 @@ import ddlm
 from ddlm.models.diffusion import DiffusionModel
 
 
-@pytest.mark.parametrize("process,output", [("mdm", "denoiser"), ("udm", "loo"), ("udm", "denoiser"), ("audm", "posterior")])
+@pytest.mark.parametrize("process,output",
+                         [("mdm", "denoiser"), ("udm", "loo"), ("udm", "denoiser"), ("audm", "posterior")])
 def test_build_forward_and_sample(process, output):
     torch.manual_seed(0)
     m = DiffusionModel.build(process, 7, 16, preset="tiny", output=output, hidden=32, blocks=1, heads=2)

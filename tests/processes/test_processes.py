@@ -109,7 +109,8 @@ def test_bad_inputs():
     with pytest.raises(ValueError, match="t has shape"):
         p.corrupt(torch.zeros(2, 3, dtype=torch.long), torch.tensor([0.1, 0.2, 0.3, 0.4]))
     with pytest.raises(ValueError, match="noise has shape"):
-        AbsorbingUniformDiffusion(4).corrupt(torch.zeros(2, 3, dtype=torch.long), 0.5, noise=torch.zeros(2, 2, dtype=torch.long))
+        AbsorbingUniformDiffusion(4).corrupt(torch.zeros(2, 3, dtype=torch.long), 0.5,
+                                             noise=torch.zeros(2, 2, dtype=torch.long))
     with pytest.raises(ValueError, match="process must be one of"):
         get_process("sedd", 4)
     with pytest.raises(ValueError, match="noise must be None for UDM"):
@@ -143,7 +144,8 @@ def test_resolve_prediction():
 
     assert p.resolve_prediction(Declares()) == "denoiser"
     assert p.resolve_prediction(Declares(), "denoiser") == "denoiser"
-    with pytest.raises(ValueError, match="prediction='loo' contradicts the model, which declares model.prediction = 'denoiser'"):
+    with pytest.raises(ValueError,
+                       match="prediction='loo' contradicts the model, which declares model.prediction = 'denoiser'"):
         p.resolve_prediction(Declares(), "loo")
     assert p.resolve_prediction(lambda xt, t: None) == "loo"  # a bare callable: the documented default
     assert p.resolve_prediction(lambda xt, t: None, "denoiser") == "denoiser"

@@ -71,7 +71,8 @@ def test_selection_rules_pick_the_intended_positions():
         return int(c.select(c.scores(x, r, 0.8), allowed, g).nonzero()[0, 1])
 
     assert pick("lowest_maxprob") == 1  # flattest conditional
-    assert pick("lowest_current_prob") == 2  # current token 2 has r = 0.10 (and 0.05 at position 3 is token 2, not current)
+    # current token 2 has r = 0.10 (and 0.05 at position 3 is token 2, not current)
+    assert pick("lowest_current_prob") == 2
     # log-margin: pos0 +, pos1 ~0, pos2 very negative, pos3 (token 1: 0.45 vs best other 0.50) slightly negative
     assert pick("lowest_log_margin") == 2
     # prompt positions are never selected

@@ -15,7 +15,8 @@ M = 200_000
 
 def _empirical(tokens, k):
     """(L, k) per-position frequencies of (M, L) tokens."""
-    return torch.stack([torch.bincount(tokens[:, i], minlength=k) for i in range(tokens.shape[1])]).double() / tokens.shape[0]
+    counts = torch.stack([torch.bincount(tokens[:, i], minlength=k) for i in range(tokens.shape[1])])
+    return counts.double() / tokens.shape[0]
 
 
 def test_categorical_is_exact_for_tiny_probabilities():
@@ -120,7 +121,8 @@ def test_max_coupling_step():
     at, as_ = 0.3, 0.65
     xs = K.max_coupling(x, logd, at, as_, torch.Generator().manual_seed(0))
     stay = (1 - as_) / (1 - at)
-    want = torch.tensor([0.2, 0.5, 0.3], dtype=torch.float64) * (1 - stay) + torch.tensor([0, 0, stay], dtype=torch.float64)
+    want = (torch.tensor([0.2, 0.5, 0.3], dtype=torch.float64) * (1 - stay)
+            + torch.tensor([0, 0, stay], dtype=torch.float64))
     assert torch.allclose(_empirical(xs, 3)[0], want, atol=4e-3)
 
 
@@ -162,7 +164,8 @@ def test_remasking_schedules():
     assert bool((a[1:] >= a[:-1] - 1e-12).all())  # alpha never decreases along the sampling grid
     inside = (ts > 0.05) & (ts <= 0.55)
     assert torch.allclose(a[inside], torch.full_like(a[inside], 0.9))
-    assert a[-1].item() == pytest.approx(1.0) and a[0].item() == pytest.approx(sched.alpha(torch.tensor(1.0, dtype=torch.float64)).item())
+    assert a[-1].item() == pytest.approx(1.0)
+    assert a[0].item() == pytest.approx(sched.alpha(torch.tensor(1.0, dtype=torch.float64)).item())
     assert loop.sigma(0.3, 0.9, 0.9) == pytest.approx(0.02) and loop.sigma(0.8, 0.5, 0.6) == 0.0
     with pytest.raises(ValueError, match="kind must be one of"):
         RemaskingSchedule("linear")
@@ -206,9 +209,9 @@ def test_tau_leaping_converges_to_the_law_and_is_not_exact_at_few_steps():
 def test_tau_leaping_step_probabilities_match_the_rates():
     """One step from a fixed state: the empirical jump law equals c xbar(y) for y != x."""
     from ddlm.processes import State
+    from ddlm.sampling.prediction import Prediction
     from ddlm.sampling.registry import Step
     from ddlm.sampling.tau_leaping import tau_leaping
-    from ddlm.sampling.prediction import Prediction
 
     k, n = 4, 200_000
     at, as_ = 0.5, 0.55
@@ -216,7 +219,8 @@ def test_tau_leaping_step_probabilities_match_the_rates():
     x = torch.full((n, 1), 2)
     pred = Prediction(logr.expand(n, 1, k).clone(), x)
     g = torch.Generator().manual_seed(0)
-    out = tau_leaping(State(x), pred, Step(t=0.5, alpha_t=at, alpha_s=as_, free=torch.ones_like(x, dtype=torch.bool)), g)
+    step = Step(t=0.5, alpha_t=at, alpha_s=as_, free=torch.ones_like(x, dtype=torch.bool))
+    out = tau_leaping(State(x), pred, step, g)
     emp = torch.bincount(out.xt.flatten(), minlength=k).double() / n
     r = logr.exp()
     xbar = k * at * r + 1 - at

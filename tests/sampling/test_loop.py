@@ -89,7 +89,8 @@ def test_time_unconditioned_mdm_caches_unchanged_inputs():
 def test_extra_output_columns_are_ignored():
     proc, pred = PROCS["udm"]
     base = exact.model(LAW, proc, pred)
-    padded = lambda xt, t: torch.cat([base(xt, t), torch.full((*xt.shape, 5), 50.0, dtype=torch.float64)], -1)
+    def padded(xt, t):
+        return torch.cat([base(xt, t), torch.full((*xt.shape, 5), 50.0, dtype=torch.float64)], -1)
     assert torch.equal(_run("udm", model=padded), _run("udm"))
 
 
@@ -100,7 +101,8 @@ def test_temperature_on_loo_and_on_denoiser():
     logd = exact.denoiser(LAW, x, 0.4)
     T = 0.5
     # temperature on the LOO, consumed as LOO
-    assert torch.allclose(_view(logd, x, 0.4, "denoiser", "loo", T, "loo", 1.0).log_probs(), (logr / T).log_softmax(-1), atol=1e-12)
+    got = _view(logd, x, 0.4, "denoiser", "loo", T, "loo", 1.0).log_probs()
+    assert torch.allclose(got, (logr / T).log_softmax(-1), atol=1e-12)
     # temperature on the denoiser, consumed as LOO: temper d, then convert
     want = C.denoiser_to_loo((logd / T).log_softmax(-1), x, 0.4)
     got = _view(logr, x, 0.4, "loo", "loo", T, "denoiser", 1.0).log_probs()
@@ -167,15 +169,19 @@ def test_bad_model_prompt_and_corrector():
     proc, pred = PROCS["mdm"]
     with pytest.raises(ValueError, match="corrector GibbsCorrector supports uniform diffusion only, got process MDM"):
         ddlm.sample(exact.model(LAW, proc), proc, 4, 4, 4, corrector=ddlm.GibbsCorrector())
-    bad = lambda xt, t: torch.zeros(xt.shape[0], xt.shape[1], 2)
-    with pytest.raises(ValueError, match=r"model output has shape \(4, 4, 2\), expected logits of shape \(4, 4, V\) with V >= K = 3"):
+    def bad(xt, t):
+        return torch.zeros(xt.shape[0], xt.shape[1], 2)
+    msg = r"model output has shape \(4, 4, 2\), expected logits of shape \(4, 4, V\) with V >= K = 3"
+    with pytest.raises(ValueError, match=msg):
         ddlm.sample(bad, proc, 4, 4, 4)
-    wrong_len = lambda xt, t: torch.zeros(xt.shape[0], 5, 3)
+    def wrong_len(xt, t):
+        return torch.zeros(xt.shape[0], 5, 3)
     with pytest.raises(ValueError, match="model output has shape"):
         ddlm.sample(wrong_len, proc, 4, 4, 4)
     model = exact.model(LAW, proc)
     with pytest.raises(ValueError, match=r"prompt has shape \(4, 3\), expected \(num_samples, length\) = \(4, 4\)"):
-        ddlm.sample(model, proc, 4, 4, 4, prompt=torch.zeros(4, 3, dtype=torch.long), prompt_mask=torch.ones(4, 3, dtype=torch.bool))
+        ddlm.sample(model, proc, 4, 4, 4, prompt=torch.zeros(4, 3, dtype=torch.long),
+                    prompt_mask=torch.ones(4, 3, dtype=torch.bool))
     with pytest.raises(ValueError, match=r"prompt holds token id 3, expected ids in \[0, 2\]"):
         ddlm.sample(model, proc, 4, 4, 4, prompt=torch.full((4, 4), 3), prompt_mask=torch.ones(4, 4, dtype=torch.bool))
     with pytest.raises(ValueError, match="prompt and prompt_mask must be given together"):

@@ -22,7 +22,8 @@ def build_tokenizer(spec: str, text: str):
     if spec == "gpt2":
         return BPETokenizer.gpt2()
     if not Path(spec).is_file():
-        raise ValueError(f"config key 'data.tokenizer' is {spec!r}, expected 'char', 'gpt2' or an existing tokenizers JSON file")
+        raise ValueError(f"config key 'data.tokenizer' is {spec!r}, expected 'char', 'gpt2' or an existing "
+                         "tokenizers JSON file")
     return BPETokenizer.from_file(spec)
 
 

@@ -61,7 +61,8 @@ class CallableModel(nn.Module):
 
 def _check_blocks(blocks: Tensor, vocab_size: int | None) -> None:
     if not isinstance(blocks, Tensor) or blocks.dim() != 2 or blocks.dtype != torch.long or blocks.numel() == 0:
-        got = f"shape {tuple(blocks.shape)} dtype {blocks.dtype}" if isinstance(blocks, Tensor) else type(blocks).__name__
+        got = (f"shape {tuple(blocks.shape)} dtype {blocks.dtype}" if isinstance(blocks, Tensor)
+               else type(blocks).__name__)
         raise ValueError(f"blocks must be a non-empty (N, L) int64 tensor, got {got}")
     if vocab_size is not None:
         check_tokens("blocks", blocks, vocab_size)
@@ -151,7 +152,8 @@ def corpus_blocks(source: str | os.PathLike, tokenizer, block_size: int) -> tupl
         try:
             ids.append(tokenizer.encode(d))
         except ValueError as e:
-            raise ValueError(f"corpus {str(source)!r}, document {i}: the run's tokenizer cannot encode it: {e}") from None
+            raise ValueError(f"corpus {str(source)!r}, document {i}: the run's tokenizer cannot encode it: "
+                             f"{e}") from None
     blocks = pack(ids, block_size, tokenizer.bos_id, tokenizer.eos_id)
     if blocks.shape[0] == 0:
         total = sum(len(x) + 2 for x in ids)

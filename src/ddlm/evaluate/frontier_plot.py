@@ -77,18 +77,19 @@ def plot_frontier(rows: list[dict], path: str | os.PathLike, title: str | None =
     fig, axes = plt.subplots(1, len(nfes), figsize=(5.2 * len(nfes) + 1, 5.2), sharey=True, squeeze=False)
     colours = {name: f"C{i % 10}" for i, name in enumerate(sorted({_without_nfe(n) for n in all_curves}))}
     handles = {}
-    for ax, nfe in zip(axes[0], nfes):
+    for ax, nfe in zip(axes[0], nfes, strict=False):
         for name, curve in all_curves.items():
             if curve[0]["nfe"] and int(curve[0]["nfe"]) != nfe:
                 continue
             xs = [float(r["entropy"]) for r in curve]
             ys = [float(r["gen_ppl"]) for r in curve]
             se = [float(r["mean_nll_se"]) if r.get("mean_nll_se") else 0.0 for r in curve]
-            err = [[y - y * math.exp(-e) for y, e in zip(ys, se)], [y * math.exp(e) - y for y, e in zip(ys, se)]]
+            err = [[y - y * math.exp(-e) for y, e in zip(ys, se, strict=True)],
+                   [y * math.exp(e) - y for y, e in zip(ys, se, strict=True)]]
             colour = colours[_without_nfe(name)]
             handles[_without_nfe(name)] = ax.errorbar(xs, ys, yerr=err, marker="o", ms=4, capsize=2, lw=1.2,
                                                       color=colour)
-            for r, x, y in zip(curve, xs, ys):
+            for r, x, y in zip(curve, xs, ys, strict=False):
                 tag = "T" if r["_varying"] == "temperature" else "p"
                 ax.annotate(f"{tag}={float(r[r['_varying']]):g}", (x, y), textcoords="offset points",
                             xytext=(4, 3), fontsize=6, color=colour)

@@ -133,7 +133,7 @@ def generate_samples(run, settings: SamplerSettings, *, num_samples: int = 4, le
         if p is not None and not bool((x[:, m] == p[m]).all()):
             raise RuntimeError("a fixed prompt token changed during sampling (a bug in the sampler)")
         n_prefix = int(m.sum()) if prompt is not None else None
-        for i, row in enumerate(x.tolist()):
+        for row in x.tolist():
             records.append({
                 "index": len(records), "condition": None if p is None else j, "prompt": prompt, "infill": infill,
                 "text": tok.decode(row), "completion": tok.decode(row[n_prefix:]) if n_prefix is not None else None,

@@ -114,7 +114,7 @@ class SamplerSettings:
         return dataclasses.asdict(self)
 
     @classmethod
-    def from_dict(cls, d: dict) -> "SamplerSettings":
+    def from_dict(cls, d: dict) -> SamplerSettings:
         """Settings from :meth:`to_dict` output (missing keys take the defaults).
 
         Raises:

@@ -11,7 +11,6 @@ from pathlib import Path
 from ..processes import REGISTRY, UniformDiffusion
 from .probe import _WHY_UDM, _check_udm, probe
 
-
 # ---- plot --------------------------------------------------------------------------------------
 
 def _curves(results) -> dict[str, list[dict]]:
@@ -63,7 +62,8 @@ def plot_probe(results: list[dict] | dict[str, list[dict]], path: str | Path) ->
             (line,) = ax.plot(t, mean, marker=".", label=label or None)
             se = [s.get("se_tv") for s in states]
             if all(v is not None for v in se):
-                ax.fill_between(t, [m - v for m, v in zip(mean, se)], [m + v for m, v in zip(mean, se)],
+                ax.fill_between(t, [m - v for m, v in zip(mean, se, strict=True)],
+                                [m + v for m, v in zip(mean, se, strict=True)],
                                 color=line.get_color(), alpha=0.25, linewidth=0)
         ax.set_xlim(1.0, 0.0)  # sampling runs from t = 1 to t = 0
         ax.set_xlabel("t (sampling runs left to right, from t = 1 to t = 0)")

@@ -19,6 +19,7 @@ import numpy as np
 from ..data import sudoku as S
 from .options import SamplerSettings, add_sampler_options, draw, resolve_sampler, settings_from_args
 
+
 def _grids(name: str, a, lo: int) -> np.ndarray:
     """(N, 81) digits in [lo, 9] (``ddlm.data.sudoku.as_grids``, one grid per row)."""
     g = S.as_grids(name, a, lo)

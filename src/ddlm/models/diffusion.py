@@ -44,7 +44,7 @@ class DiffusionModel(nn.Module):
     @classmethod
     def build(cls, process_name: str, vocab_size: int, max_len: int, *, preset: str = "tiny",
               output: str | None = None, schedule: str = "linear", eps: float = 1e-3,
-              time_conditioning: bool = True, backbone: str = "dit", **overrides) -> "DiffusionModel":
+              time_conditioning: bool = True, backbone: str = "dit", **overrides) -> DiffusionModel:
         """Process + backbone preset in one call (``overrides`` replace the backbone's config fields;
         ``backbone`` names an entry of ``ddlm.models.backbones.BACKBONES``)."""
         process = get_process(process_name, vocab_size, get_schedule(schedule, eps=eps))

@@ -9,8 +9,17 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from ._layers import (Block, TimeEmbedding, check_token_batch, check_trunk_config, count_parameters,
-                      init_weights, modulate, preset_dims, rotary)
+from ._layers import (
+    Block,
+    TimeEmbedding,
+    check_token_batch,
+    check_trunk_config,
+    count_parameters,
+    init_weights,
+    modulate,
+    preset_dims,
+    rotary,
+)
 
 
 @dataclass(kw_only=True)

@@ -2,7 +2,8 @@
 
 Each kernel is a pure function of the current state, the prediction it consumes (a lazy
 ``Prediction`` view of the network output, or a (B, L, K) tensor of log-probabilities over the K
-data tokens), alpha_t, alpha_s and a ``torch.Generator``; it returns the new state. Tokens are updated independently given the prediction (factorised steps).
+data tokens), alpha_t, alpha_s and a ``torch.Generator``; it returns the new state. Tokens are updated
+independently given the prediction (factorised steps).
 
 Draws are exact in float64 but cheap: every kernel is a mixture of "stay", "uniform token" and
 "draw from the prediction"; the component is chosen per position with one float64 uniform, and
@@ -18,7 +19,6 @@ from torch import Tensor
 from ..processes import AbsorbingUniformDiffusion, MaskedDiffusion, State, UniformDiffusion
 from .prediction import Prediction
 from .registry import Step, register_kernel
-
 
 # ---- exact draws -------------------------------------------------------------------------------
 

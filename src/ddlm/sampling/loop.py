@@ -107,7 +107,8 @@ class _Model:
         if not isinstance(out, Tensor) or out.dim() != 3 or tuple(out.shape[:2]) != want or out.shape[-1] < self.k:
             got = tuple(out.shape) if isinstance(out, Tensor) else type(out).__name__
             raise ValueError(
-                f"model output has shape {got}, expected logits of shape ({want[0]}, {want[1]}, V) with V >= K = {self.k}"
+                f"model output has shape {got}, expected logits of shape ({want[0]}, {want[1]}, V) "
+                f"with V >= K = {self.k}"
             )
         logp = out[..., : self.k]  # raw logits of the data tokens; normalised lazily by Prediction
         if rows is not None:

@@ -79,16 +79,16 @@ class Prediction:
         self._rest = _rest
 
     @classmethod
-    def from_logp(cls, logp: Tensor, x: Tensor) -> "Prediction":
+    def from_logp(cls, logp: Tensor, x: Tensor) -> Prediction:
         """Wrap full log-probabilities (or logits) (B, L, K)."""
         return cls(logp, x)
 
     # -- derived views (O(B L)) --------------------------------------------------------------------
-    def _with(self, offset: Tensor, temperature: float) -> "Prediction":
+    def _with(self, offset: Tensor, temperature: float) -> Prediction:
         rest = self._rest if temperature == self.temperature else None
         return Prediction(self.logits, self.x, offset, temperature, rest)
 
-    def convert(self, source: str, target: str, alpha: float) -> "Prediction":
+    def convert(self, source: str, target: str, alpha: float) -> Prediction:
         """Denoiser <-> LOO at alpha: move the self-evidence delta_t at the current token."""
         if source == target:
             return self
@@ -99,7 +99,7 @@ class Prediction:
         offset = self.c + sign * self.temperature * delta
         return self._with(torch.where(self.x < self.k, offset, self.c), self.temperature)
 
-    def temper(self, temperature: float) -> "Prediction":
+    def temper(self, temperature: float) -> Prediction:
         """p^(1/T'), renormalised."""
         return self if temperature == 1.0 else self._with(self.c, self.temperature * temperature)
 
@@ -121,8 +121,8 @@ class Prediction:
     def log_prob_at(self, tokens: Tensor) -> Tensor:
         """log p(tokens) per position, float64 (B, L)."""
         ti = tokens.clamp(max=self.k - 1)
-        l = self.logits.gather(-1, ti.unsqueeze(-1)).squeeze(-1).double()
-        s = (l + torch.where(ti == self.xi, self.c, torch.zeros_like(self.c))) / self.temperature
+        own = self.logits.gather(-1, ti.unsqueeze(-1)).squeeze(-1).double()
+        s = (own + torch.where(ti == self.xi, self.c, torch.zeros_like(self.c))) / self.temperature
         return s - self.log_z()
 
     def top2(self):

@@ -13,8 +13,8 @@ so registering a kernel is all it takes to make it available everywhere (docs/ex
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Callable
 
 from torch import Tensor
 
