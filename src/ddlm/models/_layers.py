@@ -66,6 +66,36 @@ def apply_rotary(x: Tensor, cos: Tensor, sin: Tensor) -> Tensor:
     return (x.float() * cos + torch.cat([-x2, x1], dim=-1) * sin).to(x.dtype)
 
 
+def embed_diffusion_inputs(net: nn.Module, xt: Tensor, sigma: Tensor, noise: Tensor | None) -> tuple[Tensor, Tensor]:
+    """Check a diffusion backbone's inputs and embed them: (h (B, L, hidden), sigma to condition on).
+
+    ``net`` has ``config`` (``vocab_size``, ``output_size``, ``max_len``, ``audm``, ``time_conditioning``),
+    ``embed`` and, when ``config.audm``, ``noise_embed`` and ``active_embed``. The AUDM state adds the
+    noise tokens' embedding and whether each position is active (x_t == u); sigma is zeroed when the
+    backbone is not time-conditioned. ValueError naming the argument on malformed inputs.
+    """
+    cfg = net.config
+    batch, _ = check_token_batch("xt", xt, cfg.vocab_size, cfg.max_len)
+    if not isinstance(sigma, Tensor) or sigma.shape != (batch,) or not sigma.is_floating_point():
+        got = f"dtype {sigma.dtype}, shape {tuple(sigma.shape)}" if isinstance(sigma, Tensor) else type(sigma)
+        raise ValueError(f"sigma must be a floating tensor of shape ({batch},) matching xt; got {got}")
+    h = net.embed(xt)
+    if cfg.audm:
+        if noise is None:
+            raise ValueError("noise must be given (B, L) int64 ids when config.audm=True; got None")
+        check_token_batch("noise", noise, cfg.output_size)
+        if noise.shape != xt.shape:
+            raise ValueError(f"noise shape {tuple(noise.shape)} must equal xt shape {tuple(xt.shape)}")
+        h = h + net.noise_embed(noise) + net.active_embed((xt == noise).long())
+    elif noise is not None:
+        raise ValueError("noise was given but config.audm=False; pass noise=None")
+    if not cfg.time_conditioning:
+        sigma = torch.zeros_like(sigma)
+    elif not torch.isfinite(sigma).all():
+        raise ValueError(f"sigma must be finite when time_conditioning=True; got {sigma.tolist()}")
+    return h, sigma
+
+
 def modulate(x: Tensor, shift: Tensor, scale: Tensor) -> Tensor:
     """adaLN modulation ``x * (1 + scale) + shift`` (shift/scale broadcast over positions)."""
     return x * (1 + scale) + shift

@@ -12,11 +12,10 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any
 
-import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from ._layers import MLP, TimeEmbedding, check_token_batch, count_parameters, init_weights, modulate, preset_dims
+from ._layers import MLP, TimeEmbedding, count_parameters, embed_diffusion_inputs, init_weights, modulate, preset_dims
 
 
 @dataclass(kw_only=True)
@@ -117,25 +116,7 @@ class ConvDenoiser(nn.Module):
 
     def forward(self, xt: Tensor, sigma: Tensor, noise: Tensor | None = None) -> Tensor:
         """Float32 logits (B, L, output_size); arguments and errors as for ``DiT.forward``."""
-        cfg = self.config
-        batch, _ = check_token_batch("xt", xt, cfg.vocab_size, cfg.max_len)
-        if not isinstance(sigma, Tensor) or sigma.shape != (batch,) or not sigma.is_floating_point():
-            got = f"dtype {sigma.dtype}, shape {tuple(sigma.shape)}" if isinstance(sigma, Tensor) else type(sigma)
-            raise ValueError(f"sigma must be a floating tensor of shape ({batch},) matching xt; got {got}")
-        h = self.embed(xt)
-        if cfg.audm:
-            if noise is None:
-                raise ValueError("noise must be given (B, L) int64 ids when config.audm=True; got None")
-            check_token_batch("noise", noise, cfg.output_size)
-            if noise.shape != xt.shape:
-                raise ValueError(f"noise shape {tuple(noise.shape)} must equal xt shape {tuple(xt.shape)}")
-            h = h + self.noise_embed(noise) + self.active_embed((xt == noise).long())
-        elif noise is not None:
-            raise ValueError("noise was given but config.audm=False; pass noise=None")
-        if not cfg.time_conditioning:
-            sigma = torch.zeros_like(sigma)
-        elif not torch.isfinite(sigma).all():
-            raise ValueError(f"sigma must be finite when time_conditioning=True; got {sigma.tolist()}")
+        h, sigma = embed_diffusion_inputs(self, xt, sigma, noise)
         c = F.silu(self.time_embed(sigma))
         for block in self.blocks:
             h = block(h, c)

@@ -5,16 +5,15 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any
 
-import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
 from ._layers import (
     Block,
     TimeEmbedding,
-    check_token_batch,
     check_trunk_config,
     count_parameters,
+    embed_diffusion_inputs,
     init_weights,
     modulate,
     preset_dims,
@@ -114,25 +113,8 @@ class DiT(nn.Module):
             ValueError: On malformed inputs; the message names the argument.
         """
         cfg = self.config
-        batch, length = check_token_batch("xt", xt, cfg.vocab_size, cfg.max_len)
-        if not isinstance(sigma, Tensor) or sigma.shape != (batch,) or not sigma.is_floating_point():
-            got = f"dtype {sigma.dtype}, shape {tuple(sigma.shape)}" if isinstance(sigma, Tensor) else type(sigma)
-            raise ValueError(f"sigma must be a floating tensor of shape ({batch},) matching xt; got {got}")
-        h = self.embed(xt)
-        if cfg.audm:
-            if noise is None:
-                raise ValueError("noise must be given (B, L) int64 ids when config.audm=True; got None")
-            check_token_batch("noise", noise, cfg.output_size)
-            if noise.shape != xt.shape:
-                raise ValueError(f"noise shape {tuple(noise.shape)} must equal xt shape {tuple(xt.shape)}")
-            h = h + self.noise_embed(noise) + self.active_embed((xt == noise).long())
-        elif noise is not None:
-            raise ValueError("noise was given but config.audm=False; pass noise=None")
-        if cfg.time_conditioning:
-            if not torch.isfinite(sigma).all():
-                raise ValueError(f"sigma must be finite when time_conditioning=True; got {sigma.tolist()}")
-        else:
-            sigma = torch.zeros_like(sigma)
+        h, sigma = embed_diffusion_inputs(self, xt, sigma, noise)
+        length = xt.shape[1]
         c = F.silu(self.time_embed(sigma))
         cos, sin = rotary(length, cfg.hidden // cfg.heads, xt.device)
         for block in self.blocks:
