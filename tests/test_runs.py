@@ -6,8 +6,15 @@ import torch
 from ddlm.checkpoint import save_checkpoint
 from ddlm.config import load_config
 from ddlm.runs import (
-    checkpoint_name, export, is_checkpoint_folder, is_run_folder, latest_checkpoint, load, prune_checkpoints,
-    resolve_checkpoint, set_latest,
+    checkpoint_name,
+    export,
+    is_checkpoint_folder,
+    is_run_folder,
+    latest_checkpoint,
+    load,
+    prune_checkpoints,
+    resolve_checkpoint,
+    set_latest,
 )
 from ddlm.train import train
 
@@ -26,21 +33,31 @@ def make_steps(run, steps):
 
 
 def test_latest_checkpoint(tmp_path):
+    """The latest is what checkpoints/latest names (else the highest step folder), never silently an
+    older one: a damaged latest is for the loaders to report."""
+    from ddlm.checkpoint import CheckpointError
+
     run = tmp_path / "run"
     assert latest_checkpoint(run) is None
     s1, s2, s3 = make_steps(run, [1, 2, 30])
     assert checkpoint_name(30) == "step_000030" and checkpoint_name(1234567) == "step_1234567"
     (run / "checkpoints" / ".step_000099.tmp-0123456789abcdef").mkdir()
-    (run / "checkpoints" / "step_000050").mkdir()  # incomplete: no meta.json
-    assert latest_checkpoint(run) == s3  # no latest file: highest complete step
+    assert latest_checkpoint(run) == s3  # no latest file: the highest step
     set_latest(run, s2)
     assert (run / "checkpoints" / "latest").read_text().strip() == "step_000002"
     assert latest_checkpoint(run) == s2
     (run / "checkpoints" / "latest").write_text("step_000007\n")  # names a missing folder
-    assert latest_checkpoint(run) == s3
+    with pytest.raises(CheckpointError, match="latest names step_000007, which does not exist"):
+        latest_checkpoint(run)
+    (run / "checkpoints" / "latest").write_text("../../etc\n")
+    with pytest.raises(CheckpointError, match="does not hold the name of a step_N checkpoint folder"):
+        latest_checkpoint(run)
     set_latest(run, s3)
-    (s3 / "model.safetensors").unlink()  # latest now names an incomplete folder
-    assert latest_checkpoint(run) == s2
+    (s3 / "model.safetensors").unlink()  # latest now names an incomplete folder: still the latest
+    assert latest_checkpoint(run) == s3
+    (run / "checkpoints" / "latest").unlink()
+    (run / "checkpoints" / "step_000050").mkdir()  # incomplete (no meta.json), but the highest
+    assert latest_checkpoint(run) == run / "checkpoints" / "step_000050"
     with pytest.raises(ValueError):
         set_latest(run, run / "checkpoints" / "step_000050")
 
@@ -103,7 +120,7 @@ def test_export_writes_a_small_loadable_checkpoint(tmp_path):
     out = export(tmp_path / "e", tmp_path / "ref", description="test", train_minutes=1.5)
     model, proc, _ = load(out)
     ema_model, _, _ = load(tmp_path / "e", ema=True)
-    for p, q in zip(model.state_dict().values(), ema_model.state_dict().values()):
+    for p, q in zip(model.state_dict().values(), ema_model.state_dict().values(), strict=True):
         assert torch.equal(p, q)
     assert not (out / "trainer.safetensors").exists() or (out / "trainer.safetensors").stat().st_size < 10_000
     with pytest.raises(FileExistsError, match="already exists"):
@@ -111,7 +128,7 @@ def test_export_writes_a_small_loadable_checkpoint(tmp_path):
     half = export(tmp_path / "e", tmp_path / "half", dtype="float16")
     assert (half / "model.safetensors").stat().st_size < 0.6 * (out / "model.safetensors").stat().st_size
     model16, _, _ = load(half)
-    for p, q in zip(model16.state_dict().values(), ema_model.state_dict().values()):
+    for p, q in zip(model16.state_dict().values(), ema_model.state_dict().values(), strict=True):
         assert p.dtype == q.dtype and torch.equal(p, q.half().to(q.dtype) if q.is_floating_point() else q)
     with pytest.raises(ValueError, match="dtype must be one of"):
         export(tmp_path / "e", tmp_path / "x", dtype="int8")

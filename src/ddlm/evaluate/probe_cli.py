@@ -115,6 +115,9 @@ def _command(args) -> int:
     if json_path.exists() and not args.overwrite:  # fail before any work; write_json re-checks atomically
         raise FileExistsError(f"result file {str(json_path)!r} already exists; choose another --out or pass "
                               "--overwrite")
+    from .._io import check_writable
+
+    check_writable(out, "--out folder")
     loaded = [(run, *_load_udm_run(run, args.device)) for run in args.runs]  # every run is checked before any is probed
     records = []
     for run, model, process, info in loaded:
