@@ -176,3 +176,30 @@ def acquire(run_dir: str | os.PathLike, log=print) -> RunLock:
 def _in_use(run_dir: Path, path: Path, holder: dict | None) -> str:
     return (f"run_dir {str(run_dir)!r} is in use by another training ({_describe(holder)}); wait for it to "
             f"finish or stop it, or choose another run_dir; if no training is using the folder, delete {path}")
+
+
+def acquire_on_rank0(run_dir: str | os.PathLike, d, log=print, then=None) -> RunLock | None:
+    """:func:`acquire` for a training of ``d.world`` processes (a ``ddlm.parallel.Dist``): rank 0 takes
+    the lock (and calls ``then()`` while holding it), every rank learns the outcome, so all fail
+    together when the folder is in use. Returns the lock on rank 0, None elsewhere."""
+    lock, error = None, None
+    if d.main:
+        try:
+            lock = acquire(run_dir, log)
+            if then is not None:
+                then()
+        except Exception as e:  # every rank must hear of it
+            if lock is not None:
+                lock.release()
+            error = e
+    if d.world > 1:
+        import torch.distributed as dist
+
+        shared = [None if error is None else (type(error).__name__, str(error))]
+        dist.broadcast_object_list(shared, src=0)
+        if shared[0] is not None and error is None:
+            kind = {"RunInUseError": RunInUseError, "PermissionError": PermissionError}
+            error = kind.get(shared[0][0], RuntimeError)(shared[0][1])
+    if error is not None:
+        raise error
+    return lock

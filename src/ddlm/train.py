@@ -112,32 +112,6 @@ def _apply_optim_config(optimizer: torch.optim.Optimizer, scheduler, cfg: TrainC
     scheduler._last_lr = [group["lr"] for group in optimizer.param_groups]
 
 
-def _lock(run: Path, d: Dist, log):
-    """Rank 0 locks the run folder (``ddlm.runlock``) and tidies its checkpoints; every rank learns
-    the outcome, so all fail together when the folder is in use."""
-    lock, error = None, None
-    if d.main:
-        try:
-            lock = runlock.acquire(run, log)
-            if (run / CHECKPOINTS).is_dir():
-                tidy(run / CHECKPOINTS)  # a save that a crash cut short: ours to repair now
-        except Exception as e:  # every rank must hear of it
-            if lock is not None:
-                lock.release()
-            error = e
-    if d.world > 1:
-        import torch.distributed as dist
-
-        shared = [None if error is None else (type(error).__name__, str(error))]
-        dist.broadcast_object_list(shared, src=0)
-        if shared[0] is not None and error is None:
-            kind = {"RunInUseError": runlock.RunInUseError, "PermissionError": PermissionError}
-            error = kind.get(shared[0][0], RuntimeError)(shared[0][1])
-    if error is not None:
-        raise error
-    return lock
-
-
 def _batch_indices(num_blocks: int, step: int, global_batch: int, seed: int) -> Tensor:
     """Global batch of block indices for a step: consecutive slices of per-epoch permutations."""
     start = step * global_batch
@@ -175,7 +149,8 @@ def train(cfg: TrainConfig, resume: bool | str = True, progress: bool = True, lo
     ddp = setup_distributed(device)
     if device == "cuda":
         torch.cuda.set_device(ddp.local_rank)
-    lock = _lock(Path(cfg.run_dir), ddp, log)
+    ckpts = Path(cfg.run_dir) / CHECKPOINTS  # tidied under the lock: a save cut short by a crash is ours to repair
+    lock = runlock.acquire_on_rank0(cfg.run_dir, ddp, log, then=lambda: ckpts.is_dir() and tidy(ckpts))
     try:
         with StopRequests() as stop:
             return _train(cfg, resume, progress, log, stop_at, device, ddp, stop)
