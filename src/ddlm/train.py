@@ -162,10 +162,10 @@ def train(cfg: TrainConfig, resume: bool | str = True, progress: bool = True, lo
 def _train(cfg: TrainConfig, resume, progress: bool, log, stop_at, device: str, ddp: Dist, stop: StopRequests) -> dict:
     """The body of :func:`train`, run while the folder is locked and signals are requests."""
     run = Path(cfg.run_dir)
+    if not resume and any((run / CHECKPOINTS).glob("step_*")):
+        raise ValueError(f"run_dir {str(run)!r} already has checkpoints; not resuming would overwrite them: choose "
+                         "a new run_dir or remove the old run yourself")
     ckpt = resume_checkpoint(run, previous=resume == "previous", log=log if ddp.main else lambda *_: None)
-    if not resume and ckpt is not None:
-        raise ValueError(f"run_dir {str(run)!r} already has checkpoints (latest {ckpt.path.name}); not resuming "
-                         "would overwrite them: choose a new run_dir or remove the old run yourself")
     if ckpt is not None:
         check_resumable(cfg, ckpt.config, ckpt.path)
     tokenizer = tokenizer_from_dict(ckpt.tokenizer) if ckpt else None
