@@ -120,6 +120,29 @@ def test_sigterm_in_process_saves_at_the_boundary(tmp_path, monkeypatch):
     assert not (tmp_path / "term" / "train.lock").exists()
 
 
+def test_a_signal_during_setup_stops_before_the_first_step_without_saving(tmp_path, monkeypatch):
+    import ddlm.train as training
+    from ddlm.stopping import Interrupted
+
+    real = training.prepare_data
+
+    def prepare_then_signal(*args, **kwargs):
+        out = real(*args, **kwargs)
+        os.kill(os.getpid(), signal.SIGTERM)
+        return out
+
+    monkeypatch.setattr(training, "prepare_data", prepare_then_signal)
+    with pytest.raises(Interrupted, match="stopped by SIGTERM at step 0: no checkpoint has been saved yet") as info:
+        train(_cfg(tmp_path, "setup"), progress=False, log=_quiet)
+    assert info.value.checkpoint is None and not (tmp_path / "setup" / "checkpoints").exists()
+    monkeypatch.undo()
+    train(_cfg(tmp_path, "setup"), progress=False, log=_quiet, stop_at=3)
+    monkeypatch.setattr(training, "prepare_data", prepare_then_signal)
+    with pytest.raises(Interrupted, match="at step 3: the last checkpoint, .*step_000003, stands") as info:
+        train(_cfg(tmp_path, "setup"), progress=False, log=_quiet)
+    assert info.value.checkpoint.name == "step_000003"
+
+
 def _strict_json(line: str):
     def refuse(token):
         raise ValueError(f"bare {token} in metrics.jsonl")

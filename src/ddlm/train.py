@@ -263,11 +263,12 @@ def _train(cfg: TrainConfig, resume, progress: bool, log, stop_at, device: str, 
     def stop_requested() -> None:  # at a step boundary: model, optimizer, scheduler and EMA all hold `step`
         if not par.any(stop.signum is not None):
             return
-        if saved_step != step:
+        if saved_step != step and step != start:  # nothing to save before this invocation's first step
             save(step, metrics)
         name = signal_name(stop.signum or signal.SIGTERM)
         raise Interrupted(f"stopped by {name} at step {step}: {last_saved()}; run the same command to resume",
-                          stop.signum or signal.SIGTERM, step, run / CHECKPOINTS / checkpoint_name(step))
+                          stop.signum or signal.SIGTERM, step,
+                          None if saved_step is None else run / CHECKPOINTS / checkpoint_name(saved_step))
 
     try:
         stop_requested()
