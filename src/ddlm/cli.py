@@ -103,7 +103,7 @@ _OS_HINTS = {errno.EACCES: "check the permissions of that path, or choose anothe
              errno.EPERM: "check the permissions of that path, or choose another path",
              errno.EROFS: "that file system is read-only: choose another path",
              errno.ENOSPC: "the disk is full: free some space or choose a folder on another disk",
-             errno.EDQUOT: "the disk quota is exceeded: free some space or choose another folder",
+             getattr(errno, "EDQUOT", -1): "the disk quota is exceeded: free some space or choose another folder",
              errno.ENOTDIR: "a part of that path is a file, not a folder: choose another path",
              errno.EISDIR: "that path is a folder, a file was expected: choose another path"}
 
