@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import dataclasses
+import math
 import typing
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -116,6 +117,8 @@ class TrainConfig:
             if not cond:
                 raise ValueError(f"config key {key!r} is {value!r}, expected {expected}")
 
+        for key, value in _float_items(self):  # inf and nan pass the comparisons below (inf > 0): refuse them first
+            need(math.isfinite(value), key, value, "a finite number")
         objectives = _process_table("objectives")
         need(self.process in objectives, "process", self.process, f"one of {sorted(objectives)}")
         allowed = objectives[self.process]
@@ -148,6 +151,12 @@ class TrainConfig:
         need(self.data.num_puzzles >= 20, "data.num_puzzles", self.data.num_puzzles, "an integer >= 20")
         need(0 < self.data.val_fraction <= 0.5, "data.val_fraction", self.data.val_fraction, "a number in (0, 0.5]")
         need(self.optim.lr > 0, "optim.lr", self.optim.lr, "a positive number")
+        need(0 <= self.optim.min_lr_ratio <= 1, "optim.min_lr_ratio", self.optim.min_lr_ratio,
+             "a number in [0, 1] (the final learning rate as a fraction of optim.lr)")
+        need(self.optim.weight_decay >= 0, "optim.weight_decay", self.optim.weight_decay, "a number >= 0")
+        need(0 <= self.optim.beta1 < 1, "optim.beta1", self.optim.beta1, "a number in [0, 1)")
+        need(0 <= self.optim.beta2 < 1, "optim.beta2", self.optim.beta2, "a number in [0, 1)")
+        need(0 <= self.model.dropout < 1, "model.dropout", self.model.dropout, "a number in [0, 1)")
         need(self.optim.decay in ("cosine", "constant"), "optim.decay", self.optim.decay, "'cosine' or 'constant'")
         need(self.optim.warmup_steps >= 0, "optim.warmup_steps", self.optim.warmup_steps, "an integer >= 0")
         need(self.optim.grad_clip > 0, "optim.grad_clip", self.optim.grad_clip, "a positive number")
@@ -161,6 +170,16 @@ class TrainConfig:
 
     def to_dict(self) -> dict:
         return dataclasses.asdict(self)
+
+
+def _float_items(cfg, prefix: str = ""):
+    """(dotted key, value) of every float value in a config dataclass and its sections."""
+    for f in dataclasses.fields(cfg):
+        value = getattr(cfg, f.name)
+        if dataclasses.is_dataclass(value):
+            yield from _float_items(value, prefix + f.name + ".")
+        elif isinstance(value, float):
+            yield prefix + f.name, value
 
 
 def _coerce(key: str, value, tp):
@@ -252,8 +271,10 @@ def load_config(path: str | Path | None, overrides: list[str] = ()) -> TrainConf
         path = resolve_config(path)
         try:
             data = yaml.safe_load(path.read_text()) or {}
-        except yaml.YAMLError as e:
-            raise ValueError(f"config file {str(path)!r} is not valid YAML: {e}") from None
+        except yaml.YAMLError as e:  # the position only: parser messages quote the file's text
+            mark = getattr(e, "problem_mark", None)
+            where = f" (syntax error at line {mark.line + 1}, column {mark.column + 1})" if mark is not None else ""
+            raise ValueError(f"config file {str(path)!r} is not valid YAML{where}") from None
     data = apply_overrides(data, list(overrides))
     return from_dict(TrainConfig, data).validate()
 

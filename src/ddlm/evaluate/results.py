@@ -12,7 +12,7 @@ from typing import Any
 
 import torch
 
-from .._io import atomic_write_text
+from .._io import atomic_write_text, check_writable
 from ..checkpoint import checkpoint_step
 from ..config import is_autoregressive
 from ..runs import resolve_checkpoint
@@ -24,14 +24,18 @@ class ResultExistsError(FileExistsError, ValueError):
 
 
 def check_out(path: str | os.PathLike | None, overwrite: bool) -> None:
-    """Fail early, before any work, if a result would overwrite an existing file.
+    """Fail early, before any work, if a result would overwrite an existing file or could not be
+    written (``ddlm._io.check_writable``).
 
     Raises:
         ResultExistsError: ``path`` exists and ``overwrite`` is False (the path is named).
+        PermissionError: ``path`` cannot be written (the folder in the way is named).
     """
     if path is not None and os.path.lexists(path) and not overwrite:
         raise ResultExistsError(f"result file {str(path)!r} already exists; choose another path or pass "
                                 "overwrite=True (--overwrite) to replace it")
+    if path is not None:
+        check_writable(path, "result file")
 
 
 @dataclass
@@ -83,11 +87,14 @@ def run_info(path: str | os.PathLike) -> dict:
         ``model_output`` is what the network predicts ("denoiser", "loo", "posterior", or
         "next_token" for the autoregressive baseline).
     """
+    ckpt = resolve_checkpoint(path)
+    return _info(path, ckpt, _read_json(ckpt / "config.json"), checkpoint_step(ckpt))
+
+
+def _info(path, ckpt: Path, config: dict, step: int) -> dict:
     from .. import __version__
     from ..config import saved_config
 
-    ckpt = resolve_checkpoint(path)
-    config = _read_json(ckpt / "config.json")
     cfg = saved_config(config)
     if is_autoregressive(cfg):
         output = "next_token"
@@ -95,7 +102,7 @@ def run_info(path: str | os.PathLike) -> dict:
         from ..processes import REGISTRY
 
         output = cfg.model.output or REGISTRY[cfg.process].default_output
-    return {"run": str(path), "checkpoint": str(ckpt), "step": checkpoint_step(ckpt), "process": cfg.process,
+    return {"run": str(path), "checkpoint": str(ckpt), "step": step, "process": cfg.process,
             "model_output": output, "config": cfg.to_dict(), "ddlm_version": __version__}
 
 
@@ -107,17 +114,20 @@ def resolve_device(device: str | torch.device | None) -> torch.device:
 
 
 def load_run(path: str | os.PathLike, device: str | torch.device | None = "cpu") -> LoadedRun:
-    """Load a run's EMA model, process, tokenizer and config for evaluation (nothing is unpickled).
+    """Load a run's EMA model, process, tokenizer and config for evaluation (nothing is unpickled;
+    only the checkpoint's config, tokenizer and weights are read, never the corpus).
 
     Raises:
         FileNotFoundError: missing run folder or no checkpoint in it (the path is named).
-        ddlm.checkpoint.CheckpointError: a corrupt checkpoint (the file is named).
+        ddlm.checkpoint.CheckpointError: a damaged checkpoint (the file and the way out are named),
+            weights that do not fit the config's architecture, or non-finite weights.
     """
     from ..config import saved_config
-    from ..runs import load
+    from ..runs import model_from_checkpoint, open_checkpoint
 
-    info = run_info(path)
-    model, process, tokenizer = load(info["checkpoint"], ema=True)
+    ckpt = open_checkpoint(path, weights_only=True)
+    info = _info(path, ckpt.path, ckpt.config, ckpt.step)
+    model, process, tokenizer = model_from_checkpoint(ckpt, ema=True)
     model = model.to(resolve_device(device)).eval()
     return LoadedRun(model, process, tokenizer, saved_config(info["config"]), info)
 
