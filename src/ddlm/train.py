@@ -62,7 +62,7 @@ def lr_lambda(cfg: TrainConfig):
 
 
 #: config keys a resumed run must share with its checkpoint (the rest, e.g. max_steps, may change)
-FIXED_ON_RESUME = ("process", "objective", "schedule", "eps", "t_min", "model", "data", "batch_size", "seed")
+FIXED_ON_RESUME = ("process", "objective", "schedule", "eps", "t_min", "model", "data", "d3pm", "batch_size", "seed")
 
 
 def check_resumable(cfg: TrainConfig, saved: dict, path) -> None:
