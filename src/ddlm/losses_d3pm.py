@@ -101,7 +101,7 @@ def d3pm_elbo(logp: Tensor, x0: Tensor, xt: Tensor, t, process) -> Tensor:
     sum_t E[d3pm_vb]; the objective ``d3pm_elbo`` ("L_vb") and the bound ``ddlm eval`` reports."""
     vb = d3pm_vb(logp, x0, xt, t, process)
     n = process._int_steps(t, x0)
-    return process.step_weights.to(vb.device)[n].to(vb.dtype) * vb + process.prior_kl(x0).to(vb.dtype)
+    return process._on("step_weights", vb.device)[n].to(vb.dtype) * vb + process.prior_kl(x0).to(vb.dtype)
 
 
 def d3pm_hybrid(logp: Tensor, x0: Tensor, xt: Tensor, t, process) -> Tensor:
@@ -111,5 +111,5 @@ def d3pm_hybrid(logp: Tensor, x0: Tensor, xt: Tensor, t, process) -> Tensor:
     vb = d3pm_vb(logp, x0, xt, t, process)
     ce = d3pm_cross_entropy(logp, x0, xt, t, process) if process.hybrid_lambda else torch.zeros_like(vb)
     n = process._int_steps(t, x0)
-    w = process.step_weights.to(vb.device)[n].to(vb.dtype)
+    w = process._on("step_weights", vb.device)[n].to(vb.dtype)
     return w * (vb + process.hybrid_lambda * ce) + process.prior_kl(x0).to(vb.dtype)

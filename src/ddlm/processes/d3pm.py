@@ -46,6 +46,7 @@ from .d3pm_transitions import (
     cosine_log_alphabar,
     jsd_log_alphabar,
     matched_log_alphabar,
+    on_device,
 )
 
 _F64 = torch.float64
@@ -60,13 +61,13 @@ class _StepTime:
 
     def alpha(self, t) -> Tensor:
         p = self.process
-        return p.alphas.to(torch.as_tensor(t).device)[p.step_of(t)]
+        return p._on("alphas", torch.as_tensor(t).device)[p.step_of(t)]
 
     def dalpha(self, t) -> Tensor:
         """The slope of the step code over the step's interval (<= 0); unused by D3PM's losses."""
         p = self.process
         n = p.step_of(t).clamp(min=1)
-        a, c = p.alphas.to(n.device), p.cdf.to(n.device)
+        a, c = p._on("alphas", n.device), p._on("cdf", n.device)
         return -(a[n - 1] - a[n]) / (c[n] - c[n - 1])
 
     def t_of_alpha(self, alpha) -> Tensor:
@@ -228,6 +229,10 @@ class D3PM(Process):
             extra = {"schedule": schedule if noise_schedule == "matched" else None}
         return getattr(cls, kind)(vocab_size, steps, hybrid_lambda=hybrid_lambda, **extra)
 
+    def _on(self, name: str, device) -> Tensor:
+        """The table ``name`` (alphas, cdf, step_weights, ...) on ``device``, copied once per device."""
+        return on_device(self, name, device)
+
     # ---- time ----------------------------------------------------------------------------------------
     @property
     def mask_id(self) -> int | None:
@@ -243,7 +248,7 @@ class D3PM(Process):
         t = _check_t(torch.as_tensor(t))
         tol = max(_TOL, 8 * torch.finfo(t.dtype).eps)  # a float32 t = k/T must land on step k too
         t = t.to(_F64)
-        return torch.searchsorted(self.cdf.to(t.device), (t - tol).contiguous()).clamp_(0, self.steps)
+        return torch.searchsorted(self._on("cdf", t.device), (t - tol).contiguous()).clamp_(0, self.steps)
 
     def step_of_alpha(self, alpha) -> Tensor:
         """The step whose code alpha_n equals ``alpha`` exactly (float64 values from ``alpha(t)``)."""
@@ -321,7 +326,7 @@ class D3PM(Process):
     def prior_kl(self, x0: Tensor) -> Tensor:
         """KL(q(x_T | x_0) || p(x_T)) per position, shape x0.shape, float64 nats."""
         self._check_x0(x0)
-        return self._prior_kl.to(x0.device)[x0]
+        return self._on("_prior_kl", x0.device)[x0]
 
     def _int_steps(self, t, x0: Tensor, low: int = 1) -> Tensor:
         """Integer steps ``t`` (int or integer tensor) broadcast to x0's shape, checked in [low, T]."""

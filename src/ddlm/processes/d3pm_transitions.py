@@ -41,6 +41,16 @@ def _onehot_log(idx: Tensor, width: int, value: Tensor, dtype) -> Tensor:
     return out.scatter(1, idx.unsqueeze(1), value.to(dtype).unsqueeze(1))
 
 
+def on_device(obj, name: str, device) -> Tensor:
+    """The tensor attribute ``name`` of ``obj`` on ``device``, copied once per device (a table of a
+    transition family or of a process; these never change after construction)."""
+    cache = obj.__dict__.setdefault("_device_tables", {})
+    key = (name, str(device))
+    if key not in cache:
+        cache[key] = getattr(obj, name).to(device)
+    return cache[key]
+
+
 def _uniforms(like: Tensor, generator) -> Tensor:
     return torch.rand(like.shape, generator=generator, device=like.device, dtype=_F64)
 
@@ -105,8 +115,8 @@ class Family:
     mask_id: int | None
     steps: int
 
-    def _dtype(self, x) -> torch.dtype:
-        return x.dtype if isinstance(x, Tensor) and x.is_floating_point() else _F64
+    def _on(self, name: str, device) -> Tensor:
+        return on_device(self, name, device)
 
 
 class _Closed(Family):
@@ -119,12 +129,12 @@ class _Closed(Family):
         self.steps = log_abar.shape[0] - 1
 
     def _ab(self, n: Tensor, dtype):
-        la = self.log_abar.to(n.device)[n]
+        la = self._on("log_abar", n.device)[n]
         return la.to(dtype), _log1mexp(la).to(dtype)
 
     def _rho(self, s: Tensor, t: Tensor, dtype):
         """log rho and log(1 - rho), rho = alphabar_t / alphabar_s (1 when s = t)."""
-        la = self.log_abar.to(s.device)
+        la = self._on("log_abar", s.device)
         lr = torch.where(s == t, torch.zeros_like(la[t]), la[t] - la[s])
         return lr.to(dtype), _log1mexp(lr).to(dtype)
 
@@ -165,7 +175,7 @@ class Uniform(_Closed):
         return torch.logaddexp(la.unsqueeze(1) + logp, (l1 - math.log(self.k)).unsqueeze(1))
 
     def sample_forward(self, x0, n, generator):
-        keep = _uniforms(x0, generator) < self.log_abar.to(x0.device)[n].exp()
+        keep = _uniforms(x0, generator) < self._on("log_abar", x0.device)[n].exp()
         u = torch.randint(self.k, x0.shape, generator=generator, device=x0.device)
         return torch.where(keep, x0, u)
 
@@ -223,7 +233,7 @@ class Absorbing(_Closed):
         return torch.cat([la.unsqueeze(1) + logp, l1.unsqueeze(1)], 1)
 
     def sample_forward(self, x0, n, generator):
-        keep = _uniforms(x0, generator) < self.log_abar.to(x0.device)[n].exp()
+        keep = _uniforms(x0, generator) < self._on("log_abar", x0.device)[n].exp()
         return torch.where(keep, x0, torch.full_like(x0, self.k))
 
     def dense(self) -> Tensor:
@@ -271,14 +281,14 @@ class Dense(Family):
         return self._skip[(s, t)]
 
     def log_forward(self, x0, n, dtype=_F64):
-        return self.log_qbar.to(x0.device)[n, x0].to(dtype)
+        return self._on("log_qbar", x0.device)[n, x0].to(dtype)
 
     def default_log_prior(self) -> Tensor:
         """mean_x0 Qbar_T[x0, :] over the K data rows."""
         return torch.logsumexp(self.log_qbar[-1, : self.k], 0) - math.log(self.k)
 
     def log_forward_column(self, x, n, dtype=_F64):
-        cols = self.log_qbar.to(x.device)[n, : self.k, :]  # (N, K, K')
+        cols = self._on("log_qbar", x.device)[n, : self.k, :]  # (N, K, K')
         return cols.gather(2, x.view(-1, 1, 1).expand(-1, self.k, 1))[..., 0].to(dtype)
 
     def log_column(self, x, s, t, dtype=_F64):
@@ -300,7 +310,7 @@ class Dense(Family):
         values = [int(n[0])] if bool((n == n[0]).all()) else torch.unique(n).tolist()
         for m in values:
             idx = None if len(values) == 1 else (n == m).nonzero().squeeze(1)
-            lq = self.log_qbar[m, : self.k].to(device=logp.device, dtype=logp.dtype)
+            lq = self._on("log_qbar", logp.device)[m, : self.k].to(logp.dtype)
             d = lq.max(0).values
             d = torch.where(torch.isfinite(d), d, torch.zeros_like(d))
             rows = logp if idx is None else logp[idx]
