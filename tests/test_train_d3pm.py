@@ -62,3 +62,15 @@ def test_eval_estimates_the_discrete_bound_with_its_prior_term():
     want = float((terms.sum(0) * law.p0).sum()) / 3
     assert float((terms[0] * law.p0).sum()) > 0.5  # the prior term counts (alphabar_T = 0.5): 40 SE per token
     assert abs(r["nats_per_token"] - want) < 4 * r["se"], (r["nats_per_token"], want, r["se"])
+
+
+def test_runs_saved_before_the_d3pm_section_still_resume(tmp_path):
+    from ddlm.train import check_resumable
+
+    cfg = load_config(None, ["process=mdm"])
+    old = cfg.to_dict()
+    del old["d3pm"]  # a config.json written before the section existed
+    check_resumable(cfg, old, tmp_path)
+    old["d3pm"] = {**old.get("d3pm", {}), "kind": "absorbing"}
+    with pytest.raises(ValueError, match="config key 'd3pm'"):
+        check_resumable(cfg, old, tmp_path)

@@ -25,7 +25,7 @@ from torch import Tensor
 from ._io import atomic_write_json
 from .bound import ELBO, ar_token_losses, corrupt, stratified_times, token_losses, validation_bound
 from .checkpoint import capture_rng, load_checkpoint, save_checkpoint
-from .config import TrainConfig, is_autoregressive
+from .config import TrainConfig, is_autoregressive, saved_config
 from .data.corpora import unigram_entropy
 from .data.prepare import prepare_data
 from .data.tokenizers import tokenizer_from_dict
@@ -66,8 +66,10 @@ FIXED_ON_RESUME = ("process", "objective", "schedule", "eps", "t_min", "model", 
 
 
 def check_resumable(cfg: TrainConfig, saved: dict, path) -> None:
-    """Refuse to resume a checkpoint made with a different model, data, process or batch."""
-    current = cfg.to_dict()
+    """Refuse to resume a checkpoint made with a different model, data, process or batch. Keys added
+    since the checkpoint was written (e.g. the ``d3pm`` section) take the value ``saved_config`` gives
+    them, so older runs stay resumable."""
+    current, saved = cfg.to_dict(), saved_config(saved).to_dict()
     for key in FIXED_ON_RESUME:
         if current.get(key) != saved.get(key):
             raise ValueError(

@@ -25,7 +25,7 @@ import math
 import torch
 from torch import Tensor
 
-from .._checks import check_tokens
+from .._checks import check_logp, check_same_shape, check_tokens
 from ..schedules import _check_t
 from .base import Process, State, register_process
 from .d3pm_matrices import (
@@ -289,13 +289,16 @@ class D3PM(Process):
 
     def forward(self, x0: Tensor, t) -> Tensor:
         """log q(x_t = . | x_0) = log Qbar_t[x_0, :] for integer steps t in 0..T: (..., L, K')."""
+        self._check_x0(x0)
         n = self._int_steps(t, x0, low=0)
         return self.family.log_forward(x0.reshape(-1), n.reshape(-1)).reshape(*x0.shape, -1)
 
     def posterior(self, x0: Tensor, xt: Tensor, t) -> Tensor:
         """log q(x_{t-1} = . | x_t, x_0) for integer steps t in 1..T: (..., L, K')."""
-        n = self._int_steps(t, x0).reshape(-1)
+        self._check_x0(x0)
+        check_same_shape("xt", xt, "x0", x0)
         check_tokens("xt", xt, self.input_vocab_size)
+        n = self._int_steps(t, x0).reshape(-1)
         col = self.family.log_column(xt.reshape(-1), n - 1, n)
         lq = col + self.family.log_forward(x0.reshape(-1), n - 1)
         return (lq - torch.logsumexp(lq, -1, keepdim=True)).reshape(*x0.shape, -1)
@@ -304,7 +307,11 @@ class D3PM(Process):
         """The x0-parameterised reverse kernel log p(x_s = . | x_t) propto
         log sum_x~ Qbar_s[x~, .] Qbar_{s->t}[., x_t] p~(x~), for integer steps s < t (s = t - 1 by
         default); ``logp`` (..., L, K) is p~. Shape (..., L, K')."""
-        n = self._int_steps(t, xt.clamp(max=self.vocab_size - 1)).reshape(-1)
+        check_logp(logp, xt)
+        check_tokens("xt", xt, self.input_vocab_size)
+        if logp.shape[-1] != self.vocab_size:
+            raise ValueError(f"logp has {logp.shape[-1]} columns, expected K = {self.vocab_size}")
+        n = self._int_steps(t, xt).reshape(-1)
         m = n - 1 if s is None else torch.broadcast_to(torch.as_tensor(s, device=n.device), xt.shape).reshape(-1)
         if bool((m < 0).any()) or bool((m >= n).any()):
             raise ValueError(f"s must satisfy 0 <= s < t, got s in [{int(m.min())}, {int(m.max())}]")
@@ -349,7 +356,7 @@ class D3PM(Process):
             return logp
         if {source, target} != {"denoiser", "loo"}:
             raise ValueError(f"can only convert between 'denoiser' and 'loo', got {source!r} -> {target!r}")
-        n = self._int_steps(t, xt.clamp(max=self.vocab_size - 1), low=0).reshape(-1)
+        n = self._int_steps(t, xt, low=0).reshape(-1)
         flat = torch.log_softmax(logp.reshape(-1, logp.shape[-1]), -1)
         lik = self.family.log_forward_column(xt.reshape(-1), n, flat.dtype)
         if target == "denoiser":
