@@ -18,9 +18,10 @@ def test_shipped_configs_load():
     from ddlm.config import packaged_configs
 
     names = packaged_configs()
-    assert {"demo-mdm", "demo-udm", "demo-audm", "demo-ar", "owt-mdm-small", "lm1b-mdm-small"} <= set(names)
+    assert {"demo-mdm", "demo-udm", "demo-audm", "demo-ar", "owt-mdm-small", "lm1b-mdm-small", "demo-d3pm",
+            "lm1b-d3pm-small"} <= set(names)
     for name in names:
-        assert load_config(name).process in ("mdm", "udm", "audm", "ar")
+        assert load_config(name).process in ("mdm", "udm", "audm", "ar", "d3pm")
 
 
 @pytest.mark.parametrize(

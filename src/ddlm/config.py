@@ -85,6 +85,17 @@ class OptimConfig:
 
 
 @dataclass
+class D3PMConfig:
+    """Process "d3pm" (docs/maths.md §9): the transition matrices and the hybrid loss's lambda."""
+
+    kind: str = "uniform"  # "uniform" | "absorbing" | "gaussian" | "band"
+    steps: int = 1000  # T
+    noise_schedule: str = "d3pm"  # "d3pm" (the kind's D3PM default) | "matched" (alphabar_n = alpha(n/T) of `schedule`)
+    hybrid_lambda: float = 0.01  # lambda of objective d3pm_hybrid (L_vb + lambda CE)
+    bandwidth: int = 1  # kind "band": moves between tokens at most this far apart
+
+
+@dataclass
 class TrainConfig:
     run_dir: str = "runs/demo"
     process: str = "mdm"
@@ -94,6 +105,7 @@ class TrainConfig:
     t_min: float = 1e-3  # training times t = t_min + (1 - t_min) u
     model: ModelConfig = field(default_factory=ModelConfig)
     data: DataConfig = field(default_factory=DataConfig)
+    d3pm: D3PMConfig = field(default_factory=D3PMConfig)  # used by process "d3pm" only
     optim: OptimConfig = field(default_factory=OptimConfig)
     batch_size: int = 32  # global: across processes and accumulation steps
     grad_accum: int = 1
@@ -133,6 +145,8 @@ class TrainConfig:
         need(self.model.backbone in backbones, "model.backbone", self.model.backbone,
              f"one of {backbones} for process {self.process!r}")
         need(self.schedule in ("linear", "cosine"), "schedule", self.schedule, "'linear' or 'cosine'")
+        if self.process == "d3pm":
+            self._validate_d3pm(need)
         need(0 <= self.eps < 1, "eps", self.eps, "a number in [0, 1)")
         need(0 <= self.t_min < 1, "t_min", self.t_min, "a number in [0, 1)")
         for key in ("batch_size", "grad_accum", "max_steps", "log_every", "eval_every", "eval_batches",
@@ -163,6 +177,26 @@ class TrainConfig:
         need(self.device in ("auto", "cpu", "cuda"), "device", self.device, "'auto', 'cpu' or 'cuda'")
         need(self.parallel in ("ddp", "fsdp"), "parallel", self.parallel, "'ddp' or 'fsdp'")
         return self
+
+    def _validate_d3pm(self, need) -> None:
+        from .processes import D3PM
+
+        d = self.d3pm
+        need(d.kind in D3PM.KINDS, "d3pm.kind", d.kind, f"one of {D3PM.KINDS}")
+        need(isinstance(d.steps, int) and d.steps >= 1, "d3pm.steps", d.steps, "an integer >= 1")
+        need(d.noise_schedule in ("d3pm", "matched"), "d3pm.noise_schedule", d.noise_schedule, "'d3pm' or 'matched'")
+        need(d.noise_schedule == "d3pm" or d.kind in ("uniform", "absorbing"), "d3pm.noise_schedule",
+             d.noise_schedule, f"'d3pm' for kind {d.kind!r} ('matched' applies to uniform and absorbing)")
+        need(d.hybrid_lambda >= 0, "d3pm.hybrid_lambda", d.hybrid_lambda, "a number >= 0")
+        need(d.bandwidth >= 1, "d3pm.bandwidth", d.bandwidth, "an integer >= 1")
+        # t in [t_min, 1] maps to step ceil(t T): t_min > 0 would never (or too rarely) train the first steps
+        need(self.t_min == 0, "t_min", self.t_min, "0 for process 'd3pm' (its steps are n = ceil(t T), t uniform)")
+
+    def process_options(self) -> dict:
+        """The process's own options (``ddlm.processes.get_process``): the ``d3pm`` section for D3PM."""
+        if self.process != "d3pm":
+            return {}
+        return dataclasses.asdict(self.d3pm)
 
     @property
     def resolved_objective(self) -> str:

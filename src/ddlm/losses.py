@@ -17,7 +17,13 @@ objective              feed it          tight with the exact prediction?
 ``audm_elbo``          AUDM posterior   yes, averaged over the noise tokens
 ``cross_entropy``      denoiser         not a bound (no time weight)
 ``masked_cross_entropy`` MDM denoiser   not a bound (MDM, no time weight)
+``d3pm_elbo``          LOO posterior    a valid discrete-time bound, tight as T grows
+``d3pm_hybrid``        (LOO view)       not a bound (L_vb + lambda CE)
+``d3pm_cross_entropy`` denoiser         not a bound
 =====================  ===============  ==================================
+
+The D3PM objectives (``ddlm.losses_d3pm``, docs/maths.md §9) are per integer step t in 1..T and take
+``(logp, x0, xt, t, process)``; ``d3pm_vb`` is D3PM's per-step term.
 
 ``compute`` trains any network output ("denoiser" or "loo") with any applicable objective by
 converting through ``ddlm.conversions``.
@@ -30,6 +36,7 @@ from torch import Tensor
 
 from ._checks import as_alpha, as_rate, check_logp, check_same_shape, check_tokens
 from .conversions import _denoiser_to_loo, _loo_to_denoiser, self_evidence
+from .losses_d3pm import d3pm_cross_entropy, d3pm_elbo, d3pm_hybrid, d3pm_vb  # noqa: F401  (ddlm.losses.d3pm_vb)
 
 
 def _tiny(x: Tensor) -> float:
@@ -279,6 +286,10 @@ OBJECTIVES = {
     "mdm_elbo": (mdm_elbo, "denoiser"),
     "audm_elbo": (audm_elbo, "posterior"),
     "masked_cross_entropy": (masked_cross_entropy, "denoiser"),
+    # D3PM (discrete time): f(logp, x0, xt, t, process) with integer steps t; called by ``D3PM.loss``
+    "d3pm_elbo": (d3pm_elbo, "loo"),
+    "d3pm_hybrid": (d3pm_hybrid, "loo"),
+    "d3pm_cross_entropy": (d3pm_cross_entropy, "denoiser"),
 }
 _UDM_OUTPUTS = ("denoiser", "loo")
 
@@ -309,6 +320,9 @@ def compute(
     if objective not in OBJECTIVES:
         raise ValueError(f"objective must be one of {sorted(OBJECTIVES)}, got {objective!r}")
     fn, wants = OBJECTIVES[objective]
+    if objective.startswith("d3pm_"):
+        raise ValueError(f"objective {objective!r} is per integer step (D3PM): call process.loss(..., t=t) or "
+                         "the function with (logp, x0, xt, t, process)")
     if objective == "audm_elbo" or output == "posterior":
         if not (objective == "audm_elbo" and output == "posterior"):
             raise ValueError(

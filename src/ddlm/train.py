@@ -33,7 +33,7 @@ from . import runlock
 from ._io import atomic_write_json
 from .bound import ELBO, ar_token_losses, corrupt, stratified_times, token_losses, validation_bound
 from .checkpoint import capture_rng, save_checkpoint, tidy
-from .config import TrainConfig, is_autoregressive
+from .config import TrainConfig, is_autoregressive, saved_config
 from .data.corpora import unigram_entropy
 from .data.prepare import prepare_data
 from .data.tokenizers import tokenizer_from_dict
@@ -81,13 +81,15 @@ def lr_lambda(cfg: TrainConfig):
 
 
 #: config keys a resumed run must share with its checkpoint (the rest, e.g. max_steps, may change)
-FIXED_ON_RESUME = ("process", "objective", "schedule", "eps", "t_min", "model", "data", "batch_size", "seed")
+FIXED_ON_RESUME = ("process", "objective", "schedule", "eps", "t_min", "model", "data", "d3pm", "batch_size", "seed")
 
 
 def check_resumable(cfg: TrainConfig, saved: dict, path) -> None:
     """Refuse to resume a checkpoint made with a different model, data, process or batch (the first
-    differing key is named down to its section's entry, e.g. ``data.corpus``)."""
-    current = cfg.to_dict()
+    differing key is named down to its section's entry, e.g. ``data.corpus``). Keys added since the
+    checkpoint was written (e.g. the ``d3pm`` section) take the value ``saved_config`` gives them, so
+    older runs stay resumable."""
+    current, saved = cfg.to_dict(), saved_config(saved).to_dict()
     for key in FIXED_ON_RESUME:
         now, then = current.get(key), saved.get(key)
         if now != then:
