@@ -1,6 +1,7 @@
 """Sampling: the shared loop (``sample``), the reverse kernels, correctors and remasking schedules."""
 
-from . import tau_leaping  # noqa: F401  (registers the "tau_leaping" sampler of uniform diffusion)
+# registers SEDD's "sedd_euler" and "sedd_tweedie" samplers of MDM and UDM, and "tau_leaping" of UDM
+from . import sedd, tau_leaping  # noqa: F401
 from .correctors import GibbsCorrector
 from .loop import SampleInfo, sample, split_nfe
 from .remasking import RemaskingSchedule
