@@ -50,7 +50,11 @@ def is_autoregressive(run) -> bool:
 @dataclass
 class ModelConfig:
     preset: str = "tiny"
-    output: str | None = None  # "denoiser" | "loo" (UDM) | "posterior" (AUDM); default per process
+    # "denoiser" | "loo" | "score" (UDM), "denoiser" | "score" (MDM), "posterior" (AUDM); default per process
+    output: str | None = None
+    # output "score": "none" (the DiT's output is the log-score) or "noise_level" (MDM: SEDD's absorbing-graph
+    # scaling, log s = output - log(e^sigma - 1) - log K; docs/maths.md §10.3)
+    score_scaling: str = "none"
     time_conditioning: bool = True
     hidden: int | None = None
     blocks: int | None = None
@@ -123,6 +127,11 @@ class TrainConfig:
         outputs = _process_table("network_outputs")[self.process]
         need(self.model.output is None or self.model.output in outputs, "model.output", self.model.output,
              f"one of {outputs} for process {self.process!r}")
+        scalings = _process_table("score_scalings")[self.process] or ("none",)
+        need(self.model.score_scaling in scalings, "model.score_scaling", self.model.score_scaling,
+             f"one of {scalings} for process {self.process!r}")
+        need(self.model.score_scaling == "none" or self.model.output == "score", "model.score_scaling",
+             self.model.score_scaling, f"'none' unless model.output is 'score' (it is {self.model.output!r})")
         need(self.schedule in ("linear", "cosine"), "schedule", self.schedule, "'linear' or 'cosine'")
         need(0 <= self.eps < 1, "eps", self.eps, "a number in [0, 1)")
         need(0 <= self.t_min < 1, "t_min", self.t_min, "a number in [0, 1)")

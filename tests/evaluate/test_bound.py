@@ -17,7 +17,7 @@ from _eval_runs import TEXT, cli, run_cli, text_run
 
 SCHEDULE = ddlm.LinearSchedule(eps=0.0)  # alpha_1 = 0: the ELBO has no prior term
 CASES = [(MaskedDiffusion, "denoiser"), (UniformDiffusion, "loo"), (UniformDiffusion, "denoiser"),
-         (AbsorbingUniformDiffusion, "posterior")]
+         (AbsorbingUniformDiffusion, "posterior"), (MaskedDiffusion, "score"), (UniformDiffusion, "score")]
 
 
 @pytest.fixture(scope="module")
