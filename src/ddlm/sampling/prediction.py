@@ -168,8 +168,8 @@ class Score:
     ``log_score`` (B, L, K) holds log s_i(y) = log p_t(x^{i<-y}) - log p_t(x) for the K data tokens (never
     copied). At a position holding a data token the value at y = x^i is ignored: log s_i(x^i) = 0 by
     definition. At a position holding another id (the MDM mask, id K) every column is a ratio from that
-    state to a clean token and all K count. One chunked pass over the vocabulary (in float64) gives the
-    masses below; only positions that draw materialise their row.
+    state to a clean token and all K count. One chunked pass over the vocabulary (in the score's dtype,
+    results in float64) gives the masses below; only positions that draw materialise their row, in float64.
     """
 
     def __init__(self, log_score: Tensor, x: Tensor):
