@@ -16,7 +16,7 @@ from ddlm.processes import AbsorbingUniformDiffusion, MaskedDiffusion, UniformDi
 
 SCHEDULE = ddlm.LinearSchedule(eps=0.0)  # alpha_1 = 0: the ELBO has no prior term
 CASES = [(MaskedDiffusion, "denoiser"), (UniformDiffusion, "loo"), (UniformDiffusion, "denoiser"),
-         (AbsorbingUniformDiffusion, "posterior")]
+         (AbsorbingUniformDiffusion, "posterior"), (MaskedDiffusion, "score"), (UniformDiffusion, "score")]
 
 
 @pytest.fixture(scope="module")
