@@ -1,0 +1,47 @@
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from ddlm import cli
+
+SRC = Path(__file__).resolve().parents[1] / "src"
+
+
+def _run_python(code: str) -> str:
+    env = {"PYTHONPATH": str(SRC), "PATH": "/usr/bin:/bin"}
+    return subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=env, check=True,
+                          timeout=120).stdout
+
+
+def test_help_imports_no_torch():
+    out = _run_python("import runpy, sys\nsys.argv = ['ddlm', '--help']\ntry:\n"
+                      "    runpy.run_module('ddlm', run_name='__main__')\nexcept SystemExit:\n    pass\n"
+                      "print('TORCH' if 'torch' in sys.modules else 'NO TORCH')")
+    assert out.strip().splitlines()[-1] == "NO TORCH"
+    assert "config" in out and "frontier" in out  # every command is listed
+
+
+def test_importing_ddlm_is_lazy_but_complete():
+    out = _run_python("import sys, ddlm\nprint('torch' in sys.modules)\n"
+                      "print(ddlm.sample.__name__, ddlm.MaskedDiffusion.__name__, ddlm.exact.__name__)")
+    assert out.split() == ["False", "sample", "MaskedDiffusion", "ddlm.exact"]
+
+
+def _help_lines(parser) -> dict:
+    action = next(a for a in parser._actions if a.__class__.__name__ == "_SubParsersAction")
+    return {a.dest: a.help for a in action._choices_actions}
+
+
+def test_listed_help_lines_are_the_commands_own():
+    listed, full = _help_lines(cli.build_parser(load=[])), _help_lines(cli.build_parser())
+    assert listed == full and set(cli.EXTERNAL) <= set(full)
+
+
+@pytest.mark.parametrize("command", sorted(cli.EXTERNAL))
+def test_each_command_defines_its_arguments_when_run(command, capsys):
+    with pytest.raises(SystemExit) as e:
+        cli.main([command, "--help"])
+    assert e.value.code == 0
+    assert "--no-progress" in capsys.readouterr().out
