@@ -88,7 +88,7 @@ class Parallel:
             if any(p.is_meta for p in ema.parameters()):  # an EMA built on the meta device: never unsharded
                 ema.to_empty(device=_device(model))
                 with torch.no_grad():
-                    for pe, pm in zip(ema.parameters(), model.parameters()):
+                    for pe, pm in zip(ema.parameters(), model.parameters(), strict=True):
                         pe.to_local().copy_(pm.to_local())
             self.eval_copy = make_eval_copy() if d.main else None
 
@@ -113,6 +113,15 @@ class Parallel:
         buf = torch.tensor([1.0 if flag else 0.0], device=_device(self.model))
         dist.broadcast(buf, 0)
         return bool(buf.item())
+
+    def from_main(self, value: float) -> float:
+        """Rank 0's number on every rank, exactly (float64): e.g. the training time, which drives the
+        learning rate and must be the same on every replica."""
+        if self.d.world == 1:
+            return value
+        buf = torch.tensor([value], dtype=torch.float64, device=_device(self.model))
+        dist.broadcast(buf, 0)
+        return buf.item()
 
     def mean(self, value: float) -> float:
         """The mean of a number over the ranks."""
