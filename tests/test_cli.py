@@ -45,3 +45,11 @@ def test_each_command_defines_its_arguments_when_run(command, capsys):
         cli.main([command, "--help"])
     assert e.value.code == 0
     assert "--no-progress" in capsys.readouterr().out
+
+
+@pytest.mark.parametrize("flag,bars", [([], True), (["--no-progress"], False)])
+def test_toy_progress_bars_follow_the_flag(flag, bars, capsys):
+    assert cli.main(["toy", "--vocab-size", "2", "--length", "2", *flag]) == 0
+    captured = capsys.readouterr()
+    assert "Exact NLL bounds" in captured.out
+    assert ("%|" in captured.err) == bars

@@ -32,7 +32,7 @@ def test_train_demo_runs_and_samples_the_reference(tmp_path):
     assert res["demo"]["step"] >= 1 and res["demo"]["val_nll"] > 0
     assert demo.REFERENCE.joinpath("meta.json").is_file(), "the reference checkpoint must ship with ddlm"
     ref = res["reference"]
-    assert ref["val_nll_all_blocks"] < ref["unigram_entropy"] - 1.0  # clearly below the unigram entropy
+    assert ref["val_nll_estimate"] < ref["unigram_entropy"] - 1.0  # clearly below the unigram entropy
     assert any(line.startswith("reference sample 0") for line in lines)
     # samples of the model it has just trained, and its bound next to the unigram entropy in nats and bits/char
     assert [line for line in lines if line.startswith("demo sample ")] == [f"demo sample 0: {res['demo_samples'][0]!r}"]
@@ -42,8 +42,8 @@ def test_train_demo_runs_and_samples_the_reference(tmp_path):
     assert any(line.startswith("WARNING:") and "not below the unigram entropy" in line for line in lines)
     assert res["held_out_words"]["known_fraction"] > 0.9  # real text, cut into blocks
     assert 0 <= res["demo_words"]["known_fraction"] <= 1 and res["demo_words"]["total_words"] > 50
-    # the shipped reference writes mostly real words (at temperature 0.8; see docs/training.md)
-    assert res["reference_words_T0.8"]["known_fraction"] > 0.5
+    # the shipped reference writes mostly real words (see docs/training.md)
+    assert res["reference_words"]["known_fraction"] > 0.4
     # running it again continues the run: the time budget adds up over reruns
     again = demo.train_demo(minutes=0.05, run_dir=str(tmp_path / "demo"), nfe=4, num_samples=1,
                             out=lines.append, progress=False, threads=1, words=(2, 4), reference=False)

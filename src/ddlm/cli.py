@@ -37,7 +37,8 @@ def _toy(args) -> int:
 def _demo(args) -> int:
     from . import demo
 
-    demo.train_demo(minutes=args.minutes, run_dir=args.run_dir, progress=not args.no_progress)
+    minutes = demo.DEMO_MINUTES if args.minutes is None else args.minutes
+    demo.train_demo(minutes=minutes, run_dir=args.run_dir, progress=not args.no_progress)
     return 0
 
 
@@ -76,8 +77,8 @@ def _config(args) -> int:
 def _builtin_commands(sub) -> None:
     p = sub.add_parser("demo", help="train the demo model for a few minutes, then sample from it and from the "
                                     "reference")
-    p.add_argument("--minutes", type=float, default=4.0,
-                   help="training budget in minutes, cumulative over reruns (default 4)")
+    p.add_argument("--minutes", type=float, default=None,
+                   help="minutes of training to add to the run (default 3.5); a rerun trains on")
     p.add_argument("--run-dir", default="runs/demo-mdm", help="where the demo run is written")
     p.add_argument("--no-progress", action="store_true", help="no progress bars")
     p.set_defaults(func=_demo)

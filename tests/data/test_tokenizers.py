@@ -12,7 +12,12 @@ import torch
 from ddlm.data import tokenizers as tok_mod
 from ddlm.data.corpora import default_corpus
 from ddlm.data.tokenizers import (
-    BPETokenizer, CharTokenizer, Tokenizer, gpt2_files, load_tokenizer, tokenizer_from_dict,
+    BPETokenizer,
+    CharTokenizer,
+    Tokenizer,
+    gpt2_files,
+    load_tokenizer,
+    tokenizer_from_dict,
 )
 
 

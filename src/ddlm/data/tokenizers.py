@@ -289,7 +289,7 @@ class BPETokenizer(Tokenizer):
     def __init__(self, backend: Any, bos_token: str, eos_token: str, spec: dict[str, Any]) -> None:
         self.backend, self.bos_token, self.eos_token, self._spec = backend, bos_token, eos_token, spec
         ids = [backend.token_to_id(t) for t in (bos_token, eos_token)]
-        for t, i in zip((bos_token, eos_token), ids):
+        for t, i in zip((bos_token, eos_token), ids, strict=True):
             if i is None:
                 raise ValueError(f"token {t!r} (for BOS/EOS) is not in the tokenizer's vocabulary")
         self.bos_id, self.eos_id = ids

@@ -35,12 +35,13 @@ from pathlib import Path
 
 from .._io import atomic_write_text
 from .metrics import sample_entropy
-from .options import SamplerSettings, TEMPERATURE_ON, draw, resolve_sampler
+from .options import TEMPERATURE_ON, SamplerSettings, draw, resolve_sampler
 
 #: settings that identify a point (a resumed sweep skips rows whose key is already in the CSV)
 KEY_FIELDS = ("run", "checkpoint", "step", "process", "sampler", "nfe", "temperature", "temperature_on", "top_p",
               "corrector", "remasking", "seed", "num_samples", "length", "batch_size", "judge", "mauve_reference")
-RESULT_FIELDS = ("gen_ppl", "mean_nll", "mean_nll_se", "judge_tokens", "num_empty", "entropy", "pooled_entropy", "mauve", "seconds")
+RESULT_FIELDS = ("gen_ppl", "mean_nll", "mean_nll_se", "judge_tokens", "num_empty", "entropy", "pooled_entropy", "mauve",
+                 "seconds")
 FIELDS = ("label",) + KEY_FIELDS + RESULT_FIELDS + ("samples_file", "ddlm_version")
 CSV_NAME, PLOT_NAME = "frontier.csv", "frontier.png"
 
@@ -175,7 +176,7 @@ def sweep(runs: list, settings: list[SamplerSettings], judge, out_dir: str | os.
         raise ValueError(f"labels has {len(labels)} entries for {len(runs)} runs; give one label per run")
     done = {point_key(r) for r in read_rows(csv_path)}
     todo = []
-    for run, label in zip(runs, labels):
+    for run, label in zip(runs, labels, strict=True):
         length_ = run.sample_length if length is None else length
         seen = set()
         for s in settings:
