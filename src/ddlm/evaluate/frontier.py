@@ -40,8 +40,8 @@ from .options import TEMPERATURE_ON, SamplerSettings, draw, resolve_sampler
 #: settings that identify a point (a resumed sweep skips rows whose key is already in the CSV)
 KEY_FIELDS = ("run", "checkpoint", "step", "process", "sampler", "nfe", "temperature", "temperature_on", "top_p",
               "corrector", "remasking", "seed", "num_samples", "length", "batch_size", "judge", "mauve_reference")
-RESULT_FIELDS = ("gen_ppl", "mean_nll", "mean_nll_se", "judge_tokens", "num_empty", "entropy", "pooled_entropy", "mauve",
-                 "seconds")
+RESULT_FIELDS = ("gen_ppl", "mean_nll", "mean_nll_se", "judge_tokens", "num_empty", "entropy", "pooled_entropy",
+                 "mauve", "seconds")
 FIELDS = ("label",) + KEY_FIELDS + RESULT_FIELDS + ("samples_file", "ddlm_version")
 CSV_NAME, PLOT_NAME = "frontier.csv", "frontier.png"
 
