@@ -53,3 +53,16 @@ def test_toy_progress_bars_follow_the_flag(flag, bars, capsys):
     captured = capsys.readouterr()
     assert "Exact NLL bounds" in captured.out
     assert ("%|" in captured.err) == bars
+
+
+def test_train_ends_with_the_bound_per_token_and_per_char_and_says_what_it_is(tmp_path, capsys):
+    corpus = tmp_path / "corpus.txt"
+    corpus.write_text("the quick brown fox jumps over the lazy dog.\n" * 60)
+    run = tmp_path / "run"
+    assert cli.main(["train", "-", f"run_dir={run}", f"data.corpus={corpus}", "data.block_size=16", "model.hidden=32",
+                     "model.blocks=1", "model.heads=2", "batch_size=8", "max_steps=2", "eval_batches=2",
+                     "sample_nfe=2", "num_samples=1", "--no-progress"]) == 0
+    last = capsys.readouterr().out.strip().splitlines()[-1]
+    assert last.startswith("finished at step 2") and "nats/token = " in last and "bits/char" in last
+    assert "an estimate from 2 batches on " in last and f"ddlm eval {run} --passes 4" in last
+    assert "unigram entropy of the training split " in last

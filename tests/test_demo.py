@@ -52,13 +52,12 @@ def test_train_demo_runs_and_samples_the_reference(tmp_path):
 
 
 def test_demo_warns_far_below_the_documented_step_count():
-    low = demo.DOCUMENTED_STEPS[0]
-    assert demo.few_steps_warning(low, demo.DEMO_MINUTES) is None
-    assert demo.few_steps_warning(low // 2 + 1, demo.DEMO_MINUTES) is None
-    warning = demo.few_steps_warning(low // 4, demo.DEMO_MINUTES)
-    assert warning.startswith(f"WARNING: {low // 4} steps in {demo.DEMO_MINUTES:.1f} minutes")
-    assert "far fewer" in warning
-    assert demo.few_steps_warning(low // 4, demo.DEMO_MINUTES / 4) is None  # proportional to the time trained
+    low, minutes = demo.DOCUMENTED_STEPS[0], demo.DOCUMENTED_MINUTES
+    assert demo.few_steps_warning(low, minutes) is None
+    assert demo.few_steps_warning(low // 2 + 1, minutes) is None
+    warning = demo.few_steps_warning(low // 4, minutes)
+    assert warning.startswith(f"WARNING: {low // 4} steps in {minutes:.1f} minutes") and "far fewer" in warning
+    assert demo.few_steps_warning(low // 4, minutes / 4) is None  # proportional to the time trained
 
 
 def test_demo_picks_the_faster_thread_count(monkeypatch):

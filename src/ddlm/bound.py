@@ -117,8 +117,12 @@ def final_bound_line(metrics: dict, cfg) -> str:
         return f"{head}; {entropy}"
     what = "exact NLL" if is_autoregressive(cfg) else "validation bound"
     blocks = metrics.get("eval_blocks")
-    on = (f" on {blocks} of the {metrics['val_blocks']} validation blocks of {cfg.data.block_size} tokens"
-          if blocks else "")
+    on = ""
+    if blocks:
+        n = metrics["val_blocks"]
+        on = (f" on {blocks} of the {n}" if blocks < n else f" on all {n}") + \
+            f" validation blocks of {cfg.data.block_size} tokens"
+    caveat = "" if is_autoregressive(cfg) else "heavy-tailed: its SE understates its noise; "
     return (f"{head}: {what} {in_units(metrics['val_nll'], cpt, metrics.get('val_nll_se'))}, an estimate from "
-            f"{cfg.eval_batches} batches{on} (heavy-tailed: its SE understates its noise; the bound over every "
-            f"validation block: ddlm eval {cfg.run_dir} --passes 4); {entropy}")
+            f"{cfg.eval_batches} batches{on} ({caveat}the bound over every validation block: "
+            f"ddlm eval {cfg.run_dir} --passes 4); {entropy}")
