@@ -47,6 +47,7 @@ def test_each_command_defines_its_arguments_when_run(command, capsys):
     assert "--no-progress" in capsys.readouterr().out
 
 
+@pytest.mark.slow  # 7-8 s each: the toy draws 20,000 exact samples per sampler and NFE
 @pytest.mark.parametrize("flag,bars", [([], True), (["--no-progress"], False)])
 def test_toy_progress_bars_follow_the_flag(flag, bars, capsys):
     assert cli.main(["toy", "--vocab-size", "2", "--length", "2", *flag]) == 0
