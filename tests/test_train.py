@@ -275,3 +275,69 @@ def test_max_minutes_stops_and_checkpoints(tmp_path):
     metrics = train(cfg, progress=False, log=lambda *_: None)
     assert 1 <= metrics["step"] < 100000 and "val_nll" in metrics
     model, _, _ = load(tmp_path / "short")  # the stop left a loadable checkpoint
+
+
+class FakeClock:
+    """A clock that advances 15 s (a quarter of a minute, exact in binary) at every reading: train reads
+    it once when its loop starts and once per step."""
+
+    def __init__(self):
+        self.calls = 0
+
+    def __call__(self) -> float:
+        self.calls += 1
+        return 15.0 * self.calls
+
+
+def _lrs(run_dir) -> dict:
+    recs = [json.loads(line) for line in (run_dir / "metrics.jsonl").read_text().splitlines()]
+    return {r["step"]: r for r in recs if "lr" in r}
+
+
+def test_time_budget_is_cumulative_and_resume_is_bit_identical(tmp_path):
+    quiet = {"progress": False, "log": lambda *_: None}
+    over = {"max_steps": 100, "max_minutes": 1.5}
+    full = train(_cfg(tmp_path, "full", **over), clock=FakeClock(), **quiet)
+    assert full["step"] == 7 and full["train_minutes"] == 1.75  # 0.25 minutes a step, stops once past 1.5
+    train(_cfg(tmp_path, "split", **over), clock=FakeClock(), stop_at=3, **quiet)
+    resumed = train(_cfg(tmp_path, "split", **over), clock=FakeClock(), **quiet)
+    # the budget counts the minutes of both invocations: it stops at the same step, not 7 steps later
+    assert resumed["step"] == 7 and resumed["train_minutes"] == 1.75
+    for ema in (False, True):
+        a, b = load(tmp_path / "full", ema=ema)[0], load(tmp_path / "split", ema=ema)[0]
+        for (name, p), q in zip(a.state_dict().items(), b.state_dict().values(), strict=True):
+            assert torch.equal(p, q), name
+    assert {s: r["lr"] for s, r in _lrs(tmp_path / "full").items()} == {
+        s: r["lr"] for s, r in _lrs(tmp_path / "split").items()}
+    # once spent, running again trains nothing and says so
+    lines = []
+    again = train(_cfg(tmp_path, "split", **over), clock=FakeClock(), progress=False, log=lines.append)
+    assert again["step"] == 7 and any("time budget max_minutes = 1.5 is spent" in line for line in lines)
+
+
+def test_learning_rate_decays_over_the_time_budget_when_it_ends_the_run(tmp_path):
+    quiet = {"progress": False, "log": lambda *_: None}
+    over = {"max_steps": 1000, "max_minutes": 1.5, "optim.lr": 1e-3, "optim.min_lr_ratio": 0.1}
+    train(_cfg(tmp_path, "timed", **over), clock=FakeClock(), **quiet)
+    timed = _lrs(tmp_path / "timed")
+    # the lr logged at step s is that of step s + 1, set from the minutes recorded after step s
+    assert timed[6]["train_minutes"] == 1.5 and timed[6]["lr"] == pytest.approx(1e-4)  # the time budget is spent
+    assert timed[4]["lr"] == pytest.approx(1e-4 + 0.9e-3 * 0.5 * (1 + math.cos(math.pi * 1.0 / 1.5)))
+    train(_cfg(tmp_path, "steps", **over, **{"optim.time_decay": False}), clock=FakeClock(), **quiet)
+    assert _lrs(tmp_path / "steps")[6]["lr"] > 0.99e-3  # over max_steps only: barely decayed
+
+
+def test_learning_rate_follows_whichever_budget_ends_first():
+    from ddlm.train import lr_lambda
+
+    cfg = load_config(None, ["max_steps=110", "optim.warmup_steps=10", "optim.min_lr_ratio=0.1", "max_minutes=10"])
+    used = [0.0]
+    f = lr_lambda(cfg, lambda: used[0])
+    assert f(60) == pytest.approx(0.55)  # half the steps, no time used
+    used[0] = 7.5
+    assert f(60) == pytest.approx(0.1 + 0.9 * 0.5 * (1 + math.cos(math.pi * 0.75)))  # 75% of the time used
+    used[0] = 12.0
+    assert f(20) == pytest.approx(0.1) and f(5) == pytest.approx(0.6)  # spent (warm-up is by steps)
+    assert lr_lambda(cfg)(60) == pytest.approx(0.55)  # without a clock: steps only
+    no_time = load_config(None, ["max_steps=110", "optim.warmup_steps=10", "max_minutes=10", "optim.time_decay=false"])
+    assert lr_lambda(no_time, lambda: 12.0)(60) == pytest.approx(0.55)

@@ -1,11 +1,38 @@
-"""ddlm: discrete diffusion language models (masked, uniform, absorbing-uniform, D3PM)."""
+"""ddlm: discrete diffusion language models (masked, uniform, absorbing-uniform, D3PM, SEDD).
 
-from . import conversions, exact, losses, processes, schedules
-from .processes import D3PM, AbsorbingUniformDiffusion, AUDMState, MaskedDiffusion, UniformDiffusion
-from .sampling import GibbsCorrector, RemaskingSchedule, SampleInfo, sample
-from .schedules import CosineSchedule, LinearSchedule
+The names below are imported on first use (``ddlm.sample``, ``ddlm.MaskedDiffusion``, ``ddlm.exact``, ...),
+so that ``import ddlm`` and the command line's ``ddlm --help`` do not pay for importing torch.
+"""
+
+from __future__ import annotations
+
+import importlib
 
 __version__ = "0.1.0"
+
+#: public name -> the submodule that defines it (imported on first access)
+_LAZY = {
+    "AbsorbingUniformDiffusion": "processes", "AUDMState": "processes", "MaskedDiffusion": "processes",
+    "D3PM": "processes", "State": "processes",
+    "UniformDiffusion": "processes", "GibbsCorrector": "sampling", "RemaskingSchedule": "sampling",
+    "SampleInfo": "sampling", "sample": "sampling", "CosineSchedule": "schedules", "LinearSchedule": "schedules",
+}
+_SUBMODULES = ("conversions", "exact", "losses", "processes", "schedules")
+
+
+def __getattr__(name: str):
+    if name in _SUBMODULES:
+        value = importlib.import_module(f".{name}", __name__)
+    elif name in _LAZY:
+        value = getattr(importlib.import_module(f".{_LAZY[name]}", __name__), name)
+    else:
+        raise AttributeError(f"module 'ddlm' has no attribute {name!r}")
+    globals()[name] = value
+    return value
+
+
+def __dir__() -> list[str]:
+    return sorted(set(globals()) | set(__all__))
 
 
 def load(path, ema: bool = True):
@@ -13,6 +40,7 @@ def load(path, ema: bool = True):
     from .runs import load as _load
 
     return _load(path, ema=ema)
+
 
 __all__ = [
     "D3PM", "AUDMState", "AbsorbingUniformDiffusion", "CosineSchedule", "GibbsCorrector", "LinearSchedule",

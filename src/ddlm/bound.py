@@ -85,3 +85,47 @@ def validation_bound(model, blocks: Tensor, batch_size: int, num_batches: int, s
     mean = sum(per_batch) / len(per_batch)
     var = sum((v - mean) ** 2 for v in per_batch) / max(1, len(per_batch) - 1)
     return mean, math.sqrt(var / len(per_batch))
+
+
+# ---- units and the lines that report a bound -------------------------------------------------------
+
+def chars_per_token(blocks: Tensor, tokenizer) -> float:
+    """Characters of decoded text per token of ``blocks`` (BOS/EOS decode to nothing): the factor
+    between a bound in nats/token and in nats/char."""
+    rows = blocks.tolist()
+    chars = sum(len(tokenizer.decode(row)) for row in rows)
+    return chars / max(1, sum(len(row) for row in rows))
+
+
+def in_units(nats_per_token: float, chars_per_token: float | None = None, se: float | None = None) -> str:
+    """'2.4190 +- 0.0380 nats/token = 2.4191 nats/char = 3.4901 bits/char' (bits/token without
+    ``chars_per_token``)."""
+    ln2 = math.log(2.0)
+    pm = f" +- {se:.4f}" if se is not None else ""
+    text = f"{nats_per_token:.4f}{pm} nats/token"
+    if chars_per_token:
+        per_char = nats_per_token / chars_per_token
+        return text + f" = {per_char:.4f} nats/char = {per_char / ln2:.4f} bits/char"
+    return text + f" = {nats_per_token / ln2:.4f} bits/token"
+
+
+def final_bound_line(metrics: dict, cfg) -> str:
+    """The line training ends with: the validation bound next to the unigram entropy in nats per token
+    and per character (and bits), what it was measured on, and that ``ddlm eval`` gives the full bound."""
+    cpt = metrics.get("chars_per_token")
+    minutes = metrics.get("train_minutes")
+    head = f"finished at step {metrics['step']}" + (f" ({minutes:.1f} minutes of training)" if minutes else "")
+    entropy = f"unigram entropy of the training split {in_units(metrics['unigram_entropy'], cpt)}"
+    if "val_nll" not in metrics:
+        return f"{head}; {entropy}"
+    what = "exact NLL" if is_autoregressive(cfg) else "validation bound"
+    blocks = metrics.get("eval_blocks")
+    on = ""
+    if blocks:
+        n = metrics["val_blocks"]
+        on = (f" on {blocks} of the {n}" if blocks < n else f" on all {n}") + \
+            f" validation blocks of {cfg.data.block_size} tokens"
+    caveat = "" if is_autoregressive(cfg) else "heavy-tailed: its SE understates its noise; "
+    return (f"{head}: {what} {in_units(metrics['val_nll'], cpt, metrics.get('val_nll_se'))}, an estimate from "
+            f"{cfg.eval_batches} batches{on} ({caveat}the bound over every validation block: "
+            f"ddlm eval {cfg.run_dir} --passes 4); {entropy}")

@@ -1,5 +1,10 @@
 """The ``ddlm`` command line.
 
+Start-up is kept short: this module imports neither torch nor the evaluation code. The commands of
+``ddlm.evaluate`` register their own arguments (``add_command`` in each module); their module is
+imported only when that command runs (or its ``--help`` is asked for), and ``ddlm --help`` lists them
+from :data:`EXTERNAL` (``tests/test_cli.py`` checks that its help lines are the modules' own).
+
 Errors (docs/reliability.md): every error ends the command with one line on stderr,
 ``ddlm COMMAND: error: ...``, that says what went wrong and what to do; no traceback unless
 ``--debug`` is given or ``DDLM_DEBUG=1`` is set. Exit status: 2 for bad input (a config value, an
@@ -12,21 +17,37 @@ from __future__ import annotations
 
 import argparse
 import errno
+import importlib
 import os
 import sys
+
+#: command -> (the module whose ``add_command`` registers it, its one-line help)
+EXTERNAL = {
+    "sample": ("ddlm.evaluate.generate", "draw samples from a run (unconditional, prefix prompts, infilling) and "
+                                         "print them"),
+    "eval": ("ddlm.evaluate.bound", "NLL bound of a run (nats/token, bits/token, bits/char, perplexity) on held-out "
+                                    "text"),
+    "frontier": ("ddlm.evaluate.frontier", "generative frontier sweep: gen-PPL under a judge against sample entropy "
+                                           "(CSV + PNG)"),
+    "probe": ("ddlm.evaluate.probe_cli", "LOO sensitivity probe of uniform-diffusion runs along the sampling "
+                                         "trajectory"),
+    "sudoku": ("ddlm.evaluate.sudoku", "solve generated test puzzles with a Sudoku run (clues fixed as a prompt)"),
+}
 
 
 def _toy(args) -> int:
     from . import demo
 
-    demo.run(vocab_size=args.vocab_size, length=args.length, alpha=args.alpha, seed=args.seed)
+    demo.run(vocab_size=args.vocab_size, length=args.length, alpha=args.alpha, seed=args.seed,
+             progress=not args.no_progress)
     return 0
 
 
 def _demo(args) -> int:
     from . import demo
 
-    demo.train_demo(minutes=args.minutes, run_dir=args.run_dir)
+    minutes = demo.DEMO_MINUTES if args.minutes is None else args.minutes
+    demo.train_demo(minutes=minutes, run_dir=args.run_dir, progress=not args.no_progress)
     return 0
 
 
@@ -40,6 +61,7 @@ def _export(args) -> int:
 
 
 def _train(args) -> int:
+    from .bound import final_bound_line
     from .config import load_config
     from .train import train
 
@@ -48,26 +70,36 @@ def _train(args) -> int:
     cfg = load_config(None if args.config == "-" else args.config, args.overrides)
     metrics = train(cfg, resume="previous" if args.resume_previous else not args.no_resume,
                     progress=not args.no_progress)
-    print(f"finished at step {metrics['step']}: validation bound {metrics.get('val_nll', float('nan')):.4f} "
-          f"nats/token, unigram entropy {metrics['unigram_entropy']:.4f}")
+    print(final_bound_line(metrics, cfg))
     return 0
 
 
-def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="ddlm", description="Discrete diffusion language models.")
-    parser.add_argument("--debug", action="store_true",
-                        help="show the full traceback of an error (also: environment variable DDLM_DEBUG=1)")
-    sub = parser.add_subparsers(dest="command", required=True)
-    p = sub.add_parser("demo",
-                       help="train the demo model for a few minutes, then sample from it and from the reference")
-    p.add_argument("--minutes", type=float, default=4.0, help="training budget in minutes (default 4)")
+def _config(args) -> int:
+    from .config_docs import describe_text, markdown
+
+    if args.markdown:
+        if args.name is not None or args.overrides:
+            raise ValueError("--markdown documents the defaults of every key; give no config NAME or overrides")
+        sys.stdout.write(markdown())
+        return 0
+    sys.stdout.write(describe_text(args.name, args.overrides))
+    return 0
+
+
+def _builtin_commands(sub) -> None:
+    p = sub.add_parser("demo", help="train the demo model for a few minutes, then sample from it and from the "
+                                    "reference")
+    p.add_argument("--minutes", type=float, default=None,
+                   help="minutes of training to add to the run (default 3.5); a rerun trains on")
     p.add_argument("--run-dir", default="runs/demo-mdm", help="where the demo run is written")
+    p.add_argument("--no-progress", action="store_true", help="no progress bars")
     p.set_defaults(func=_demo)
     p = sub.add_parser("toy", help="exact-oracle demonstration on a random toy law")
     p.add_argument("--vocab-size", type=int, default=3, help="K, number of tokens (default 3)")
     p.add_argument("--length", type=int, default=3, help="L, sequence length (default 3)")
     p.add_argument("--alpha", type=float, default=0.5, help="clean-signal fraction at the noisy sequence")
     p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--no-progress", action="store_true", help="no progress bars")
     p.set_defaults(func=_toy)
     p = sub.add_parser("export", help="write a run's EMA weights, config and tokenizer as a small checkpoint")
     p.add_argument("run", help="run folder or checkpoint folder")
@@ -77,9 +109,12 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--dtype", default="float32", choices=("float32", "float16", "bfloat16"),
                    help="storage type of the weights (half precision halves the size; loaded as float32)")
     p.set_defaults(func=_export)
-    p = sub.add_parser("train", help="train a model from a YAML config (resumes the run if it has checkpoints)")
+    p = sub.add_parser("train", help="train a model from a YAML config (resumes the run if it has checkpoints)",
+                       description="Train (or resume) a run. Every config key, its type, default and meaning: "
+                                   "`ddlm config NAME` or docs/configs.md.")
     p.add_argument("config", help="a packaged config name (e.g. demo-mdm) or a YAML file; - for the defaults")
-    p.add_argument("overrides", nargs="*", help="key=value overrides, e.g. optim.lr=3e-4 max_steps=500")
+    p.add_argument("overrides", nargs="*", help="key=value overrides, e.g. optim.lr=3e-4 max_steps=500 "
+                                                "(every key: ddlm config NAME)")
     p.add_argument("--no-resume", action="store_true",
                    help="do not resume: fail if run_dir already has checkpoints (never overwrites them)")
     p.add_argument("--resume-previous", action="store_true",
@@ -87,10 +122,31 @@ def build_parser() -> argparse.ArgumentParser:
                         "verifies (without this, a damaged latest checkpoint is an error)")
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
     p.set_defaults(func=_train)
-    from .evaluate import bound, frontier, generate, probe_cli, sudoku
+    p = sub.add_parser("config", help="every training config key with its type, value, default and meaning",
+                       description="Print every key of a training config (a packaged config such as demo-mdm, a "
+                                   "YAML file, or the defaults) with its type, its value after the overrides, its "
+                                   "default, its meaning and, where they are fixed, its allowed values.")
+    p.add_argument("name", nargs="?", default=None,
+                   help="a packaged config name or a YAML file (default: the defaults)")
+    p.add_argument("overrides", nargs="*", help="key=value overrides to apply first, as for ddlm train")
+    p.add_argument("--markdown", action="store_true", help="print the reference of every key as Markdown "
+                                                           "(docs/configs.md is this output)")
+    p.set_defaults(func=_config)
 
-    for module in (generate, bound, frontier, probe_cli, sudoku):  # ddlm sample, eval, frontier, probe, sudoku
-        module.add_command(sub)
+
+def build_parser(load: list[str] | tuple[str, ...] | None = None) -> argparse.ArgumentParser:
+    """The parser. ``load``: the commands of :data:`EXTERNAL` whose arguments are defined (their
+    modules are imported); None defines them all. The others are listed with their help line only."""
+    parser = argparse.ArgumentParser(prog="ddlm", description="Discrete diffusion language models.")
+    parser.add_argument("--debug", action="store_true",
+                        help="show the full traceback of an error (also: environment variable DDLM_DEBUG=1)")
+    sub = parser.add_subparsers(dest="command", required=True)
+    _builtin_commands(sub)
+    for name, (module, help_line) in EXTERNAL.items():
+        if load is None or name in load:
+            importlib.import_module(module).add_command(sub)  # ddlm sample, eval, frontier, probe, sudoku
+        else:
+            sub.add_parser(name, help=help_line, add_help=False)
     return parser
 
 
@@ -134,8 +190,14 @@ def error_message(e: BaseException) -> tuple[str, int]:
             "please report it if it looks like a bug)"), 1
 
 
+def _command(argv: list[str]) -> str | None:
+    return next((a for a in argv if not a.startswith("-")), None)
+
+
 def main(argv=None) -> int:
-    args = build_parser().parse_args(argv)
+    argv = list(sys.argv[1:] if argv is None else argv)
+    command = _command(argv)
+    args = build_parser(load=[command] if command in EXTERNAL else []).parse_args(argv)
     debug = args.debug or os.environ.get("DDLM_DEBUG", "") not in ("", "0")
     try:
         return args.func(args)

@@ -48,85 +48,132 @@ def is_autoregressive(run) -> bool:
     return run.process is None or run.process == AUTOREGRESSIVE
 
 
+def key(default=dataclasses.MISSING, doc: str = "", *, factory=None, choices=None):
+    """A config field with its meaning (``doc``) and, for an enumerated key with fixed values, ``choices``
+    (keys whose values come from the process registry are listed in :func:`allowed_values`). The
+    meanings are the one source of ``ddlm config`` and docs/configs.md (``ddlm.config_docs``)."""
+    metadata = {"doc": doc}
+    if choices is not None:
+        metadata["choices"] = tuple(choices)
+    if factory is not None:
+        return field(default_factory=factory, metadata=metadata)
+    return field(default=default, metadata=metadata)
+
+
 @dataclass
 class ModelConfig:
-    preset: str = "tiny"
-    backbone: str = "dit"  # a name in ddlm.models.backbones.BACKBONES ("dit", "conv"); diffusion runs only
-    # "denoiser" | "loo" | "score" (UDM), "denoiser" | "score" (MDM), "posterior" (AUDM); default per process
-    output: str | None = None
-    # output "score": "none" (the DiT's output is the log-score) or "noise_level" (MDM: SEDD's absorbing-graph
-    # scaling, log s = output - log(e^sigma - 1) - log K; docs/maths.md §10.3)
-    score_scaling: str = "none"
-    time_conditioning: bool = True
-    hidden: int | None = None
-    blocks: int | None = None
-    heads: int | None = None
-    dropout: float = 0.0
-    # process "ar": BOS before every block as its start context, so the NLL covers all L tokens and
-    # samples drawn from BOS are blocks like the diffusion models' (False: the first token is context only)
-    block_start: bool = True
+    """The network: a DiT for a diffusion process, a causal transformer on the same trunk for "ar"."""
+
+    preset: str = key("tiny", "size preset of the trunk (hidden x blocks x heads: tiny 256x4x4, small 768x12x12, "
+                              "medium 1024x24x16); model.hidden, model.blocks and model.heads override its parts")
+    backbone: str = key("dit", "the network of a diffusion run, a name in ddlm.models.backbones.BACKBONES: 'dit' "
+                               "(transformer) or 'conv' (dilated convolutions); the autoregressive baseline is "
+                               "always the transformer")
+    output: str | None = key(None, "what the network outputs: 'denoiser' p(x0 | x_t), 'loo' (UDM: the leave-one-out "
+                                   "posterior p(x0^i | x_t^-i)), 'posterior' (AUDM) or 'score' (UDM, MDM: the "
+                                   "concrete score, SEDD); None: the process's default")
+    score_scaling: str = key("none", "output 'score': 'none' (the network's output is the log-score) or "
+                                     "'noise_level' (MDM: SEDD's absorbing-graph scaling, log s = output - "
+                                     "log(e^sigma - 1) - log K; docs/maths.md §10.3)")
+    time_conditioning: bool = key(True, "condition the DiT on the noise level (adaLN); false: a constant "
+                                        "conditioning vector, the time is ignored")
+    hidden: int | None = key(None, "width of the trunk (None: the preset's)")
+    blocks: int | None = key(None, "number of transformer blocks (None: the preset's)")
+    heads: int | None = key(None, "attention heads per block, must divide model.hidden (None: the preset's)")
+    dropout: float = key(0.0, "dropout probability inside the trunk")
+    block_start: bool = key(True, "process 'ar': put BOS before every block as its start context, so the NLL covers "
+                                  "all block_size tokens and samples drawn from BOS are blocks like the diffusion "
+                                  "models' (false: the first token is context only)")
 
 
 @dataclass
 class DataConfig:
-    corpus: str = "default"  # "default", a text file, a folder of .txt files, a .jsonl file, or "sudoku"
-    num_puzzles: int = 20000  # corpus "sudoku": number of generated solution grids (one block each)
-    tokenizer: str = "char"  # "char", "gpt2", or a tokenizers JSON file
-    block_size: int = 128
-    val_fraction: float = 0.05
+    """The corpus, its tokenizer and how it is cut into blocks."""
+
+    corpus: str = key("default", "'default' (the embedded Shakespeare corpus, 9 plays), a text file, a folder of "
+                                 ".txt files (one document each), a .jsonl file (field 'text'), or 'sudoku' "
+                                 "(generated solution grids)")
+    num_puzzles: int = key(20000, "corpus 'sudoku': number of generated solution grids (one block each)")
+    tokenizer: str = key("char", "'char' (one token per character of the corpus), 'gpt2' (GPT-2's BPE, 50,257 "
+                                 "tokens, offline), 'bpe:N' (a byte-level BPE of N tokens trained on the training "
+                                 "split, deterministic, saved with the run) or a tokenizers JSON file")
+    block_size: int = key(128, "tokens per training block: documents are packed as BOS + text + EOS and cut into "
+                               "blocks of this length (81 for 'sudoku')")
+    val_fraction: float = key(0.05, "share held out for validation: whole documents when there are enough, else the "
+                                    "last val_fraction of every document (the default corpus: the last 5% of every "
+                                    "play)")
 
 
 @dataclass
 class OptimConfig:
-    lr: float = 1e-3
-    weight_decay: float = 0.0
-    beta1: float = 0.9
-    beta2: float = 0.98
-    warmup_steps: int = 100
-    decay: str = "cosine"  # "cosine" | "constant"
-    min_lr_ratio: float = 0.1
-    grad_clip: float = 1.0
+    """AdamW and the learning-rate schedule."""
+
+    lr: float = key(1e-3, "peak learning rate of AdamW")
+    weight_decay: float = key(0.0, "AdamW weight decay")
+    beta1: float = key(0.9, "AdamW beta1 (decay of the running mean of the gradients)")
+    beta2: float = key(0.98, "AdamW beta2 (decay of the running mean of the squared gradients)")
+    warmup_steps: int = key(100, "linear warm-up of the learning rate over this many steps")
+    decay: str = key("cosine", "after warm-up: 'cosine' decay to min_lr_ratio x lr at the end of the run (see "
+                               "optim.time_decay), or 'constant'", choices=("cosine", "constant"))
+    min_lr_ratio: float = key(0.1, "the learning rate at the end of the cosine decay, as a fraction of optim.lr")
+    time_decay: bool = key(True, "with max_minutes set, the cosine follows whichever budget runs out first: its "
+                                 "progress is the larger of the fraction of max_steps done and the fraction of "
+                                 "max_minutes used (recorded with each checkpoint); false: max_steps only, so the "
+                                 "learning rate does not depend on the machine's speed")
+    grad_clip: float = key(1.0, "clip the global gradient norm to this value")
 
 
 @dataclass
 class D3PMConfig:
     """Process "d3pm" (docs/maths.md §9): the transition matrices and the hybrid loss's lambda."""
 
-    kind: str = "uniform"  # "uniform" | "absorbing" | "gaussian" | "band"
-    steps: int = 1000  # T
-    noise_schedule: str = "d3pm"  # "d3pm" (the kind's D3PM default) | "matched" (alphabar_n = alpha(n/T) of `schedule`)
-    hybrid_lambda: float = 0.01  # lambda of objective d3pm_hybrid (L_vb + lambda CE)
-    bandwidth: int = 1  # kind "band": moves between tokens at most this far apart
+    kind: str = key("uniform", "transition matrices Q_t", choices=("uniform", "absorbing", "gaussian", "band"))
+    steps: int = key(1000, "number of discrete time steps T")
+    noise_schedule: str = key("d3pm", "'d3pm' (the kind's D3PM default) or 'matched' (alphabar_n = alpha(n/T) of "
+                                      "the config's schedule; uniform and absorbing only)", choices=("d3pm", "matched"))
+    hybrid_lambda: float = key(0.01, "lambda of objective d3pm_hybrid (L_vb + lambda CE)")
+    bandwidth: int = key(1, "kind 'band': moves between tokens at most this far apart")
 
 
 @dataclass
 class TrainConfig:
-    run_dir: str = "runs/demo"
-    process: str = "mdm"
-    objective: str | None = None  # default: the process's ELBO
-    schedule: str = "linear"
-    eps: float = 1e-3  # alpha_1 = eps
-    t_min: float = 1e-3  # training times t = t_min + (1 - t_min) u
-    model: ModelConfig = field(default_factory=ModelConfig)
-    data: DataConfig = field(default_factory=DataConfig)
-    d3pm: D3PMConfig = field(default_factory=D3PMConfig)  # used by process "d3pm" only
-    optim: OptimConfig = field(default_factory=OptimConfig)
-    batch_size: int = 32  # global: across processes and accumulation steps
-    grad_accum: int = 1
-    max_steps: int = 1000
-    max_minutes: float | None = None  # stop (and checkpoint) after this wall time
-    ema: float = 0.999
-    seed: int = 0
-    log_every: int = 10
-    eval_every: int = 200
-    eval_batches: int = 8
-    save_every: int = 200
-    keep_checkpoints: int = 2
-    sample_every: int = 0  # 0: only at the end
-    num_samples: int = 2
-    sample_nfe: int = 64
-    device: str = "auto"  # "auto" | "cpu" | "cuda"
-    parallel: str = "ddp"  # under torchrun: "ddp" (replicated) or "fsdp" (sharded weights and optimizer state)
+    """A training run: ddlm train NAME key=value ..."""
+
+    run_dir: str = key("runs/demo", "the run folder: config.json, metrics.jsonl, samples.jsonl, checkpoints/; "
+                                    "training again with the same run_dir resumes")
+    process: str = key("mdm", "the forward process: 'mdm' (masked), 'udm' (uniform), 'audm' (absorbing-uniform), "
+                              "'d3pm' (discrete time, general transition matrices), or 'ar' (the autoregressive "
+                              "baseline on the same trunk)")
+    objective: str | None = key(None, "the training loss (None: the process's ELBO, the one its bound uses)")
+    schedule: str = key("linear", "noise schedule alpha(t): 'linear' (alpha = 1 - (1 - eps) t) or 'cosine' "
+                                 "(alpha = eps + (1 - eps) cos(pi t / 2))",
+                        choices=("linear", "cosine"))
+    eps: float = key(1e-3, "alpha at t = 1 (the signal left at the end of the forward process)")
+    t_min: float = key(1e-3, "training and validation times are t = t_min + (1 - t_min) u, u uniform in [0, 1)")
+    model: ModelConfig = key(doc="the network", factory=ModelConfig)
+    data: DataConfig = key(doc="the data", factory=DataConfig)
+    d3pm: D3PMConfig = key(doc="process 'd3pm' only: its transition matrices and hybrid loss", factory=D3PMConfig)
+    optim: OptimConfig = key(doc="the optimiser", factory=OptimConfig)
+    batch_size: int = key(32, "global batch in blocks, across processes and accumulation steps")
+    grad_accum: int = key(1, "gradient accumulation steps per optimiser step (batch_size must be a multiple)")
+    max_steps: int = key(1000, "optimiser steps of the whole run (the cosine schedule's length)")
+    max_minutes: float | None = key(None, "time budget of the whole run in minutes of training, counted across "
+                                          "resumptions (stored in the checkpoints); the run stops with a checkpoint "
+                                          "when it is spent (None: no limit)")
+    ema: float = key(0.999, "decay of the exponential moving average of the weights (with warm-up); the EMA is "
+                            "what is validated, sampled and exported")
+    seed: int = key(0, "seed of the data order, the times and the corruption (and of the train/validation split)")
+    log_every: int = key(10, "write loss, learning rate, gradient norm and tokens/s to metrics.jsonl every N steps")
+    eval_every: int = key(200, "estimate the validation bound every N steps (and at the end)")
+    eval_batches: int = key(8, "batches of each validation estimate (ddlm eval scores every block)")
+    save_every: int = key(200, "write a checkpoint every N steps (and at the end or on Ctrl-C)")
+    keep_checkpoints: int = key(2, "number of most recent checkpoints kept")
+    sample_every: int = key(0, "write samples to samples.jsonl every N steps (0: only at max_steps)")
+    num_samples: int = key(2, "samples drawn each time")
+    sample_nfe: int = key(64, "network evaluations per sample (diffusion runs)")
+    device: str = key("auto", "'auto' (CUDA when available), 'cpu' or 'cuda'", choices=("auto", "cpu", "cuda"))
+    parallel: str = key("ddp", "under torchrun: 'ddp' (replicated weights) or 'fsdp' (sharded weights, gradients "
+                               "and AdamW state)", choices=("ddp", "fsdp"))
 
     def validate(self) -> TrainConfig:
         def need(cond, key, value, expected):
@@ -171,6 +218,9 @@ class TrainConfig:
              "81 for corpus 'sudoku'")
         need(self.data.corpus != "sudoku" or self.data.tokenizer == "char", "data.tokenizer", self.data.tokenizer,
              "'char' for corpus 'sudoku'")
+        from .data.tokenizers import bpe_spec_size
+
+        bpe_spec_size(self.data.tokenizer)  # "bpe:N": N an integer >= 259
         need(self.data.num_puzzles >= 20, "data.num_puzzles", self.data.num_puzzles, "an integer >= 20")
         need(0 < self.data.val_fraction <= 0.5, "data.val_fraction", self.data.val_fraction, "a number in (0, 0.5]")
         need(self.optim.lr > 0, "optim.lr", self.optim.lr, "a positive number")
@@ -248,15 +298,67 @@ def _coerce(key: str, value, tp):
     raise ValueError(f"config key {key!r} is {value!r} ({type(value).__name__}), expected {tp}")
 
 
+def config_keys(cls=None, prefix: str = "") -> list[str]:
+    """Every dotted key of a config dataclass (default ``TrainConfig``), sections before their keys."""
+    cls = TrainConfig if cls is None else cls
+    hints = typing.get_type_hints(cls)
+    out = []
+    for f in dataclasses.fields(cls):
+        out.append(prefix + f.name)
+        if dataclasses.is_dataclass(hints[f.name]):
+            out.extend(config_keys(hints[f.name], prefix + f.name + "."))
+    return out
+
+
+def did_you_mean(name: str) -> str:
+    """'; did you mean 'optim.lr'?' for a misspelt dotted key (closest known key by difflib, or a key of
+    another section with the same last part), or '' when nothing is close."""
+    import difflib
+
+    known = config_keys()
+    close = difflib.get_close_matches(name, known, n=1, cutoff=0.75)
+    if not close:
+        leaf = name.rsplit(".", 1)[-1]
+        close = [k for k in known if k.rsplit(".", 1)[-1] == leaf] or difflib.get_close_matches(
+            name, known, n=1, cutoff=0.6)
+    return f"; did you mean {close[0]!r}?" if close else ""
+
+
+def allowed_values(key: str, process: str | None = None) -> tuple[str, ...] | None:
+    """The values an enumerated key accepts, or None for a free key. ``process``, ``objective`` and
+    ``model.output`` come from the process registry (``Process.objectives``, ``Process.network_outputs``),
+    the last two for ``process``; ``model.preset`` from the model presets; the others from the field's
+    ``choices``."""
+    if key == "process":
+        return tuple(sorted(_process_table("objectives")))
+    if key == "objective":
+        return tuple(_process_table("objectives")[process])
+    if key == "model.output":
+        return tuple(_process_table("network_outputs")[process])
+    if key == "model.preset":
+        from .models._layers import PRESETS
+
+        return tuple(PRESETS)
+    cls, name = TrainConfig, key
+    while "." in name:
+        section, name = name.split(".", 1)
+        cls = typing.get_type_hints(cls)[section]
+    f = {f.name: f for f in dataclasses.fields(cls)}[name]
+    return f.metadata.get("choices")
+
+
 def from_dict(cls, data: dict, prefix: str = ""):
-    """Build a config dataclass from a nested dict; unknown keys and wrong types raise ValueError."""
+    """Build a config dataclass from a nested dict; unknown keys (with the closest known key) and wrong
+    types raise ValueError."""
     if not isinstance(data, dict):
         raise ValueError(f"config section {prefix.rstrip('.') or '<root>'!r} must be a mapping, got {data!r}")
     hints = typing.get_type_hints(cls)
     names = {f.name for f in dataclasses.fields(cls)}
-    unknown = sorted(set(data) - names)
+    unknown = sorted(set(data) - names, key=str)
     if unknown:
-        raise ValueError(f"unknown config key {prefix + unknown[0]!r}; expected one of {sorted(names)}")
+        name = prefix + str(unknown[0])
+        hint = did_you_mean(name) or f"; expected one of {sorted(names)}"
+        raise ValueError(f"unknown config key {name!r}{hint} (every key: ddlm config)")
     kwargs = {}
     for name, value in data.items():
         tp = hints[name]

@@ -1,10 +1,17 @@
 """Demonstrations: ``run`` (the exact oracle on a toy law: the three views of a uniform model, the
 bounds, exact sampling) and ``train_demo`` (train the demo model for a few minutes, then sample from
-it and from the reference checkpoint shipped with ddlm)."""
+it and from the reference checkpoint shipped with ddlm).
+
+The demo adapts to the machine: it picks the faster of 1 and all CPU threads by timing a few
+training steps, training reports its throughput and the steps its time budget allows, and a run far
+below the documented step count is flagged. Everything after training (samples, real words, the
+reference's bound) is sized to take about a minute on a 2-core CPU and shows a progress bar.
+"""
 
 from __future__ import annotations
 
 import math
+import time
 from pathlib import Path
 
 import torch
@@ -97,61 +104,194 @@ def sample_demo(law, seed: int = 0, num_samples: int = 20_000, nfes=(4, 16, 64),
 
 REFERENCE = Path(__file__).parent / "reference" / "demo-mdm"
 
+#: the demo's default training budget in minutes (the README's first command: about 6 minutes in all)
+DEMO_MINUTES = 3.5
+#: steps the demo config made in DOCUMENTED_MINUTES minutes on the project's 2-core CPU with both cores free
+#: (docs/training.md); a run under half that rate gets a warning
+DOCUMENTED_STEPS, DOCUMENTED_MINUTES = (1700, 1900), 4.0
+#: samples and NFE of the "real words" measurements (64 samples at NFE 128 in docs/training.md's tables)
+WORDS_SAMPLES, WORDS_NFE = 32, 32
 
-def train_demo(minutes: float = 4.0, run_dir: str = "runs/demo-mdm", nfe: int = 128, num_samples: int = 3,
-               out=print) -> dict:
-    """Train the ``demo-mdm`` config for ``minutes`` on this machine, print its validation bound next
-    to the corpus's unigram entropy and samples; then the same for the shipped reference checkpoint."""
+
+def train_demo(minutes: float = DEMO_MINUTES, run_dir: str = "runs/demo-mdm", nfe: int = 128, num_samples: int = 3,
+               out=print, progress: bool = True, threads: int | None = None,
+               words: tuple[int, int] = (WORDS_SAMPLES, WORDS_NFE), reference: bool = True) -> dict:
+    """Train the ``demo-mdm`` config for ``minutes`` more minutes of training on this machine, then
+    print its validation bound next to the corpus's unigram entropy, samples of it and how much of
+    them is real words; then the same for the reference checkpoint shipped with ddlm.
+
+    ``threads``: torch CPU threads (None: measure a few training steps with 1 thread and with all
+    cores and take the faster, which on a busy machine is often 1). ``words``: samples and NFE of the
+    real-words measurements. ``reference``: also show the shipped reference.
+    """
     from .config import load_config
-    from .runs import is_checkpoint_folder, load
+    from .runs import is_checkpoint_folder, latest_checkpoint, load
     from .train import train
 
-    cfg = load_config("demo-mdm", [f"run_dir={run_dir}", f"max_minutes={minutes}", f"num_samples={num_samples}",
-                                   f"sample_nfe={nfe}"])
-    out(f"Training the demo masked-diffusion model (config demo-mdm) for up to {minutes} minutes in {run_dir}")
-    out("(run the command again to continue training; `ddlm train demo-mdm max_minutes=60` trains longer).")
-    metrics = train(cfg, log=out)
-    h = metrics["unigram_entropy"]
-    out(f"\nDemo model after {metrics['step']} steps: validation bound {metrics['val_nll']:.3f} +- "
-        f"{metrics['val_nll_se']:.3f} nats/char ({metrics['val_nll'] / math.log(2):.3f} bits/char); "
-        f"unigram entropy of the corpus {h:.3f} nats/char.")
+    t_start = time.monotonic()
+    done = _recorded_minutes(run_dir)
+    cfg = load_config("demo-mdm", [f"run_dir={run_dir}", f"max_minutes={done + minutes}",
+                                   f"num_samples={num_samples}", f"sample_nfe={nfe}"])
+    out(f"ddlm demo: {minutes:g} minutes of training of the demo masked-diffusion model (config demo-mdm, "
+        f"1.3M parameters, character level) in {run_dir}, then its bound and samples, then the shipped "
+        f"reference's (about {minutes + 1.5:g} minutes in all on a busy 2-core CPU).")
+    if done:
+        out(f"Continuing the run: {done:.1f} minutes of training recorded so far.")
+    _use_threads(threads, cfg, out)
+    metrics = train(cfg, log=out, progress=progress)
+    h, cpt, steps = metrics["unigram_entropy"], metrics["chars_per_token"], metrics["step"]
+    out(f"\nDemo model after {steps} steps ({metrics['train_minutes']:.1f} minutes of training): validation bound "
+        f"{_per_char(metrics['val_nll'], cpt, metrics['val_nll_se'])} (an estimate from {cfg.eval_batches} batches; "
+        f"`ddlm eval {run_dir}` scores every block); unigram entropy of the corpus {_per_char(h, cpt)}.")
+    if metrics["val_nll"] >= h:
+        out("WARNING: the bound is not below the unigram entropy: the model has learnt no more than letter "
+            "frequencies yet. Run `ddlm demo` again to train on.")
+    warning = few_steps_warning(steps, metrics["train_minutes"])
+    if warning:
+        out(warning)
     result = {"demo": metrics}
-    held_out = _held_out_text(cfg, tokenizer=None)
-    demo_model, demo_process, demo_tok = load(run_dir)
-    words = real_words(demo_model, demo_process, demo_tok, cfg.data.block_size, nfe)
-    out(f"Real words: {_pct(words['known_fraction'])} of the words in {words['num_samples']} demo samples "
-        f"(nfe {nfe}) occur in the corpus; held-out text cut into the same blocks: "
-        f"{_pct(_known(held_out)['known_fraction'])}.")
-    result["demo_words"] = words
-    result["held_out_words"] = _known(held_out)
+    demo_model, demo_process, demo_tok = load(latest_checkpoint(run_dir))
+    out(f"Samples of the demo model (nfe {nfe}):")
+    x = sample(demo_model, demo_process, num_samples, cfg.data.block_size, nfe, prediction=demo_model.prediction,
+               generator=torch.Generator().manual_seed(0), progress=progress)
+    result["demo_samples"] = [demo_tok.decode(row.tolist()) for row in x]
+    for i, text in enumerate(result["demo_samples"]):
+        out(f"demo sample {i}: {text!r}")
+    held_out = _known(_held_out_text(cfg, tokenizer=None))
+    words_found = real_words(demo_model, demo_process, demo_tok, cfg.data.block_size, words[1],
+                             num_samples=words[0], progress=progress)
+    out(f"Real words: {_pct(words_found['known_fraction'])} of the words in {words[0]} demo samples "
+        f"(nfe {words[1]}) occur in the corpus; held-out text cut into the same blocks: "
+        f"{_pct(held_out['known_fraction'])}.")
+    result["demo_words"], result["held_out_words"] = words_found, held_out
+    if not reference:
+        return _done(result, t_start, out)
     if not is_checkpoint_folder(REFERENCE):
         out(f"(no reference checkpoint at {REFERENCE})")
-        return result
-    model, process, tokenizer = load(REFERENCE)
-    from .checkpoint import load_checkpoint
+        return _done(result, t_start, out)
+    result.update(_reference(cfg, nfe, num_samples, words, out, progress))
+    return _done(result, t_start, out)
 
-    ref = load_checkpoint(REFERENCE).metrics
-    out(f"\nReference checkpoint shipped with ddlm ({REFERENCE.name}: {ref.get('description', '')}):")
+
+def few_steps_warning(steps: int, minutes: float) -> str | None:
+    """A warning when ``steps`` in ``minutes`` of training is under half the documented rate (the low end
+    of ``DOCUMENTED_STEPS`` in ``DOCUMENTED_MINUTES``), else None."""
+    expected = DOCUMENTED_STEPS[0] * minutes / DOCUMENTED_MINUTES
+    if steps >= 0.5 * expected:
+        return None
+    return (f"WARNING: {steps} steps in {minutes:.1f} minutes of training is far fewer than documented "
+            f"({DOCUMENTED_STEPS[0]:,}-{DOCUMENTED_STEPS[1]:,} steps in {DOCUMENTED_MINUTES:g} minutes on a 2-core "
+            "CPU with both cores free): this machine is slower or busier, and the model is less trained than the "
+            "README's. Run `ddlm demo` again to train on (the budget adds up), or "
+            "`ddlm train demo-mdm max_minutes=30`.")
+
+
+def _reference(cfg, nfe: int, num_samples: int, words: tuple[int, int], out, progress: bool) -> dict:
+    """The shipped reference: its bound (estimated as the demo model's), samples and real words."""
+    from .bound import chars_per_token
+    from .checkpoint import load_checkpoint
     from .data.prepare import prepare_data
     from .evaluate.bound import model_bound
+    from .runs import load
 
+    model, process, tokenizer = load(REFERENCE)
+    ref = load_checkpoint(REFERENCE).metrics
+    out(f"\nReference checkpoint shipped with ddlm ({REFERENCE.name}: {ref.get('description', '')}), "
+        f"{ref['step']} steps, {_minutes(ref.get('train_minutes'))} of training:")
     _, _, val_blocks = prepare_data(cfg, tokenizer)
-    bound = model_bound(model, val_blocks, batch_size=32, seed=0, t_min=cfg.t_min)  # every block once
-    out(f"validation bound {bound['nats_per_token']:.3f} +- {bound['se']:.3f} nats/char "
-        f"({bound['bits_per_token']:.3f} bits/char, all {bound['blocks']} validation blocks) after {ref['step']} "
-        f"steps, {_minutes(ref.get('train_minutes'))} of training.")
-    ref = dict(ref, val_nll_all_blocks=bound["nats_per_token"], val_nll_all_blocks_se=bound["se"])
+    bound = model_bound(model, val_blocks, batch_size=32, num_batches=cfg.eval_batches, seed=0, t_min=cfg.t_min,
+                        progress=progress)  # as the demo model's estimate: the same blocks and batches
+    cpt = chars_per_token(val_blocks[: cfg.eval_batches * 32], tokenizer)
+    out(f"validation bound {_per_char(bound['nats_per_token'], cpt, bound['se'])} (an estimate from "
+        f"{cfg.eval_batches} batches, as the demo model's; `ddlm eval {REFERENCE} --passes 4` scores every block: "
+        "1.839 +- 0.012 nats/char).")
+    ref = dict(ref, val_nll_estimate=bound["nats_per_token"], val_nll_estimate_se=bound["se"])
     x = sample(model, process, num_samples, cfg.data.block_size, nfe, prediction=model.prediction,
-               generator=torch.Generator().manual_seed(0), progress=True)
+               generator=torch.Generator().manual_seed(0), progress=progress)
     for i, row in enumerate(x):
         out(f"reference sample {i} (nfe {nfe}): {tokenizer.decode(row.tolist())!r}")
-    for temperature in (1.0, 0.8):
-        words = real_words(model, process, tokenizer, cfg.data.block_size, nfe, temperature=temperature)
-        out(f"Real words: {_pct(words['known_fraction'])} of the words in {words['num_samples']} reference "
-            f"samples (nfe {nfe}, temperature {temperature}) occur in the corpus.")
-        result[f"reference_words_T{temperature}"] = words
-    result["reference"] = ref
+    result = {"reference": ref}
+    found = real_words(model, process, tokenizer, cfg.data.block_size, words[1], num_samples=words[0],
+                       progress=progress)
+    out(f"Real words: {_pct(found['known_fraction'])} of the words in {words[0]} reference samples (nfe {words[1]}) "
+        "occur in the corpus (docs/training.md has more samples, at temperatures 1 and 0.8).")
+    result["reference_words"] = found
     return result
+
+
+def _done(result: dict, t_start: float, out) -> dict:
+    result["seconds"] = time.monotonic() - t_start
+    out(f"\nThe demo took {result['seconds'] / 60:.1f} minutes in all (start-up not counted).")
+    return result
+
+
+def _per_char(nats_per_token: float, chars_per_token: float, se: float | None = None) -> str:
+    """'2.419 +- 0.038 nats/char (3.490 bits/char)'."""
+    per_char = nats_per_token / chars_per_token
+    pm = f" +- {se / chars_per_token:.3f}" if se is not None else ""
+    return f"{per_char:.3f}{pm} nats/char ({per_char / math.log(2):.3f} bits/char)"
+
+
+def _recorded_minutes(run_dir: str) -> float:
+    """Training minutes recorded by the run's latest checkpoint (0 for a new run)."""
+    from .checkpoint import load_checkpoint
+    from .runs import latest_checkpoint
+
+    path = latest_checkpoint(run_dir)
+    if path is None:
+        return 0.0
+    return float((load_checkpoint(path).metrics or {}).get("train_minutes", 0.0))
+
+
+def _use_threads(threads: int | None, cfg, out) -> int:
+    """Set torch's CPU threads: ``threads``, or the faster of 1 and all cores over a few training steps
+    of the demo model (on a busy machine several threads wait for each other and run slower than one)."""
+    cores = torch.get_num_threads()
+    if threads is None:
+        threads = 1
+        if cores > 1:
+            one = _seconds_per_step(cfg, 1)
+            many = _seconds_per_step(cfg, cores, give_up_after=2 * one)
+            threads = cores if many < one else 1
+            out(f"CPU threads: {threads} (a training step took {one:.2f} s with 1 thread, {many:.2f} s with {cores})")
+    torch.set_num_threads(threads)
+    return threads
+
+
+def _seconds_per_step(cfg, threads: int, steps: int = 3, give_up_after: float = math.inf) -> float:
+    """Seconds per training step of the demo model with ``threads`` torch threads (median of ``steps``
+    after one warm-up, on random tokens); stops at the first step slower than ``give_up_after`` (three
+    times that for the warm-up step)."""
+    from .bound import corrupt, token_losses
+    from .models.factory import build_model
+
+    before = torch.get_num_threads()
+    torch.set_num_threads(threads)
+    try:
+        torch.manual_seed(0)
+        model = build_model(cfg, 80)
+        opt = torch.optim.AdamW(model.parameters(), lr=1e-4)
+        g = torch.Generator().manual_seed(0)
+        x0 = torch.randint(80, (cfg.batch_size, cfg.data.block_size), generator=g)
+        t = torch.rand(cfg.batch_size, generator=g)
+        times = []
+        for i in range(steps + 1):
+            start = time.perf_counter()
+            xt, noise = corrupt(model.process, x0, t, g)
+            loss = token_losses(model, model.process.elbo, x0, xt, noise, t).mean()
+            opt.zero_grad()
+            loss.backward()
+            opt.step()
+            seconds = time.perf_counter() - start
+            if i == 0 and seconds > 3 * give_up_after:  # the warm-up step alone shows it is slower
+                return seconds
+            if i > 0:
+                times.append(seconds)
+                if seconds > give_up_after:
+                    return seconds
+        return sorted(times)[len(times) // 2]
+    finally:
+        torch.set_num_threads(before)
 
 
 def _minutes(value) -> str:
@@ -177,7 +317,7 @@ def _known(texts: list[str]) -> dict:
 
 
 def real_words(model, process, tokenizer, length: int, nfe: int, num_samples: int = 64, temperature: float = 1.0,
-               seed: int = 1) -> dict:
+               seed: int = 1, progress: bool = False) -> dict:
     """How much of a model's samples is made of real words: ``known_word_fraction`` of ``num_samples``
     ancestral samples against the embedded corpus (whose held-out blocks score about 95%: words cut
     at the block edges are the misses). An autoregressive model (``process`` None) generates
@@ -191,6 +331,6 @@ def real_words(model, process, tokenizer, length: int, nfe: int, num_samples: in
         x = model.eval().generate(bos, total, temperature=temperature, generator=g)[:, 1:]
     else:
         x = sample(model, process, num_samples, length, nfe, prediction=model.prediction, temperature=temperature,
-                   generator=g)
+                   generator=g, progress=progress)
     words = _known([tokenizer.decode(row.tolist()) for row in x])
     return dict(words, num_samples=num_samples, nfe=nfe, temperature=temperature, seed=seed)

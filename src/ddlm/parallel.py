@@ -123,6 +123,15 @@ class Parallel:
         dist.all_reduce(buf, op=dist.ReduceOp.MAX)
         return bool(buf.item())
 
+    def from_main(self, value: float) -> float:
+        """Rank 0's number on every rank, exactly (float64): e.g. the training time, which drives the
+        learning rate and must be the same on every replica."""
+        if self.d.world == 1:
+            return value
+        buf = torch.tensor([value], dtype=torch.float64, device=_device(self.model))
+        dist.broadcast(buf, 0)
+        return buf.item()
+
     def mean(self, value: float) -> float:
         """The mean of a number over the ranks."""
         if self.d.world == 1:

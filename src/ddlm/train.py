@@ -31,7 +31,16 @@ from torch import Tensor
 
 from . import runlock
 from ._io import atomic_write_json
-from .bound import ELBO, ar_token_losses, corrupt, stratified_times, token_losses, validation_bound
+from .bound import (
+    ELBO,
+    ar_token_losses,
+    chars_per_token,
+    corrupt,
+    in_units,
+    stratified_times,
+    token_losses,
+    validation_bound,
+)
 from .checkpoint import capture_rng, save_checkpoint, tidy
 from .config import TrainConfig, is_autoregressive, saved_config
 from .data.corpora import unigram_entropy
@@ -66,8 +75,18 @@ def step_generator(seed: int, step: int) -> torch.Generator:
     return torch.Generator().manual_seed((seed * 1_000_003 + step) * 1_009)  # as the recorded runs
 
 
-def lr_lambda(cfg: TrainConfig):
+def lr_lambda(cfg: TrainConfig, minutes_used=None):
+    """The learning-rate factor of each step: linear warm-up over ``optim.warmup_steps``, then a cosine
+    from 1 to ``optim.min_lr_ratio`` (or constant) whose progress is the fraction of the steps after
+    warm-up done, or, with ``max_minutes`` set and ``optim.time_decay``, the larger of that and the
+    fraction of the time budget used, so that the decay ends with whichever budget ends the run.
+
+    ``minutes_used``: a callable returning the training minutes recorded after the previous step
+    (the run's ``train_minutes``, stored in every checkpoint): the factor of step n is a function of n
+    and that recorded number only, so a resumed run computes the very learning rates it would have.
+    """
     o = cfg.optim
+    timed = minutes_used is not None and o.time_decay and cfg.max_minutes is not None
 
     def f(step: int) -> float:
         if step < o.warmup_steps:
@@ -75,6 +94,8 @@ def lr_lambda(cfg: TrainConfig):
         if o.decay == "constant":
             return 1.0
         progress = min(1.0, (step - o.warmup_steps) / max(1, cfg.max_steps - o.warmup_steps))
+        if timed:
+            progress = max(progress, min(1.0, minutes_used() / cfg.max_minutes))
         return o.min_lr_ratio + (1 - o.min_lr_ratio) * 0.5 * (1 + math.cos(math.pi * progress))
 
     return f
@@ -126,7 +147,7 @@ def _batch_indices(num_blocks: int, step: int, global_batch: int, seed: int) -> 
 
 
 def train(cfg: TrainConfig, resume: bool | str = True, progress: bool = True, log=print,
-          stop_at: int | None = None) -> dict:
+          stop_at: int | None = None, clock=time.monotonic) -> dict:
     """Train (or resume) the run described by ``cfg``; returns the final metrics.
 
     ``resume``: True resumes from the run's latest checkpoint, if any; False refuses a run_dir that
@@ -134,6 +155,12 @@ def train(cfg: TrainConfig, resume: bool | str = True, progress: bool = True, lo
     the newest older one that verifies is used (without it, a damaged latest is an error).
     ``stop_at`` ends this invocation (with a checkpoint) after that step, as an interruption would;
     the run's schedule still follows ``cfg.max_steps``.
+
+    Time budget: ``max_minutes`` counts the training minutes of the whole run, across resumptions.
+    ``clock`` (seconds) is read once when the loop starts and once per step, right after the
+    optimizer's step; rank 0's reading, added to the minutes recorded in the checkpoint resumed from,
+    becomes ``train_minutes`` (saved with every checkpoint), which stops the run and drives the
+    learning rate of the next step (:func:`lr_lambda`).
 
     Raises:
         ddlm.runlock.RunInUseError: another training holds ``run_dir``.
@@ -155,13 +182,14 @@ def train(cfg: TrainConfig, resume: bool | str = True, progress: bool = True, lo
     lock = runlock.acquire_on_rank0(cfg.run_dir, ddp, log, then=lambda: ckpts.is_dir() and tidy(ckpts))
     try:
         with StopRequests() as stop:
-            return _train(cfg, resume, progress, log, stop_at, device, ddp, stop)
+            return _train(cfg, resume, progress, log, stop_at, device, ddp, stop, clock)
     finally:
         if lock is not None:
             lock.release()
 
 
-def _train(cfg: TrainConfig, resume, progress: bool, log, stop_at, device: str, ddp: Dist, stop: StopRequests) -> dict:
+def _train(cfg: TrainConfig, resume, progress: bool, log, stop_at, device: str, ddp: Dist, stop: StopRequests,
+           clock) -> dict:
     """The body of :func:`train`, run while the folder is locked and signals are requests."""
     run = Path(cfg.run_dir)
     if not resume and any((run / CHECKPOINTS).glob("step_*")):
@@ -195,7 +223,9 @@ def _train(cfg: TrainConfig, resume, progress: bool, log, stop_at, device: str, 
         cfg, tokenizer.vocab_size, tokenizer.bos_id).to(device).requires_grad_(False))
     o = cfg.optim
     optimizer = torch.optim.AdamW(model.parameters(), lr=o.lr, betas=(o.beta1, o.beta2), weight_decay=o.weight_decay)
-    scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lr_lambda(cfg))
+    prior_minutes = float((ckpt.metrics or {}).get("train_minutes", 0.0)) if ckpt is not None else 0.0
+    metrics = {"train_minutes": prior_minutes}  # the time used so far, as recorded
+    scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lr_lambda(cfg, lambda: metrics["train_minutes"]))
     if ckpt is not None:
         par.load_model_state(ema, ckpt.ema)
         par.load_optimizer_state(optimizer, ckpt.optimizer)
@@ -228,17 +258,23 @@ def _train(cfg: TrainConfig, resume, progress: bool, log, stop_at, device: str, 
                        {"validation bound": nll}, f"training diverged; {last_saved()}")
         metrics.update(step=step, val_nll=nll, val_nll_se=se)
         _append(metrics_file, {"step": step, "val_nll": nll, "val_nll_se": se, "unigram_entropy": entropy})
-        log(f"step {step}: validation bound {nll:.4f} +- {se:.4f} nats/token (unigram entropy {entropy:.4f})")
+        log(f"step {step}: validation bound {in_units(nll, cpt, se)} (unigram entropy {in_units(entropy, cpt)})")
 
     entropy = unigram_entropy(train_blocks.flatten().tolist(), tokenizer.vocab_size)
+    n_scored = cfg.eval_batches * (cfg.batch_size // ddp.world // cfg.grad_accum)  # what validation scores
+    scored = val_blocks[torch.arange(n_scored) % val_blocks.shape[0]]
+    cpt = chars_per_token(scored, tokenizer)  # characters per token of those blocks
+    metrics.update(unigram_entropy=entropy, chars_per_token=cpt, val_blocks=int(val_blocks.shape[0]),
+                   eval_blocks=int(min(len(scored), val_blocks.shape[0])))
     if ddp.main:
         run.mkdir(parents=True, exist_ok=True)
         atomic_write_json(run / "config.json", cfg.to_dict(), indent=2)
+        tokenizer.save(run / "tokenizer.json")  # also in every checkpoint; here for a trained BPE's readers
         n_params = sum(p.numel() for p in model.parameters())  # (global sizes under FSDP too)
         mode = f"; {ddp.world} processes ({par.kind.upper()})" if ddp.world > 1 else ""
         log(f"{cfg.process.upper()} run {run}: {n_params / 1e6:.2f}M parameters, vocab {tokenizer.vocab_size}, "
             f"{train_blocks.shape[0]} train / {val_blocks.shape[0]} val blocks of {cfg.data.block_size}; "
-            f"unigram entropy {entropy:.4f} nats/token" + mode + (f"; resuming at step {start}" if start else ""))
+            f"unigram entropy {in_units(entropy, cpt)}" + mode + (f"; resuming at step {start}" if start else ""))
     per_rank = cfg.batch_size // ddp.world
     micro = per_rank // cfg.grad_accum
     if micro < 1 or cfg.batch_size % (ddp.world * cfg.grad_accum):
@@ -255,9 +291,9 @@ def _train(cfg: TrainConfig, resume, progress: bool, log, stop_at, device: str, 
         # redraw at most every 30 s when the output is a log file rather than a terminal
         bar = tqdm(total=cfg.max_steps, initial=start, desc="training", unit="step",
                    mininterval=0.1 if sys.stderr.isatty() else 30.0)
-    t0, tokens_seen, metrics = time.time(), 0, {"unigram_entropy": entropy}
-    prior_minutes = float((ckpt.metrics or {}).get("train_minutes", 0.0)) if ckpt is not None else 0.0
-    step, evaluated = start, False
+    t0, tokens_seen, wall0 = clock(), 0, time.time()
+    told, first = False, 0.0
+    step, evaluated, end = start, False, min(cfg.max_steps, stop_at if stop_at is not None else cfg.max_steps)
     diverged = (f"training diverged (optim.lr = {o.lr:g}); stopped before applying this step, nothing after the "
                 "last checkpoint was saved; lower optim.lr (or raise optim.warmup_steps) and run again (a resumed run "
                 "takes the new values)")
@@ -272,9 +308,14 @@ def _train(cfg: TrainConfig, resume, progress: bool, log, stop_at, device: str, 
                           stop.signum or signal.SIGTERM, step,
                           None if saved_step is None else run / CHECKPOINTS / checkpoint_name(saved_step))
 
+    if cfg.max_minutes is not None and prior_minutes >= cfg.max_minutes and step < end:
+        end = step
+        if ddp.main:
+            log(f"the time budget max_minutes = {cfg.max_minutes} is spent ({prior_minutes:.2f} minutes of training "
+                f"recorded at step {step}); raise max_minutes to train on")
     try:
         stop_requested()
-        while step < min(cfg.max_steps, stop_at if stop_at is not None else cfg.max_steps):
+        while step < end:
             # the whole global batch is drawn identically on every rank (blocks, times, corruption), so
             # the run does not depend on the number of processes or accumulation steps
             g = step_generator(cfg.seed, step)
@@ -311,6 +352,7 @@ def _train(cfg: TrainConfig, resume, progress: bool, log, stop_at, device: str, 
                                {"loss": total, "gradient norm": grad_norm}, f"{diverged}; {last_saved()}")
             # from here to `step += 1` the state is mid-update: signals wait for the boundary
             optimizer.step()
+            metrics["train_minutes"] = par.from_main(prior_minutes + (clock() - t0) / 60)  # drives the next LR
             scheduler.step()
             with torch.no_grad():  # EMA with warm-up: early averages do not remember the initialisation
                 decay = min(cfg.ema, (1.0 + step) / (10.0 + step))
@@ -319,14 +361,19 @@ def _train(cfg: TrainConfig, resume, progress: bool, log, stop_at, device: str, 
             step += 1
             tokens_seen += cfg.batch_size * cfg.data.block_size
             if ddp.main:
-                rate = tokens_seen / max(1e-9, time.time() - t0)
+                rate = tokens_seen / max(1e-9, time.time() - wall0)
+                if step == start + 1:  # the throughput is measured from the end of the first step
+                    first = metrics["train_minutes"]
+                elif not told and (step == start + 21 or metrics["train_minutes"] - first > 0.25):
+                    told = _expect(cfg, step, step - start - 1, metrics["train_minutes"] - first,
+                                   metrics["train_minutes"], bar, log)
                 if bar is not None:
                     bar.update(1)
                     bar.set_postfix(loss=f"{total:.3f}", tok_s=f"{rate:.0f}")
                 if step % cfg.log_every == 0 or step == cfg.max_steps:
                     _append(metrics_file, {"step": step, "loss": total, "lr": scheduler.get_last_lr()[0],
-                                           "grad_norm": grad_norm, "tokens_per_s": rate})
-            metrics["train_minutes"] = prior_minutes + (time.time() - t0) / 60
+                                           "grad_norm": grad_norm, "tokens_per_s": rate,
+                                           "train_minutes": metrics["train_minutes"]})
             stop_requested()
             evaluated = step % cfg.eval_every == 0 or step == cfg.max_steps
             sampled = (cfg.sample_every and step % cfg.sample_every == 0) or step == cfg.max_steps
@@ -339,12 +386,12 @@ def _train(cfg: TrainConfig, resume, progress: bool, log, stop_at, device: str, 
                 _append(run / "samples.jsonl", {"step": step, "nfe": cfg.sample_nfe, "samples": texts})
                 for text in texts:
                     log(f"sample at step {step}: {text[:200]!r}")
-            metrics["train_minutes"] = prior_minutes + (time.time() - t0) / 60
             if step % cfg.save_every == 0:
                 save(step, metrics)
-            if cfg.max_minutes is not None and par.agree((time.time() - t0) / 60 > cfg.max_minutes):
+            if cfg.max_minutes is not None and metrics["train_minutes"] > cfg.max_minutes:  # rank 0's reading
                 if ddp.main:
-                    log(f"stopping at step {step}: max_minutes = {cfg.max_minutes} reached")
+                    log(f"stopping at step {step}: the time budget max_minutes = {cfg.max_minutes} is spent "
+                        f"({metrics['train_minutes']:.2f} minutes of training in all)")
                 break
     except Interrupted:
         raise
@@ -361,6 +408,29 @@ def _train(cfg: TrainConfig, resume, progress: bool, log, stop_at, device: str, 
         save(step, metrics)
     metrics["step"] = step
     return metrics
+
+
+def _expect(cfg: TrainConfig, step: int, steps: int, minutes: float, used: float, bar, log) -> bool:
+    """Log the throughput measured over the last ``steps`` steps (``minutes``) and what it buys: the
+    steps the rest of the time budget allows (``used``: the run's training minutes so far), or when
+    max_steps will be reached; the progress bar's total becomes the expected last step."""
+    per_minute = steps / max(minutes, 1e-9)
+    text = f"throughput {per_minute / 60:.2f} steps/s over the last {steps} steps"
+    reach = cfg.max_steps
+    if cfg.max_minutes is not None:
+        reach = min(cfg.max_steps, step + int(max(0.0, cfg.max_minutes - used) * per_minute))
+    if reach < cfg.max_steps:
+        decay = cfg.optim.decay == "cosine" and cfg.optim.time_decay
+        text += (f": the time budget max_minutes = {cfg.max_minutes:g} allows about {reach} of max_steps = "
+                 f"{cfg.max_steps} steps, so it will end the run" + (" (the learning rate decays over it)" if decay
+                                                                      else ""))
+        if bar is not None:
+            bar.total = reach
+            bar.refresh()
+    else:
+        text += f": max_steps = {cfg.max_steps} in about {(cfg.max_steps - step) / per_minute:.1f} more minutes"
+    log(text)
+    return True
 
 
 @torch.no_grad()

@@ -190,3 +190,42 @@ def test_load_errors(tmp_path, char_tok):
         BPETokenizer.load(saved)
     with pytest.raises(ValueError, match="is a dict"):
         tokenizer_from_dict(["char"])
+
+
+# ---- a small BPE trained on the embedded corpus (data.tokenizer: bpe:N) ---------------------------------
+
+@pytest.fixture(scope="module")
+def small_bpe(corpus):
+    return tok_mod.train_bpe(corpus[:3], 300)
+
+
+def test_trained_bpe_has_the_asked_vocabulary_and_round_trips(small_bpe, corpus):
+    assert small_bpe.vocab_size == 300 and (small_bpe.bos_id, small_bpe.eos_id) == (298, 299)
+    for text in (corpus[5][:2000], "héllo wörld ✓ 🎭\n\tx", ""):
+        ids = small_bpe.encode(text)
+        assert all(0 <= i < 298 for i in ids) and small_bpe.decode(ids) == text
+    assert len(small_bpe.encode(corpus[5][:2000])) < 0.8 * 2000  # merges shorten the text
+    assert small_bpe.encode("<|bos|>") != [small_bpe.bos_id]  # never read from text
+    assert small_bpe.decode([small_bpe.bos_id, *small_bpe.encode("ab"), small_bpe.eos_id]) == "ab"
+    again = tokenizer_from_dict(json.loads(json.dumps(small_bpe.to_dict())))
+    assert again.encode(corpus[5][:500]) == small_bpe.encode(corpus[5][:500]) and again.vocab_size == 300
+
+
+def test_trained_bpe_is_deterministic(small_bpe, corpus):
+    assert tok_mod.train_bpe(corpus[:3], 300).to_dict() == small_bpe.to_dict()
+    assert tok_mod.train_bpe(corpus[3:6], 300).to_dict() != small_bpe.to_dict()  # other text, other merges
+
+
+@pytest.mark.parametrize("spec,size", [("bpe:512", 512), ("bpe:259", 259), ("char", None), ("gpt2", None)])
+def test_bpe_specs(spec, size):
+    assert tok_mod.bpe_spec_size(spec) == size
+
+
+@pytest.mark.parametrize("spec", ["bpe:abc", "bpe:100", "bpe:5x", "bpe:-512"])
+def test_bad_bpe_specs_name_the_key(spec):
+    from ddlm.config import load_config
+
+    with pytest.raises(ValueError, match=f"config key 'data.tokenizer' is '{spec}', expected bpe:N"):
+        load_config(None, [f"data.tokenizer={spec}"])
+    with pytest.raises(ValueError, match="vocab_size must be an integer >= 259"):
+        tok_mod.train_bpe(["abc"], 100)

@@ -111,7 +111,12 @@ def test_run_bound_on_its_validation_split_and_on_a_corpus(tmp_path):
     corpus = tmp_path / "other.txt"
     corpus.write_text("a lazy dog. " * 30)
     c = nll_bound(run, data=str(corpus), batch_size=4)
-    assert c["data"] == {"source": "corpus", "corpus": str(corpus), "documents": 1}
+    from ddlm.data.corpora import unigram_entropy
+
+    tok = ddlm.load(run)[2]
+    blocks = bound.corpus_blocks(corpus, tok, 16)[0]
+    assert c["data"] == {"source": "corpus", "corpus": str(corpus), "documents": 1, "unigram_entropy_of":
+                         "evaluated corpus", "unigram_entropy": unigram_entropy(blocks, tok.vocab_size)}
     assert c["blocks"] == (len("a lazy dog. " * 30) + 2) // 16
     # bits per character: total nats over the characters of the scored blocks
     assert c["bits_per_char"] == pytest.approx(c["total_nats"] / c["characters"] / math.log(2))
@@ -155,8 +160,15 @@ def test_eval_command_writes_a_record_that_remakes_the_number(tmp_path, capsys):
     out = tmp_path / "res" / "eval.json"
     assert run_cli(parser, ["eval", run, "--batches", "3", "--batch-size", "4", "--seed", "2", "--out", out,
                             "--no-progress"]) == 0
-    assert "NLL bound:" in capsys.readouterr().out
+    printed = capsys.readouterr().out.splitlines()
     rec = json.loads(out.read_text())
+    # the bound in nats/token and per character, what it was measured on, and the unigram entropy beside it
+    assert printed[0].startswith(f"NLL bound: {rec['nats_per_token']:.4f} +- {rec['se']:.4f} nats/token = ")
+    assert "nats/char" in printed[0] and f"{rec['bits_per_char']:.4f} bits/char" in printed[0]
+    assert printed[1].startswith("measured on the validation split of corpus ")
+    trained = json.loads((run / "metrics.jsonl").read_text().splitlines()[-1])
+    assert rec["data"]["unigram_entropy"] == pytest.approx(trained["unigram_entropy"], abs=1e-12)  # training's
+    assert printed[2].startswith(f"unigram entropy of the training split: {trained['unigram_entropy']:.4f} nats/token")
     assert rec["command"] == "eval" and rec["num_batches"] == 3 and rec["batch_size"] == 4 and rec["seed"] == 2
     assert rec["run"]["checkpoint"].endswith("step_000003") and rec["run"]["ddlm_version"] == ddlm.__version__
     again = nll_bound(rec["run"]["checkpoint"], None, num_batches=rec["num_batches"], batch_size=rec["batch_size"],

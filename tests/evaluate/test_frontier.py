@@ -111,7 +111,7 @@ def test_a_foreign_csv_is_refused(tmp_path):
         F.read_rows(tmp_path / F.CSV_NAME)
 
 
-def test_command_rejects_inapplicable_options_before_sampling(runs, tmp_path, monkeypatch):
+def test_command_rejects_inapplicable_options_before_sampling(runs, tmp_path, monkeypatch, capsys):
     from ddlm.evaluate import judge_loading as judge_module
 
     monkeypatch.setattr(judge_module, "load_judge", lambda spec, device="cpu", progress=True: LetterJudge())
@@ -124,7 +124,11 @@ def test_command_rejects_inapplicable_options_before_sampling(runs, tmp_path, mo
     assert not (tmp_path / "o" / F.CSV_NAME).exists()
     args = parser.parse_args(["frontier", runs["mdm"].info["run"], "--out", str(tmp_path / "o"), "--nfe", "4",
                               "--temperature", "0.9", "1.0", "--num-samples", "2", "--no-progress"])
+    capsys.readouterr()
     assert args.func(args) == 0
+    printed = capsys.readouterr()
+    assert "frontier table (2 points" in printed.out and F.TABLE_HEADER in printed.out
+    assert "%|" not in printed.err  # --no-progress: no bar
     with open(tmp_path / "o" / F.CSV_NAME) as f:
         assert len(list(csv.DictReader(f))) == 2
     png = tmp_path / "o" / F.PLOT_NAME
@@ -147,3 +151,39 @@ def test_mauve_column_compares_samples_with_held_out_blocks(runs, tmp_path):
     assert rows[0]["mauve_reference"] == "validation" and 0.0 < float(rows[0]["mauve"]) <= 1.0
     with pytest.raises(ValueError, match="held-out blocks"):
         F.held_out_texts(run, 10**6, 16)
+
+
+def test_sample_files_have_readable_unique_names_and_old_names_still_read(runs, tmp_path):
+    judge = LetterJudge()
+    points = F.grid([None], [4], [0.8], [1.0], SamplerSettings(seed=2))
+    lines = []
+    rows = F.sweep([runs["mdm"]], points, judge, tmp_path, num_samples=3, labels=["my run"], progress=False,
+                   log=lines.append)
+    name = rows[0]["samples_file"]
+    assert name.startswith("samples/my_run-ancestral-nfe4-T0.8-p1-seed2-") and name.endswith(".jsonl")
+    # another setting that is not in the readable part (the number of samples) gets another file
+    more = F.sweep([runs["mdm"]], points, judge, tmp_path, num_samples=4, labels=["my run"], progress=False,
+                   log=lines.append)
+    assert len({r["samples_file"] for r in more}) == 2
+    assert all((tmp_path / r["samples_file"]).is_file() for r in more)
+    # each point was printed as a table line when scored
+    assert sum(line.startswith("my run ") and "letter-judge" in line for line in lines) == 2
+    assert F.TABLE_HEADER in lines
+    # a folder made when files were named by a hash alone: its rows name their files, which still read
+    old = tmp_path / "samples" / "0b79fcf6174dbb12.jsonl"
+    (tmp_path / rows[0]["samples_file"]).rename(old)
+    csv_text = (tmp_path / F.CSV_NAME).read_text().replace(rows[0]["samples_file"], "samples/0b79fcf6174dbb12.jsonl")
+    (tmp_path / F.CSV_NAME).write_text(csv_text)
+    first = F.read_rows(tmp_path / F.CSV_NAME)[0]
+    assert [json.loads(line)["text"] for line in open(tmp_path / first["samples_file"])]
+
+
+def test_table_has_one_line_per_point():
+    row = {"label": "demo-mdm", "sampler": "ancestral", "nfe": "64", "temperature": "0.8", "top_p": "1.0",
+           "gen_ppl": "123.456", "mean_nll_se": "0.01", "entropy": "4.2", "mauve": "", "seconds": "12.3",
+           "judge": "smollm2"}
+    table = F.format_table([row, dict(row, nfe="", sampler="ancestral", label="ar", mauve="0.5")]).splitlines()
+    assert table[0] == F.TABLE_HEADER and len(table) == 3
+    assert table[1].split() == ["demo-mdm", "ancestral", "64", "0.8", "1", "123.46", "x1.010", "4.200", "-", "12",
+                                "smollm2"]
+    assert table[2].split()[2] == "-" and "0.500" in table[2]

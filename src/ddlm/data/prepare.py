@@ -12,17 +12,22 @@ from torch import Tensor
 
 from ..config import TrainConfig
 from .corpora import encode_documents, load_corpus, pack, split_documents
-from .tokenizers import BPETokenizer, CharTokenizer
+from .tokenizers import BPETokenizer, CharTokenizer, bpe_spec_size, train_bpe
 
 
-def build_tokenizer(spec: str, text: str):
-    """"char" (from the corpus text), "gpt2" (offline GPT-2 BPE) or a tokenizers JSON file."""
+def build_tokenizer(spec: str, text: str, training_texts: list[str] | None = None):
+    """"char" (the characters of ``text``, the whole corpus), "gpt2" (offline GPT-2 BPE), "bpe:N" (a
+    byte-level BPE of N tokens trained on ``training_texts``, default ``[text]``; ``train_bpe``) or a
+    tokenizers JSON file."""
     if spec == "char":
         return CharTokenizer.from_text(text)
     if spec == "gpt2":
         return BPETokenizer.gpt2()
+    size = bpe_spec_size(spec)
+    if size is not None:
+        return train_bpe([text] if training_texts is None else training_texts, size)
     if not Path(spec).is_file():
-        raise ValueError(f"config key 'data.tokenizer' is {spec!r}, expected 'char', 'gpt2' or an existing "
+        raise ValueError(f"config key 'data.tokenizer' is {spec!r}, expected 'char', 'gpt2', 'bpe:N' or an existing "
                          "tokenizers JSON file")
     return BPETokenizer.from_file(spec)
 
@@ -36,7 +41,8 @@ def sudoku_blocks(num: int, seed: int, tokenizer) -> Tensor:
 
 
 def prepare_data(cfg: TrainConfig, tokenizer=None) -> tuple[object, Tensor, Tensor]:
-    """Tokenizer (built from the corpus unless given), packed train and validation blocks.
+    """Tokenizer (built from the corpus unless given: a trained BPE sees the training split only),
+    packed train and validation blocks.
 
     Corpus "sudoku": solved grids from ``ddlm.data.sudoku`` (training learns the law of solutions;
     puzzles are solved by sampling with the clues as a prompt), training and validation grids from
@@ -52,7 +58,7 @@ def prepare_data(cfg: TrainConfig, tokenizer=None) -> tuple[object, Tensor, Tens
     docs = load_corpus(cfg.data.corpus)
     train_docs, val_docs = split_documents(docs, cfg.data.val_fraction, seed=cfg.seed)
     if tokenizer is None:
-        tokenizer = build_tokenizer(cfg.data.tokenizer, "".join(train_docs + val_docs))
+        tokenizer = build_tokenizer(cfg.data.tokenizer, "".join(train_docs + val_docs), train_docs)
     bs = cfg.data.block_size
     where = f"corpus {cfg.data.corpus!r}"
     train = pack(encode_documents(tokenizer, train_docs, f"{where} (training split)"), bs, tokenizer.bos_id,

@@ -164,20 +164,26 @@ def corpus_blocks(source: str | os.PathLike, tokenizer, block_size: int) -> tupl
 
 def run_blocks(run, data: str | os.PathLike | None) -> tuple[Tensor, dict]:
     """The blocks to evaluate a loaded run on, and a description of them: the run's own validation
-    split rebuilt from its config (``data`` None), or a corpus at ``data``."""
+    split rebuilt from its config (``data`` None), or a corpus at ``data``. The description holds the
+    unigram entropy (nats/token) of the training split (``data`` None, as training reports it) or of
+    the corpus's own blocks: the bound of a model that ignores context, for comparison."""
+    from ..data.corpora import unigram_entropy
     from ..data.prepare import prepare_data
 
     cfg = run.config
+    vocab = run.tokenizer.vocab_size
     if data is None:
         try:
-            _, _, val = prepare_data(cfg, run.tokenizer)
+            _, train, val = prepare_data(cfg, run.tokenizer)
         except FileNotFoundError as e:
             raise FileNotFoundError(f"cannot rebuild the validation split of run {run.info['run']!r} ({e}); "
                                     "pass --data PATH to evaluate on another corpus") from None
         return val, {"source": "validation split", "corpus": cfg.data.corpus, "val_fraction": cfg.data.val_fraction,
-                     "split_seed": cfg.seed}
+                     "split_seed": cfg.seed, "unigram_entropy": unigram_entropy(train, vocab),
+                     "unigram_entropy_of": "training split"}
     blocks, docs = corpus_blocks(data, run.tokenizer, cfg.data.block_size)
-    return blocks, {"source": "corpus", "corpus": str(data), "documents": docs}
+    return blocks, {"source": "corpus", "corpus": str(data), "documents": docs,
+                    "unigram_entropy": unigram_entropy(blocks, vocab), "unigram_entropy_of": "evaluated corpus"}
 
 
 def nll_bound(run_or_path, data: str | os.PathLike | None = None, *, num_batches: int | None = None,
@@ -219,13 +225,31 @@ def nll_bound(run_or_path, data: str | os.PathLike | None = None, *, num_batches
 
 
 def format_bound(r: dict) -> str:
-    """One line for the terminal."""
+    """Lines for the terminal: the bound in nats/token, nats/char and bits/char (and bits/token), its
+    perplexity and batches; what it was measured on (the data and its convention); and, when known,
+    the unigram entropy in the same units."""
+    from ..bound import in_units
+
     what = "exact NLL" if r["estimator"] == "exact_nll" else "NLL bound"
-    se = f" +- {r['se']:.4f}" if r["se"] is not None else ""
-    bpc = f", {r['bits_per_char']:.4f} bits/char" if r["bits_per_char"] is not None else ""
-    return (f"{what}: {r['nats_per_token']:.4f}{se} nats/token, {r['bits_per_token']:.4f} bits/token{bpc}, "
-            f"perplexity {r['perplexity']:.3f} ({r['num_batches']} batches of {r['batch_size']} blocks of "
-            f"{r['block_size']})")
+    cpt = r.get("chars_per_token")
+    lines = [f"{what}: {in_units(r['nats_per_token'], cpt, r['se'])}, {r['bits_per_token']:.4f} bits/token, "
+             f"perplexity {r['perplexity']:.3f} ({r['num_batches']} batches of {r['batch_size']} blocks)"]
+    data = r.get("data")
+    if data:
+        where = (f"the validation split of corpus {data['corpus']!r} (val_fraction {data['val_fraction']}, split "
+                 f"seed {data['split_seed']})" if data["source"] == "validation split" else
+                 f"corpus {data['corpus']!r} ({data['documents']} documents)")
+        passes = r["num_batches"] * r["batch_size"] / r["blocks"]
+        context = ("; the first token of each block is context, not scored"
+                   if r["scored_tokens"] < r["num_batches"] * r["batch_size"] * r["block_size"] else "")
+        lines.append(f"measured on {where}: {r['blocks']} blocks of {r['block_size']} tokens (documents packed as "
+                     f"BOS + text + EOS and cut into blocks), each scored {passes:.3g} times on average{context}; "
+                     "per character: over the decoded text, where BOS and EOS are no characters")
+        if data.get("unigram_entropy") is not None:
+            entropy = in_units(data["unigram_entropy"], cpt)
+            lines.append(f"unigram entropy of the {data['unigram_entropy_of']}: {entropy} (the bound of a model that "
+                         "ignores context)")
+    return "\n".join(lines)
 
 
 def _handler(args) -> int:

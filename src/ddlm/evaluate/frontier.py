@@ -11,8 +11,12 @@ temperature on the denoiser, another run) can be added to the same folder and pl
 With ``--mauve`` each point also gets MAUVE between its samples and as many held-out blocks of the
 run's validation split (decoded, cut the same way as the samples), on the judge's features.
 
-Files in the output folder: ``frontier.csv`` (one row per point), ``samples/<key>.jsonl`` (the
-decoded samples of each point) and ``frontier.png`` (``ddlm.evaluate.frontier_plot``).
+Files in the output folder: ``frontier.csv`` (one row per point), ``samples/<name>.jsonl`` (the
+decoded samples of each point, named by :func:`samples_name`, e.g.
+``demo-mdm-ancestral-nfe64-T0.8-p1-seed0-1a2b3c4d.jsonl``; each row names its file, so folders made
+when the files were named by a hash alone read as before) and ``frontier.png``
+(``ddlm.evaluate.frontier_plot``). The command prints one line per point as it is scored and the
+whole table at the end (:func:`format_table`).
 """
 
 from __future__ import annotations
@@ -23,7 +27,9 @@ import dataclasses
 import hashlib
 import itertools
 import json
+import math
 import os
+import re
 import time
 from pathlib import Path
 
@@ -86,6 +92,42 @@ def append_row(path: str | os.PathLike, row: dict) -> None:
         os.fsync(f.fileno())
 
 
+def samples_name(row: dict) -> str:
+    """The file name of a point's samples: label (the curve's, e.g. the run folder's name), sampler,
+    NFE, temperature, top-p and seed, readable, then 8 hex digits of the hash of every setting, so that
+    points differing in anything else (corrector, remasking, sample count, judge, checkpoint) never
+    share a file, in this folder or in another one rows are copied to."""
+    digest = hashlib.sha1(repr(point_key(row)).encode()).hexdigest()[:8]
+    parts = [str(row.get("label") or Path(str(row["run"])).name), str(row["sampler"])]
+    if row.get("nfe"):
+        parts.append(f"nfe{row['nfe']}")
+    parts += [f"T{float(row['temperature']):g}", f"p{float(row['top_p']):g}", f"seed{row['seed']}", digest]
+    return re.sub(r"[^A-Za-z0-9._=+-]", "_", "-".join(parts)) + ".jsonl"
+
+
+TABLE_HEADER = (f"{'label':<18} {'sampler':<16} {'nfe':>4} {'T':>5} {'top-p':>5}  {'gen-PPL':>9} {'+-SE':>6}  "
+                f"{'entropy':>7}  {'MAUVE':>5}  {'s':>5}  judge")
+
+
+def format_row(row: dict) -> str:
+    """One line of the frontier table: settings, gen-PPL (+- its SE as a factor of exp(mean NLL)), the
+    samples' mean unigram entropy, MAUVE when scored, seconds and judge."""
+    def num(key, fmt, width):
+        value = row.get(key)
+        return f"{float(value):{width}{fmt}}" if value not in (None, "") else f"{'-':>{width}}"
+
+    se = row.get("mean_nll_se")
+    factor = f"x{math.exp(float(se)):.3f}" if se not in (None, "") else "-"
+    return (f"{str(row.get('label') or ''):<18.18} {str(row['sampler']):<16.16} {str(row.get('nfe') or '-'):>4} "
+            f"{float(row['temperature']):>5g} {float(row['top_p']):>5g}  {num('gen_ppl', '.2f', 9)} {factor:>6}  "
+            f"{num('entropy', '.3f', 7)}  {num('mauve', '.3f', 5)}  {num('seconds', '.0f', 5)}  {row['judge']}")
+
+
+def format_table(rows: list[dict]) -> str:
+    """The frontier table, one line per point, in the CSV's order."""
+    return "\n".join([TABLE_HEADER] + [format_row(r) for r in rows])
+
+
 def grid(samplers, nfes, temperatures, top_ps, base: SamplerSettings) -> list[SamplerSettings]:
     """Every combination of the swept values over ``base`` (the fixed options), validated."""
     out = []
@@ -134,7 +176,7 @@ def sweep(runs: list, settings: list[SamplerSettings], judge, out_dir: str | os.
         raise ValueError(f"labels has {len(labels)} entries for {len(runs)} runs; give one label per run")
     done = {point_key(r) for r in read_rows(csv_path)}
     todo = []
-    for run, label in zip(runs, labels, strict=False):
+    for run, label in zip(runs, labels, strict=True):
         length_ = run.sample_length if length is None else length
         seen = set()
         for s in settings:
@@ -148,6 +190,9 @@ def sweep(runs: list, settings: list[SamplerSettings], judge, out_dir: str | os.
                 todo.append((run, label, s, row))
     log(f"frontier: {len(todo)} points to score ({len(done)} already in {csv_path})")
     bar = tqdm(todo, desc="frontier", unit="point", disable=not progress)
+    say = tqdm.write if progress and log is print else log  # a line above the bar, not through it
+    if todo:
+        say(TABLE_HEADER)
     for run, label, s, row in bar:
         bar.set_postfix_str(f"{label} {row['sampler']} nfe={row['nfe']} T={row['temperature']} p={row['top_p']}")
         start = time.perf_counter()
@@ -162,7 +207,7 @@ def sweep(runs: list, settings: list[SamplerSettings], judge, out_dir: str | os.
             reference = held_out_texts(run, num_samples, row["length"], seed=s.seed)
             row["mauve"] = mauve_score(reference, [t for t in texts if t.strip()], judge)["mauve"]
         ent = content_entropy(x.tolist(), run.tokenizer)
-        name = hashlib.sha1(repr(point_key(row)).encode()).hexdigest()[:16] + ".jsonl"
+        name = samples_name(dict(row, label=label))
         atomic_write_text(out / "samples" / name, "".join(json.dumps({"text": text}) + "\n" for text in texts))
         row.update(label=label, gen_ppl=scored["gen_ppl"], mean_nll=scored["mean_nll"],
                    mean_nll_se=scored.get("mean_nll_se"),
@@ -171,6 +216,7 @@ def sweep(runs: list, settings: list[SamplerSettings], judge, out_dir: str | os.
                    seconds=round(time.perf_counter() - start, 3), samples_file=f"samples/{name}",
                    ddlm_version=__version__)
         append_row(csv_path, row)
+        say(format_row(row))
     return read_rows(csv_path)
 
 
@@ -233,6 +279,7 @@ def _handler(args) -> int:
         rows = read_rows(out / CSV_NAME)
         if not rows:
             raise FileNotFoundError(f"no frontier points in {str(out / CSV_NAME)!r}")
+        print(f"frontier table ({len(rows)} points, {out / CSV_NAME}):\n{format_table(rows)}\n")
         print(f"wrote {plot_frontier(rows, out / PLOT_NAME)}")
         return 0
     if not args.runs:
@@ -261,6 +308,7 @@ def _handler(args) -> int:
     rows = sweep(runs, points, judge, out, num_samples=args.num_samples, length=args.length,
                  batch_size=args.batch_size, labels=args.labels, device=args.device, mauve=args.mauve,
                  progress=not args.no_progress)
+    print(f"\nfrontier table ({len(rows)} points, {out / CSV_NAME}):\n{format_table(rows)}\n")
     if len(rows) == before and (out / PLOT_NAME).exists():
         print(f"{len(rows)} points in {out / CSV_NAME}, none new; {out / PLOT_NAME} left as it is")
     else:

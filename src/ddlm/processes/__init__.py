@@ -20,3 +20,7 @@ __all__ = [
     "D3PM", "PROCESSES", "REGISTRY", "AUDMState", "AbsorbingUniformDiffusion", "MaskedDiffusion", "Process", "State",
     "TransitionError", "UniformDiffusion", "get_process", "register_process",
 ]
+
+# every process's samplers are registered when ddlm.sampling is imported: do it here, so that
+# ``Process.kernels`` is complete whichever module a user imports first
+from .. import sampling as _sampling  # noqa: E402, F401, I001
