@@ -17,7 +17,7 @@ def test_docs_configs_md_is_generated_from_the_dataclasses():
 def test_every_key_is_documented_once():
     infos = config_docs.keys()
     assert len({i.key for i in infos}) == len(infos)
-    assert {i.key for i in infos} == {k for k in config_keys() if k not in ("model", "data", "optim")}
+    assert {i.key for i in infos} == {k for k in config_keys() if k not in ("model", "data", "optim", "d3pm")}
     for info in infos:
         assert len(info.doc) > 15, info.key
         assert f"| `{info.key}` |" in DOCS.read_text()
@@ -28,13 +28,14 @@ def test_enumerated_values_come_from_the_registry_and_are_what_validation_accept
     for name, cls in REGISTRY.items():
         assert allowed_values("objective", name) == cls.objectives
         assert allowed_values("model.output", name) == cls.network_outputs
+        extra = ["t_min=0"] if cls.steps is not None or name == "d3pm" else []  # discrete time: t_min = 0
         for objective in cls.objectives:
-            load_config(None, [f"process={name}", f"objective={objective}"])
+            load_config(None, [f"process={name}", f"objective={objective}", *extra])
         for output in cls.network_outputs:
-            load_config(None, [f"process={name}", f"model.output={output}"])
+            load_config(None, [f"process={name}", f"model.output={output}", *extra])
     for key in ("schedule", "optim.decay", "device", "parallel", "process"):
         for value in allowed_values(key):
-            load_config(None, [f"{key}={value}"])
+            load_config(None, [f"{key}={value}", *(["t_min=0"] if value == "d3pm" else [])])
         with pytest.raises(ValueError, match=key):
             load_config(None, [f"{key}=nonsense"])
 
@@ -44,8 +45,8 @@ def test_describe_shows_values_defaults_and_meanings():
     for info in config_docs.keys():
         assert f" {info.key} = " in text
     assert "* optim.lr = 0.0003   (float; default 0.001)" in text
-    assert "  process = mdm   (str; default mdm; one of ar, audm, mdm, udm)" in text
-    assert "here mdm_elbo; one of mdm_elbo, cross_entropy, masked_cross_entropy for process mdm" in text
+    assert "  process = mdm   (str; default mdm; one of ar, audm, d3pm, mdm, udm)" in text
+    assert "here mdm_elbo; one of mdm_elbo, cross_entropy, masked_cross_entropy, score_entropy for process mdm" in text
     udm = config_docs.describe_text(None, ["process=udm"])
     assert "  model.output = null   (str | None; default null; here loo; one of loo, denoiser for process udm)" in udm
 
