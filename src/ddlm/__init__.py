@@ -8,11 +8,16 @@ from .schedules import CosineSchedule, LinearSchedule
 __version__ = "0.1.0"
 
 
-def load(path, ema: bool = True):
-    """Load a training run (or one checkpoint folder): returns (model, process, tokenizer)."""
+def load(path, weights="ema", *, ema=None, tokenizer=None, dtype="float32"):
+    """Load a training run, one checkpoint folder, or a released checkpoint (a Hugging Face style
+    folder, a Lightning ``.ckpt``, a SEDD ``checkpoint.pth``): returns (model, process, tokenizer).
+
+    ``weights`` is "ema" (default) or "raw"; ``ema=True``/``False`` is the older spelling of the same
+    choice. See ``ddlm.runs.load`` and ``ddlm.pretrained.load_pretrained`` (docs/pretrained.md)."""
     from .runs import load as _load
 
-    return _load(path, ema=ema)
+    return _load(path, weights, ema=ema, tokenizer=tokenizer, dtype=dtype)
+
 
 __all__ = [
     "AUDMState", "AbsorbingUniformDiffusion", "CosineSchedule", "GibbsCorrector", "LinearSchedule",

@@ -122,26 +122,53 @@ def resolve_checkpoint(path: str | os.PathLike) -> Path:
     )
 
 
-def load(path: str | os.PathLike, ema: bool = True):
-    """Load a run folder (or one checkpoint folder): returns (model, process, tokenizer).
+def weights_choice(weights="ema", ema: bool | None = None) -> str:
+    """"ema" or "raw" from ``load``'s arguments: ``weights`` (``load(path, False)``, the old positional
+    ``ema``, still means raw) or the older keyword ``ema``; both given must agree."""
+    if isinstance(weights, bool):
+        weights = "ema" if weights else "raw"
+    if weights not in ("ema", "raw"):
+        raise ValueError(f"weights must be 'ema' or 'raw', got {weights!r}")
+    if ema is not None:
+        if not isinstance(ema, bool):
+            raise ValueError(f"ema must be True or False, got {ema!r}")
+        if ("ema" if ema else "raw") != weights and weights != "ema":
+            raise ValueError(f"ema={ema} contradicts weights={weights!r}; give one of them")
+        weights = "ema" if ema else "raw"
+    return weights
 
-    The model is a ``DiffusionModel`` in eval mode with the EMA weights (``ema=False`` for the raw
-    ones); for an autoregressive run it is the ``ARTransformer`` and the process is None. Nothing is
-    unpickled.
+
+def load(path: str | os.PathLike, weights="ema", *, ema: bool | None = None, tokenizer=None, dtype: str = "float32"):
+    """Load a run folder, one checkpoint folder, or a released checkpoint: returns (model, process, tokenizer).
+
+    A ddlm run gives a ``DiffusionModel`` in eval mode with the EMA weights (``weights="raw"``, or the
+    older ``ema=False``, for the raw ones); for an autoregressive run it is the ``ARTransformer`` and the
+    process is None. Nothing is unpickled. A Hugging Face style folder, a Lightning ``.ckpt`` file or
+    a SEDD ``checkpoint.pth`` is imported by ``ddlm.pretrained.load_pretrained`` (``tokenizer`` and
+    ``dtype`` apply to those only; a file holding one set of weights ignores ``weights``).
 
     Raises:
         FileNotFoundError: no such folder, or no checkpoint in it (see :func:`resolve_checkpoint`).
         ddlm.checkpoint.CheckpointError: a corrupt checkpoint (the file is named).
+        ValueError: ``tokenizer`` or ``dtype`` given for a ddlm run (it carries its own tokenizer and
+            computes in float32); errors of ``load_pretrained`` for released checkpoints.
     """
     from .config import saved_config
     from .data.tokenizers import tokenizer_from_dict
     from .models.factory import build_model
+    from .pretrained import is_pretrained, load_pretrained
 
+    weights = weights_choice(weights, ema)
+    if is_pretrained(path):
+        return load_pretrained(path, weights, tokenizer=tokenizer, dtype=dtype)
+    if tokenizer is not None or dtype != "float32":
+        raise ValueError(f"tokenizer= and dtype= apply to imported checkpoints; {str(path)!r} is a ddlm run, which "
+                         "carries its own tokenizer and computes in float32")
     ckpt = load_checkpoint(resolve_checkpoint(path))
     cfg = saved_config(ckpt.config)
     tokenizer = tokenizer_from_dict(ckpt.tokenizer)
     model = build_model(cfg, tokenizer.vocab_size, tokenizer.bos_id)
-    model.load_state_dict(ckpt.ema if ema and ckpt.ema is not None else ckpt.model)
+    model.load_state_dict(ckpt.ema if weights == "ema" and ckpt.ema is not None else ckpt.model)
     return model.eval(), getattr(model, "process", None), tokenizer
 
 

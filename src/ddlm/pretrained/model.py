@@ -1,0 +1,143 @@
+"""An imported checkpoint as a ddlm model: ``model(xt, t)`` (``model(xt, t, noise)`` for AUDM) takes
+ddlm's diffusion time t in [0, 1], maps it to the family's conditioning and returns the family's
+prediction over the process's K tokens; the family's own outputs stay available.
+
+Three outputs, from the closest to the file to the one ddlm's samplers read:
+
+- :meth:`ImportedModel.raw`: the network's output (all rows), what the project's backbone returns;
+- :meth:`ImportedModel.family_output`: the project's own forward pass (SUBS, carry-over, log-softmax,
+  SEDD's scaled log-score), all rows;
+- ``forward``: the prediction ``model.prediction`` declares, over the K tokens of ``model.process``:
+  log-probabilities ("denoiser", "loo", "posterior": the family output restricted to the K data tokens
+  and renormalised) or, for SEDD, the log-score restricted to the K tokens ("score").
+
+SEDD declares "score". Until ddlm's processes accept that prediction, :func:`for_process` (used by
+``ddlm sample``/``eval``/``frontier``/``probe``) wraps a score model in :class:`ScoreView`, which
+converts it with ``ddlm.conversions.score_to_loo`` (uniform) or by normalising the scores of a masked
+position (absorbing: there the score is alpha/(1 - alpha) times the denoiser).
+"""
+
+from __future__ import annotations
+
+import contextlib
+
+import torch
+from torch import Tensor, nn
+
+from .families import NEG_INFINITY, postprocess, sigma_of
+
+
+class ImportedModel(nn.Module):
+    """A released checkpoint bound to its ddlm process (module docstring).
+
+    Attributes:
+        net: the backbone (``ddlm.models.imported_dit.ImportedDiT``).
+        process: the family's process (``process.vocab_size`` is its K).
+        spec: the resolved settings (``ddlm.pretrained.resolve.Spec``).
+        conventions: every convention of the import as plain data (family, format, weights, rows,
+            conditioning, output, tokenizer, what the reader skipped): also in every result record.
+        compute_dtype: torch.float32, or torch.bfloat16 (autocast, as the projects run on GPUs).
+    """
+
+    def __init__(self, net: nn.Module, process, spec, conventions: dict, compute_dtype=torch.float32):
+        super().__init__()
+        if compute_dtype not in (torch.float32, torch.bfloat16):
+            raise ValueError(f"compute_dtype must be torch.float32 or torch.bfloat16, got {compute_dtype!r}")
+        self.net, self.process, self.spec, self.conventions = net, process, spec, conventions
+        self.compute_dtype = compute_dtype
+
+    @property
+    def prediction(self) -> str:
+        """What ``forward`` returns: "denoiser", "loo", "posterior" or "score"."""
+        return self.spec.prediction
+
+    @property
+    def output(self) -> str:
+        return self.spec.prediction
+
+    @property
+    def time_conditioned(self) -> bool:
+        """False when the family feeds sigma = 0 (the samplers may then reuse predictions)."""
+        return bool(self.spec.time_conditioning)
+
+    def sigma(self, t: Tensor, batch: int | None = None) -> Tensor:
+        """The family's conditioning scalar (B,) at diffusion time t (float or (B,))."""
+        t = torch.as_tensor(t, dtype=torch.float64 if not torch.is_tensor(t) else None)
+        if t.dim() == 0 and batch is not None:
+            t = t.expand(batch)
+        return sigma_of(self.spec.family, t, self.spec.eps, self.process.schedule).to(self._device())
+
+    def _device(self) -> torch.device:
+        return self.net.vocab_embed.embedding.device
+
+    def _autocast(self):
+        if self.compute_dtype == torch.float32:
+            return contextlib.nullcontext()
+        return torch.autocast(self._device().type, dtype=self.compute_dtype)
+
+    def raw(self, xt: Tensor, t, noise: Tensor | None = None) -> Tensor:
+        """The network's output (B, L, rows) in float32, as the project's backbone returns it."""
+        with self._autocast():
+            return self.net(xt, self.sigma(t, xt.shape[0]), noise).float()
+
+    def family_output(self, xt: Tensor, t, noise: Tensor | None = None) -> Tensor:
+        """The project's own forward output (B, L, rows): see ``ddlm.pretrained.families.postprocess``."""
+        spec = self.spec
+        raw = self.raw(xt, t, noise)
+        return postprocess(spec.family.postprocess, raw, xt, self.sigma(t, xt.shape[0]), mask_id=spec.mask_id,
+                           noise=noise, scale_by_sigma=spec.scale_by_sigma)
+
+    def forward(self, xt: Tensor, t, noise: Tensor | None = None) -> Tensor:
+        """``model.prediction`` over the process's K tokens (B, L, K), float32 (module docstring)."""
+        out = self.family_output(xt, t, noise)
+        if self.spec.family.name == "ddlm":
+            return out
+        out = out[..., : self.process.vocab_size]
+        return out if self.prediction == "score" else torch.log_softmax(out, dim=-1)
+
+
+class ScoreView(nn.Module):
+    """A score model seen by ddlm's samplers as the LOO (uniform) or the denoiser (absorbing).
+
+    Args:
+        model: an :class:`ImportedModel` declaring "score".
+        target: "loo" (uniform process: ``ddlm.conversions.score_to_loo``) or "denoiser" (masked
+            process: at a masked position the scores of the K tokens, normalised; unmasked positions
+            are carried over).
+    """
+
+    def __init__(self, model: ImportedModel, target: str):
+        super().__init__()
+        if target not in ("loo", "denoiser"):
+            raise ValueError(f"target must be 'loo' or 'denoiser', got {target!r}")
+        self.model, self.target = model, target
+
+    process = property(lambda self: self.model.process)
+    net = property(lambda self: self.model.net)
+    conventions = property(lambda self: self.model.conventions)
+    time_conditioned = property(lambda self: self.model.time_conditioned)
+    prediction = property(lambda self: self.target)
+    output = property(lambda self: self.target)
+
+    def forward(self, xt: Tensor, t, noise: Tensor | None = None) -> Tensor:
+        from ..conversions import score_to_loo
+
+        log_score = self.model(xt, t, noise).double()
+        k = log_score.shape[-1]
+        if self.target == "loo":
+            t = torch.as_tensor(t, device=xt.device)
+            alpha = self.model.process.alpha(t.double().expand(xt.shape[0]) if t.dim() == 0 else t.double())
+            return score_to_loo(log_score, xt, alpha.to(xt.device).unsqueeze(-1)).float()
+        logd = torch.log_softmax(log_score, dim=-1)
+        frozen = torch.full_like(logd, NEG_INFINITY).scatter_(-1, xt.clamp(max=k - 1).unsqueeze(-1), 0.0)
+        return torch.where((xt == k).unsqueeze(-1), logd, frozen).float()
+
+
+def for_process(model, process):
+    """``model`` itself when ``process`` knows its prediction, else (a score model) its
+    :class:`ScoreView`: the LOO when the process has a LOO view, the denoiser otherwise."""
+    prediction = getattr(model, "prediction", None)
+    if process is None or prediction in process.views or prediction != "score":
+        return model
+    target = "loo" if process.views.get("loo") == "loo" else "denoiser"
+    return ScoreView(model, target)
