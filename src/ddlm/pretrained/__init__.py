@@ -162,6 +162,10 @@ def load_pretrained(path: str | os.PathLike, weights: str = "ema", *, tokenizer=
     if tok is not None and tok.vocab_size > spec.rows:
         raise ValueError(f"tokenizer has {tok.vocab_size} ids but the model's vocab_embed.embedding has {spec.rows} "
                          "rows; it is not this model's tokenizer")
+    if tok is not None and tok.vocab_size < spec.vocab_size:
+        raise ValueError(f"tokenizer has {tok.vocab_size} ids but the process samples K = {spec.vocab_size} tokens "
+                         f"({spec.family.name}: {spec.special_rows or 'every row is a state'}); pass the tokenizer "
+                         "that has them (e.g. the checkpoint's own, with its added [PAD])")
     if src.skipped:
         names = ", ".join(src.skipped)
         warnings.warn(f"ddlm read {src.path} without running code from it; objects kept as inert records (not "
@@ -187,7 +191,7 @@ def _conventions(src, spec: Spec, which: str, tok_note: str) -> dict:
         "family_postprocess": fam.postprocess, "scale_by_sigma": spec.scale_by_sigma,
         "prediction": spec.prediction,
         "ddlm_output": ("the log-score over the K tokens" if spec.prediction == "score" else
-                        f"{spec.prediction} log-probabilities over the K = {spec.vocab_size} tokens"),
+                        f"{spec.prediction} logits over the K = {spec.vocab_size} tokens (the first K rows)"),
         "tokenizer": {"family_tokenizer": spec.tokenizer_name, "source": tok_note},
         "dims": {"hidden": spec.hidden, "blocks": spec.blocks, "heads": spec.heads, "mlp_ratio": spec.mlp_ratio,
                  "cond_dim": spec.cond_dim, "length": spec.length},

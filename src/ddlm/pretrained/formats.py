@@ -20,7 +20,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from .safe_unpickle import Opaque, TensorStub, opaque_to_plain, read_torch_archive
+from .safe_unpickle import Opaque, TensorStub, materialize, opaque_to_plain, read_torch_archive
 
 #: module prefixes of the backbone's keys that ddlm recognises, longest first
 KNOWN_PREFIXES = ("module.diffusion.model.backbone.", "diffusion.model.backbone.", "module.backbone.",
@@ -224,12 +224,22 @@ def _st_dtype(name: str):
     return table.get(name, torch.float32)
 
 
+def _weights_only(path: Path, ckpt: dict, keys: tuple[str, ...], load_tensors: bool) -> None:
+    """Read the bytes of the weights (``ckpt[k]`` for ``k`` in ``keys``) and of nothing else: optimizer
+    state, loops and callbacks stay stubs."""
+    if load_tensors:
+        for k in keys:
+            if k in ckpt:
+                ckpt[k] = materialize(ckpt[k], path)
+
+
 def read_lightning(path: Path, load_tensors: bool = True) -> Source:
-    contents = read_torch_archive(path, load_tensors)
+    contents = read_torch_archive(path, load_tensors=False)
     ckpt = contents.obj
     if not isinstance(ckpt, dict) or "state_dict" not in ckpt:
         keys = list(ckpt) if isinstance(ckpt, dict) else type(ckpt).__name__
         raise PretrainedFormatError(f"{path}: a Lightning checkpoint holds 'state_dict'; found {keys}")
+    _weights_only(path, ckpt, ("state_dict", "ema"), load_tensors)
     state = _tensor_dict(ckpt["state_dict"], f"{path.name}['state_dict']")
     prefix, raw, ignored = split_prefix(state, f"{path.name}['state_dict']")
     hp = ckpt.get("hyper_parameters") or {}
@@ -260,11 +270,12 @@ def read_sedd(path: Path, load_tensors: bool = True) -> Source:
         raise FileNotFoundError(f"SEDD checkpoint {str(pth)!r}: its run folder's .hydra/config.yaml (the model's "
                                 "dimensions) was not found next to it or one folder up")
     config = yaml.safe_load(cfg_path.read_text(encoding="utf-8"))
-    contents = read_torch_archive(pth, load_tensors)
+    contents = read_torch_archive(pth, load_tensors=False)
     ckpt = contents.obj
     if not isinstance(ckpt, dict) or "model" not in ckpt:
         keys = list(ckpt) if isinstance(ckpt, dict) else type(ckpt).__name__
         raise PretrainedFormatError(f"{pth}: a SEDD checkpoint holds 'model' (and 'ema', 'step'); found {keys}")
+    _weights_only(pth, ckpt, ("model", "ema"), load_tensors)
     state = _tensor_dict(ckpt["model"], f"{pth.name}['model']")
     prefix, raw, ignored = split_prefix(state, f"{pth.name}['model']")
     step = ckpt.get("step") if isinstance(ckpt.get("step"), int) else None

@@ -8,8 +8,9 @@ Three outputs, from the closest to the file to the one ddlm's samplers read:
 - :meth:`ImportedModel.family_output`: the project's own forward pass (SUBS, carry-over, log-softmax,
   SEDD's scaled log-score), all rows;
 - ``forward``: the prediction ``model.prediction`` declares, over the K tokens of ``model.process``:
-  log-probabilities ("denoiser", "loo", "posterior": the family output restricted to the K data tokens
-  and renormalised) or, for SEDD, the log-score restricted to the K tokens ("score").
+  logits ("denoiser", "loo", "posterior": their log-softmax is the family output restricted to the K
+  data tokens and renormalised, wherever the process reads it) or, for SEDD, the log-score restricted
+  to the K tokens ("score").
 
 SEDD declares "score". Until ddlm's processes accept that prediction, :func:`for_process` (used by
 ``ddlm sample``/``eval``/``frontier``/``probe``) wraps a score model in :class:`ScoreView`, which
@@ -88,12 +89,19 @@ class ImportedModel(nn.Module):
                            noise=noise, scale_by_sigma=spec.scale_by_sigma)
 
     def forward(self, xt: Tensor, t, noise: Tensor | None = None) -> Tensor:
-        """``model.prediction`` over the process's K tokens (B, L, K), float32 (module docstring)."""
-        out = self.family_output(xt, t, noise)
-        if self.spec.family.name == "ddlm":
-            return out
-        out = out[..., : self.process.vocab_size]
-        return out if self.prediction == "score" else torch.log_softmax(out, dim=-1)
+        """``model.prediction`` over the process's K tokens (B, L, K), float32 (module docstring).
+
+        Logits, as ddlm's own ``DiffusionModel`` returns them (its consumers normalise): the network's
+        first K rows, whose log-softmax is the family's own output restricted to the K data tokens and
+        renormalised at every position the process reads (masked MDM positions, active AUDM positions,
+        every UDM position); positions the family carries over (unmasked tokens, inactive AUDM
+        positions) are left to ddlm's kernels, which carry them over themselves, as for ddlm's own
+        networks. SEDD: its log-score (scaled, 0 at x_t) over the K tokens."""
+        k = self.process.vocab_size
+        if self.prediction == "score":
+            return self.family_output(xt, t, noise)[..., :k]
+        raw = self.raw(xt, t, noise)
+        return raw if raw.shape[-1] == k else raw[..., :k]
 
 
 class ScoreView(nn.Module):

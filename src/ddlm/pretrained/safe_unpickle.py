@@ -34,7 +34,7 @@ import torch
 
 __all__ = [
     "ArchiveContents", "CheckpointFormatError", "Opaque", "RestrictedUnpickler", "TensorStub",
-    "UnsafeCheckpointError", "opaque_to_plain", "read_torch_archive",
+    "UnsafeCheckpointError", "materialize", "opaque_to_plain", "read_torch_archive",
 ]
 
 
@@ -100,10 +100,15 @@ def _opaque_class(qualname: str) -> type:
 
 @dataclass(frozen=True)
 class TensorStub:
-    """Shape and dtype of a tensor whose bytes were not read (``read_torch_archive(load_tensors=False)``)."""
+    """Shape and dtype of a tensor whose bytes were not read (``read_torch_archive(load_tensors=False)``);
+    :func:`materialize` reads it later (``storage``, ``offset``, ``stride``: where it lives in the archive)."""
 
     shape: tuple
     dtype: torch.dtype
+    storage: str | None = field(default=None, compare=False)
+    offset: int = field(default=0, compare=False)
+    stride: tuple = field(default=(), compare=False)
+    numel: int = field(default=0, compare=False)
 
 
 @dataclass(frozen=True)
@@ -123,7 +128,8 @@ def _rebuild_tensor(storage, storage_offset, size, stride, requires_grad=False, 
     if backward_hooks:
         raise UnsafeCheckpointError("a tensor in the file carries backward hooks (callables); ddlm does not load them")
     if isinstance(storage, _StubStorage):
-        return TensorStub(tuple(int(s) for s in size), storage.dtype)
+        return TensorStub(tuple(int(s) for s in size), storage.dtype, storage.key, int(storage_offset),
+                          tuple(int(s) for s in stride), storage.numel)
     if not isinstance(storage, torch.Tensor):
         raise UnsafeCheckpointError(f"a tensor's storage is {storage!r}, expected a storage of the archive")
     try:
@@ -164,13 +170,13 @@ ALLOWED: dict[tuple[str, str], Any] = {
 
 
 class _StubStorage:
-    def __init__(self, dtype):
-        self.dtype = dtype
+    def __init__(self, dtype, key: str, numel: int):
+        self.dtype, self.key, self.numel = dtype, key, numel
 
 
 class RestrictedUnpickler(pickle.Unpickler):
     """Unpickler whose globals come from :data:`ALLOWED` or are :class:`Opaque` records (see module
-    docstring); ``storage(key, dtype, numel)`` supplies the tensors' storages."""
+    docstring); ``storage(dtype, key, numel)`` supplies the tensors' storages."""
 
     def __init__(self, file, storage):
         super().__init__(file)
@@ -194,7 +200,7 @@ class RestrictedUnpickler(pickle.Unpickler):
         _, kind, key, _location, numel = pid
         if not isinstance(kind, _StorageType):
             raise UnsafeCheckpointError(f"storage of key {key!r} has type {kind!r}, not a torch storage type")
-        return self._storage(str(key), kind.dtype, int(numel))
+        return self._storage(kind.dtype, str(key), int(numel))
 
 
 @dataclass
@@ -223,7 +229,9 @@ def read_torch_archive(path, load_tensors: bool = True) -> ArchiveContents:
 
     Args:
         path: the file.
-        load_tensors: False reads only the pickle: tensors become :class:`TensorStub` (shape, dtype).
+        load_tensors: False reads only the pickle: tensors become :class:`TensorStub` (shape, dtype and
+            where the bytes are), which :func:`materialize` reads later (e.g. only the weights of a
+            checkpoint that also holds optimizer state).
 
     Raises:
         FileNotFoundError: no such file.
@@ -239,31 +247,11 @@ def read_torch_archive(path, load_tensors: bool = True) -> ArchiveContents:
             f"{path} is not a torch zip archive: the legacy torch.save format (PyTorch < 1.6) and raw pickles are "
             "not read by ddlm; re-save it with torch.save in a recent PyTorch, or convert it to safetensors")
     with zipfile.ZipFile(path) as z:
-        names = z.namelist()
-        prefix = _archive_prefix(names, path)
-        if f"{prefix}byteorder" in names and z.read(f"{prefix}byteorder").strip() not in (b"little",):
+        prefix = _archive_prefix(z.namelist(), path)
+        if f"{prefix}byteorder" in z.namelist() and z.read(f"{prefix}byteorder").strip() != b"little":
             raise CheckpointFormatError(f"{path} was written on a big-endian machine; ddlm reads little-endian "
                                         "archives")
-        cache: dict[str, Any] = {}
-
-        def storage(key: str, dtype: torch.dtype, numel: int):
-            if not load_tensors:
-                return _StubStorage(dtype)
-            if key not in cache:
-                entry = f"{prefix}data/{key}"
-                try:
-                    info = z.getinfo(entry)
-                except KeyError:
-                    raise CheckpointFormatError(f"{path}: storage {key!r} is missing from the archive") from None
-                itemsize = torch.empty((), dtype=dtype).element_size()
-                if info.file_size != numel * itemsize:
-                    raise CheckpointFormatError(f"{path}: storage {key!r} holds {info.file_size} bytes, expected "
-                                                f"{numel} x {itemsize} for {dtype}")
-                raw = bytearray(z.read(entry))
-                cache[key] = torch.frombuffer(raw, dtype=dtype) if numel else torch.empty(0, dtype=dtype)
-            return cache[key]
-
-        unpickler = RestrictedUnpickler(io.BytesIO(z.read(f"{prefix}data.pkl")), storage)
+        unpickler = RestrictedUnpickler(io.BytesIO(z.read(f"{prefix}data.pkl")), _StubStorage)
         try:
             obj = unpickler.load()
         except (UnsafeCheckpointError, CheckpointFormatError):
@@ -271,7 +259,63 @@ def read_torch_archive(path, load_tensors: bool = True) -> ArchiveContents:
         except Exception as e:  # malformed pickle streams raise many types; name the file
             raise CheckpointFormatError(f"{path}: cannot read {prefix}data.pkl with ddlm's restricted unpickler: "
                                         f"{type(e).__name__}: {e}") from None
-    return ArchiveContents(obj, dict(sorted(unpickler.skipped.items())))
+    contents = ArchiveContents(obj, dict(sorted(unpickler.skipped.items())))
+    if load_tensors:
+        contents.obj = materialize(obj, path)
+    return contents
+
+
+def materialize(tree: Any, path) -> Any:
+    """``tree`` with every :class:`TensorStub` replaced by its tensor, read from the archive at ``path``
+    (dicts and lists in place; each storage read once; views of one storage share it)."""
+    path = Path(path)
+    with zipfile.ZipFile(path) as z:
+        prefix = _archive_prefix(z.namelist(), path)
+        cache: dict[str, torch.Tensor] = {}
+
+        def storage(stub: TensorStub) -> torch.Tensor:
+            if stub.storage not in cache:
+                entry = f"{prefix}data/{stub.storage}"
+                try:
+                    info = z.getinfo(entry)
+                except KeyError:
+                    raise CheckpointFormatError(f"{path}: storage {stub.storage!r} is missing from the "
+                                                "archive") from None
+                itemsize = torch.empty((), dtype=stub.dtype).element_size()
+                if info.file_size != stub.numel * itemsize:
+                    raise CheckpointFormatError(f"{path}: storage {stub.storage!r} holds {info.file_size} bytes, "
+                                                f"expected {stub.numel} x {itemsize} for {stub.dtype}")
+                raw = bytearray(z.read(entry))
+                cache[stub.storage] = torch.frombuffer(raw, dtype=stub.dtype) if stub.numel else torch.empty(
+                    0, dtype=stub.dtype)
+            return cache[stub.storage]
+
+        seen: set[int] = set()  # configs hold cycles (a node's _parent): visit each container once
+
+        def walk(x, depth=0):
+            if depth > 500:
+                raise CheckpointFormatError(f"{path}: objects nested more than 500 levels deep")
+            if isinstance(x, TensorStub):
+                if x.storage is None:
+                    raise ValueError("this TensorStub does not come from a torch archive")
+                return _rebuild_tensor(storage(x), x.offset, x.shape, x.stride)
+            if isinstance(x, tuple):
+                return tuple(walk(v, depth + 1) for v in x) if type(x) is tuple else x
+            if not isinstance(x, (dict, list, Opaque)) or id(x) in seen:
+                return x
+            seen.add(id(x))
+            if isinstance(x, dict):
+                for k in list(x):
+                    x[k] = walk(x[k], depth + 1)
+            elif isinstance(x, list):
+                x[:] = [walk(v, depth + 1) for v in x]
+            else:
+                x.args = tuple(walk(v, depth + 1) for v in x.args)
+                x.state = walk(x.state, depth + 1)
+                x.items = [walk(v, depth + 1) for v in x.items]
+            return x
+
+        return walk(tree)
 
 
 def opaque_to_plain(obj: Any, depth: int = 0) -> Any:
