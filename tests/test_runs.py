@@ -122,3 +122,15 @@ def test_export_writes_a_small_loadable_checkpoint(tmp_path):
         assert p.dtype == q.dtype and torch.equal(p, q.half().to(q.dtype) if q.is_floating_point() else q)
     with pytest.raises(ValueError, match="dtype must be one of"):
         export(tmp_path / "e", tmp_path / "x", dtype="int8")
+
+
+def test_weights_choice_of_load():
+    from ddlm.runs import weights_choice
+
+    assert weights_choice() == "ema" and weights_choice("raw") == "raw" and weights_choice(None, False) == "raw"
+    assert weights_choice(False) == "raw" and weights_choice(True) == "ema"  # the old positional ema
+    assert weights_choice("ema", True) == "ema"
+    with pytest.raises(ValueError, match="ema=False contradicts weights='ema'"):
+        weights_choice("ema", False)
+    with pytest.raises(ValueError, match="weights must be 'ema' or 'raw', got 'best'"):
+        weights_choice("best")

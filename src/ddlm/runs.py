@@ -122,30 +122,31 @@ def resolve_checkpoint(path: str | os.PathLike) -> Path:
     )
 
 
-def weights_choice(weights="ema", ema: bool | None = None) -> str:
+def weights_choice(weights=None, ema: bool | None = None) -> str:
     """"ema" or "raw" from ``load``'s arguments: ``weights`` (``load(path, False)``, the old positional
-    ``ema``, still means raw) or the older keyword ``ema``; both given must agree."""
+    ``ema``, still means raw) or the older keyword ``ema``; EMA when neither is given; both given must agree."""
     if isinstance(weights, bool):
         weights = "ema" if weights else "raw"
-    if weights not in ("ema", "raw"):
+    if weights is not None and weights not in ("ema", "raw"):
         raise ValueError(f"weights must be 'ema' or 'raw', got {weights!r}")
-    if ema is not None:
-        if not isinstance(ema, bool):
-            raise ValueError(f"ema must be True or False, got {ema!r}")
-        if ("ema" if ema else "raw") != weights and weights != "ema":
-            raise ValueError(f"ema={ema} contradicts weights={weights!r}; give one of them")
-        weights = "ema" if ema else "raw"
-    return weights
+    if ema is not None and not isinstance(ema, bool):
+        raise ValueError(f"ema must be True or False, got {ema!r}")
+    from_ema = None if ema is None else ("ema" if ema else "raw")
+    if weights is not None and from_ema is not None and weights != from_ema:
+        raise ValueError(f"ema={ema} contradicts weights={weights!r}; give one of them")
+    return weights or from_ema or "ema"
 
 
-def load(path: str | os.PathLike, weights="ema", *, ema: bool | None = None, tokenizer=None, dtype: str = "float32"):
+def load(path: str | os.PathLike, weights: str | None = None, *, ema: bool | None = None, tokenizer=None,
+         dtype: str = "float32"):
     """Load a run folder, one checkpoint folder, or a released checkpoint: returns (model, process, tokenizer).
 
-    A ddlm run gives a ``DiffusionModel`` in eval mode with the EMA weights (``weights="raw"``, or the
-    older ``ema=False``, for the raw ones); for an autoregressive run it is the ``ARTransformer`` and the
-    process is None. Nothing is unpickled. A Hugging Face style folder, a Lightning ``.ckpt`` file or
-    a SEDD ``checkpoint.pth`` is imported by ``ddlm.pretrained.load_pretrained`` (``tokenizer`` and
-    ``dtype`` apply to those only; a file holding one set of weights ignores ``weights``).
+    ``weights`` is "ema" (the default) or "raw"; ``ema=True``/``False`` is the older spelling of the same
+    choice. A ddlm run gives a ``DiffusionModel`` in eval mode with the chosen weights; for an
+    autoregressive run it is the ``ARTransformer`` and the process is None. Nothing is unpickled. A
+    Hugging Face style folder, a Lightning ``.ckpt`` file or a SEDD ``checkpoint.pth`` is imported by
+    ``ddlm.pretrained.load_pretrained`` (``tokenizer`` and ``dtype`` apply to those only; a file holding
+    one set of weights ignores ``weights``).
 
     Raises:
         FileNotFoundError: no such folder, or no checkpoint in it (see :func:`resolve_checkpoint`).

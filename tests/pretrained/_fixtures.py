@@ -47,7 +47,7 @@ def manifest(family: str) -> dict:
     return json.loads((ROOT / family / "manifest.json").read_text())
 
 
-def load(family: str, file: str, weights: str = "ema", **kwargs):
+def load(family: str, file: str, weights: str | None = None, **kwargs):
     """``ddlm.load`` of a fixture, without the warning about the records the reader skipped."""
     import ddlm
 
