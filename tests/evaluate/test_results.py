@@ -53,3 +53,13 @@ def test_ddlm_runs_still_load_and_refuse_a_tokenizer():
     with warnings.catch_warnings():
         warnings.simplefilter("error")  # a ddlm run is read without any pickle: nothing to warn about
         load_run(ref, weights="raw")
+
+
+def test_default_eval_batch_of_long_imported_models():
+    from types import SimpleNamespace
+
+    def run(length):
+        model = SimpleNamespace(net=SimpleNamespace(config=SimpleNamespace(max_len=length)), process=object())
+        return LoadedRun(model, object(), None, None, {"imported": {"t_min": 1e-3}})
+
+    assert [run(n).eval_batch_size for n in (16, 128, 1024, 20000)] == [32, 32, 8, 1]

@@ -82,8 +82,11 @@ class LoadedRun:
 
     @property
     def eval_batch_size(self) -> int:
-        """Default blocks per batch of ``ddlm eval``: the run's per-step batch; 32 for an imported model."""
-        return 32 if self.imported else max(1, self.config.batch_size // self.config.grad_accum)
+        """Default blocks per batch of ``ddlm eval``: the run's per-step batch; for an imported model 32
+        blocks, fewer for long ones (8,192 tokens a batch: 8 blocks of 1,024)."""
+        if self.imported:
+            return max(1, min(32, 8192 // self.block_size))
+        return max(1, self.config.batch_size // self.config.grad_accum)
 
 
 def _read_json(path: Path) -> Any:
