@@ -145,3 +145,33 @@ def test_postprocess_rejects_unknown_kinds():
     with pytest.raises(ValueError, match="postprocess kind must be one of"):
         postprocess("softmax", torch.zeros(1, 2, 3), torch.zeros(1, 2, dtype=torch.long), torch.zeros(1))
     assert NEG_INFINITY == -1e6
+
+
+@torch.no_grad()
+def test_mdlm_repositorys_sedd_baseline_is_sedds_function(tmp_path):
+    """MDLM's (and BD3-LM's) SEDD baselines are Lightning checkpoints of MDLM's code with
+    parameterization "sedd". The MDLM fixture's weights equal the SEDD-absorb fixture's (same seeds,
+    same layout), so such a checkpoint must give SEDD's own log-score on SEDD's inputs."""
+    from _fixtures import ROOT
+
+    from ddlm.pretrained.safe_unpickle import opaque_to_plain, read_torch_archive
+
+    obj = read_torch_archive(ROOT / "mdlm" / "last.ckpt").obj
+    cfg = opaque_to_plain(obj["hyper_parameters"]["config"])
+    cfg.update(parameterization="sedd", time_conditioning=True)
+    ckpt = tmp_path / "sedd-baseline.ckpt"
+    torch.save({"state_dict": obj["state_dict"], "ema": obj["ema"], "hyper_parameters": {"config": cfg}}, ckpt)
+    import ddlm
+
+    model, process, _ = ddlm.load(ckpt)
+    c = model.conventions
+    assert c["family"] == "sedd_absorb" and c["format"] == "lightning" and c["scale_by_sigma"]
+    assert model.prediction == "score" and process.label == "MDM" and process.vocab_size == 37
+    d = io("sedd_absorb")
+    for weights in ("ema", "raw"):
+        model, _, _ = ddlm.load(ckpt, weights)
+        assert_matches(model.family_output(d["x"], d["t"]), d[f"log_score.{weights}_weights"])
+    cfg["diffusion"] = "uniform"
+    torch.save({"state_dict": obj["state_dict"], "hyper_parameters": {"config": cfg}}, ckpt)
+    with pytest.raises(ValueError, match="absorbing state only"):
+        ddlm.load(ckpt)

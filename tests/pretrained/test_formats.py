@@ -147,7 +147,7 @@ def test_unknown_families_are_named(tmp_path):
 
     obj = read_torch_archive(ROOT / "mdlm" / "last.ckpt").obj
     cfg = opaque_to_plain(obj["hyper_parameters"]["config"])
-    cfg["parameterization"] = "sedd"
+    cfg["parameterization"] = "ar"  # MDLM's autoregressive baseline: not a diffusion model
     odd = tmp_path / "odd.ckpt"
     torch.save({"state_dict": obj["state_dict"], "hyper_parameters": {"config": cfg}}, odd)
     with pytest.raises(PretrainedFormatError, match="cannot tell the family from its config"):

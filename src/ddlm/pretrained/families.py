@@ -59,9 +59,9 @@ class Family:
 
 
 FAMILIES: dict[str, Family] = {f.name: f for f in (
-    Family("mdlm", "kuleshov-group/mdlm", "Hugging Face kuleshov-group/mdlm-owt (HF folder); Google Drive "
-           "(Lightning .ckpt, OWT and LM1B)", "mdm", 1, "log1p", "logits over K+1 rows (MASK last)", "subs",
-           "denoiser"),
+    Family("mdlm", "kuleshov-group/mdlm", "Hugging Face kuleshov-group/mdlm-owt, mdlm-no_flashattn-fp32-owt (HF "
+           "folders); Lightning .ckpt of MDLM's training", "mdm", 1, "log1p", "logits over K+1 rows (MASK last)",
+           "subs", "denoiser"),
     Family("duo", "s-sahoo/duo", "Hugging Face s-sahoo/duo, s-sahoo/duo-distilled; Google Drive (Lightning .ckpt)",
            "udm", 0, "log_alpha", "denoiser logits over len(tokenizer) rows ([PAD] is a uniform state)",
            "log_softmax", "denoiser"),
@@ -69,9 +69,11 @@ FAMILIES: dict[str, Family] = {f.name: f for f in (
            "Lightning .ckpt", "udm", 0, "log1p", "denoiser logits (d3pm parameterization) over all rows",
            "log_softmax", "denoiser"),
     Family("sedd_absorb", "louaaron/Score-Entropy-Discrete-Diffusion", "Hugging Face louaaron/sedd-small, "
-           "sedd-medium (HF folder); run folders (checkpoint.pth)", "mdm", 1, "log1p",
+           "sedd-medium (HF folders); run folders (checkpoint.pth); MDLM's and BD3-LM's SEDD baselines (Lightning "
+           ".ckpt of MDLM's code, parameterization sedd; Google Drive folder of MDLM's README)", "mdm", 1, "log1p",
            "log-score before SEDD's sigma scaling (output_layer)", "sedd", "score"),
-    Family("sedd_uniform", "louaaron/Score-Entropy-Discrete-Diffusion", "run folders (checkpoint.pth); HF folders",
+    Family("sedd_uniform", "louaaron/Score-Entropy-Discrete-Diffusion", "run folders of SEDD's own training "
+           "(checkpoint.pth); the hub models its README names are absorbing",
            "udm", 0, "log1p", "log-score (output_layer; no sigma scaling)", "sedd", "score"),
     Family("rev_udm_udlm", "samsongourevitch/rev_udm", "Google Drive (Lightning .ckpt), see the repository's README",
            "udm", 1, "log_alpha", "LOO logits (model_prediction mean_loo) or denoiser logits (mean)",

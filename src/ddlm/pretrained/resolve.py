@@ -69,14 +69,19 @@ def detect_family(src: Source) -> Family:
         return FAMILIES[_REV_UDM_ALGOS[algo]]
     if algo in ("duo", "duo_base"):
         return FAMILIES["duo"]
+    if cfg.get("parameterization") == "sedd":  # MDLM's (and BD3-LM's) SEDD baseline: MDLM's code and layout
+        if cfg.get("diffusion") != "absorbing_state":
+            raise PretrainedFormatError(f"{src.path}: parameterization sedd with diffusion {cfg.get('diffusion')!r}; "
+                                        "MDLM's code trains SEDD on the absorbing state only")
+        return FAMILIES["sedd_absorb"]
     if cfg.get("parameterization") == "subs":
         return FAMILIES["mdlm"]
     if cfg.get("diffusion") == "uniform":
         return FAMILIES["udlm"]
     raise PretrainedFormatError(
         f"{src.path}: cannot tell the family from its config (algo.name {algo!r}, parameterization "
-        f"{cfg.get('parameterization')!r}, diffusion {cfg.get('diffusion')!r}); ddlm imports MDLM (subs), UDLM "
-        "(diffusion uniform), DUO (algo duo) and the paper's rev_udm checkpoints")
+        f"{cfg.get('parameterization')!r}, diffusion {cfg.get('diffusion')!r}); ddlm imports MDLM (subs), MDLM's "
+        "SEDD baseline (sedd), UDLM (diffusion uniform), DUO (algo duo) and the paper's rev_udm checkpoints")
 
 
 def _sedd(cfg: dict, src: Source) -> Family:
@@ -130,9 +135,9 @@ def resolve(src: Source) -> Spec:
     blocks = _int(model["n_blocks"], "model.n_blocks", where) if model.get("n_blocks") else blocks
     tokenizer_name = nested(cfg, "data", "tokenizer_name_or_path")
     if family.name.startswith("sedd"):
-        tokenizer_name = "gpt2"
-        tokens = _int(cfg.get("tokens"), "tokens", where)
-        rows = tokens + family.extra_rows
+        tokenizer_name = tokenizer_name or "gpt2"
+        if src.format != "lightning":  # SEDD's own config states its tokens; MDLM's SEDD baseline: the shapes
+            rows = _int(cfg.get("tokens"), "tokens", where) + family.extra_rows
     has_mask = _has_mask_token(src, tokenizer_name)
     extra = 0 if has_mask and family.name.startswith("rev_udm") else family.extra_rows
     if family.process == "mdm" and has_mask and not family.name.startswith("sedd"):
@@ -163,6 +168,10 @@ def _family_settings(spec: Spec, src: Source) -> None:
         spec.time_conditioning = bool(nested(cfg, "algo", "time_conditioning", default=True))
         eps_key = ("noise", "eps") if name == "duo" else ("training", "sampling_eps")
         spec.eps = float(nested(cfg, *eps_key, default=1e-3))
+        spec.t_min = float(nested(cfg, "training", "sampling_eps", default=1e-3))
+    elif name.startswith("sedd") and src.format == "lightning":  # MDLM's _sedd_parameterization always scales
+        spec.scale_by_sigma = True
+        spec.time_conditioning = bool(cfg.get("time_conditioning", True))
         spec.t_min = float(nested(cfg, "training", "sampling_eps", default=1e-3))
     elif name.startswith("sedd"):
         spec.scale_by_sigma = bool(nested(cfg, "model", "scale_by_sigma", default=False))
