@@ -202,3 +202,35 @@ def test_only_the_weights_of_a_checkpoint_are_read(tmp_path):
         read_torch_archive(cut)
     model, process, _ = ddlm.load(cut)
     assert process.vocab_size == 38 and model.conventions["weights"] == "ema"
+
+
+@torch.no_grad()
+def test_pytorch_model_bin_and_sharded_safetensors_folders(tmp_path):
+    """The other Hugging Face weight files: pytorch_model.bin (a torch.save pickle, read by the restricted
+    reader) and a sharded model.safetensors.index.json give the same model as model.safetensors."""
+    from _fixtures import io
+
+    ref, _, _ = load("udlm", "hf")
+    state = load_file(str(ROOT / "udlm" / "hf" / "model.safetensors"))
+    binary = tmp_path / "bin"
+    binary.mkdir()
+    shutil.copy(ROOT / "udlm" / "hf" / "config.json", binary / "config.json")
+    torch.save(state, binary / "pytorch_model.bin")
+    sharded = tmp_path / "sharded"
+    sharded.mkdir()
+    shutil.copy(ROOT / "udlm" / "hf" / "config.json", sharded / "config.json")
+    keys = sorted(state)
+    shards = {"model-00001-of-00002.safetensors": keys[:10], "model-00002-of-00002.safetensors": keys[10:]}
+    for name, part in shards.items():
+        save_file({k: state[k] for k in part}, str(sharded / name))
+    (sharded / "model.safetensors.index.json").write_text(json.dumps(
+        {"weight_map": {k: name for name, part in shards.items() for k in part}}))
+    d = io("udlm")
+    want = ref.raw(d["x"], d["t"])
+    for folder in (binary, sharded):
+        assert detect_format(folder) == "hf"
+        model, process, _ = ddlm.load(folder)
+        assert torch.equal(model.raw(d["x"], d["t"]), want) and process.vocab_size == 41
+    (sharded / "model.safetensors.index.json").write_text(json.dumps({"weight_map": {keys[0]: "../x.safetensors"}}))
+    with pytest.raises(PretrainedFormatError, match="is not a file name in the folder"):
+        ddlm.load(sharded)
