@@ -18,9 +18,10 @@ def test_shipped_configs_load():
     from ddlm.config import packaged_configs
 
     names = packaged_configs()
-    assert {"demo-mdm", "demo-udm", "demo-audm", "demo-ar", "owt-mdm-small", "lm1b-mdm-small"} <= set(names)
+    assert {"demo-mdm", "demo-udm", "demo-audm", "demo-ar", "owt-mdm-small", "lm1b-mdm-small", "demo-d3pm",
+            "lm1b-d3pm-small"} <= set(names)
     for name in names:
-        assert load_config(name).process in ("mdm", "udm", "audm", "ar")
+        assert load_config(name).process in ("mdm", "udm", "audm", "ar", "d3pm")
 
 
 @pytest.mark.parametrize(
@@ -50,6 +51,44 @@ def test_missing_and_corrupt_files(tmp_path):
     bad.write_text("process: [unclosed\n")
     with pytest.raises(ValueError, match="is not valid YAML"):
         load_config(bad)
+
+
+@pytest.mark.parametrize(
+    "overrides,match",
+    [
+        (["optim.lr=inf"], "config key 'optim.lr' is inf, expected a finite number"),
+        (["optim.lr=nan"], "config key 'optim.lr' is nan, expected a finite number"),
+        (["optim.lr=.inf"], "config key 'optim.lr' is inf, expected a finite number"),  # YAML's own spelling
+        (["optim.min_lr_ratio=-2"], "config key 'optim.min_lr_ratio' is -2.0, expected a number in \\[0, 1\\]"),
+        (["optim.min_lr_ratio=1.5"], "config key 'optim.min_lr_ratio' is 1.5, expected a number in \\[0, 1\\]"),
+        (["optim.min_lr_ratio=nan"], "config key 'optim.min_lr_ratio' is nan, expected a finite number"),
+        (["optim.weight_decay=-0.1"], "config key 'optim.weight_decay' is -0.1, expected a number >= 0"),
+        (["optim.beta1=1"], "config key 'optim.beta1' is 1.0, expected a number in \\[0, 1\\)"),
+        (["optim.beta2=-0.5"], "config key 'optim.beta2' is -0.5, expected a number in \\[0, 1\\)"),
+        (["optim.grad_clip=inf"], "config key 'optim.grad_clip' is inf, expected a finite number"),
+        (["model.dropout=1"], "config key 'model.dropout' is 1.0, expected a number in \\[0, 1\\)"),
+        (["max_minutes=inf"], "config key 'max_minutes' is inf, expected a finite number"),
+        (["ema=nan"], "config key 'ema' is nan, expected a finite number"),
+        (["eps=-inf"], "config key 'eps' is -inf, expected a finite number"),
+    ],
+)
+def test_float_keys_must_be_finite_and_in_range(overrides, match):
+    with pytest.raises(ValueError, match=match):
+        load_config(None, overrides)
+
+
+def test_float_bounds_are_inclusive_where_documented():
+    cfg = load_config(None, ["optim.min_lr_ratio=0", "optim.weight_decay=0", "optim.beta1=0"])
+    assert cfg.optim.min_lr_ratio == 0.0 and cfg.optim.beta1 == 0.0
+    assert load_config(None, ["optim.min_lr_ratio=1"]).optim.min_lr_ratio == 1.0
+
+
+def test_yaml_errors_name_the_position_not_the_text(tmp_path):
+    bad = tmp_path / "bad.yaml"
+    bad.write_text("process: mdm\nsecret: [unclosed SECRET-TEXT\n")
+    with pytest.raises(ValueError, match="not valid YAML \\(syntax error at line 3, column 1\\)") as info:
+        load_config(bad)
+    assert "SECRET" not in str(info.value)
 
 
 def test_saved_configs_keep_the_convention_they_were_made_with():

@@ -70,8 +70,8 @@ def _minimise(objective, law, xt, alpha, process="udm"):
     def closure():
         opt.zero_grad()
         logits = theta[None].expand(n, -1, -1)
-        per_seq = objective(logits, x0, xt[None].expand(n, -1)).sum(-1)
-        f = (post * per_seq).sum()
+        loss = objective(logits, x0, xt[None].expand(n, -1)).sum(-1)
+        f = (post * loss).sum()
         f.backward()
         return f
 
@@ -177,10 +177,10 @@ def test_finite_nonnegative_with_finite_gradients(dtype, alpha):
     a = torch.full((8, 1), alpha, dtype=dtype)
     out = _all_losses(logits, x0, xt, noise, a, torch.tensor(-1.0, dtype=dtype), k)
     total = 0
-    for name, value in out.items():
-        assert value.dtype == dtype and value.shape == (8, 16), name
-        assert torch.isfinite(value).all() and (value >= 0).all(), name
-        total = total + value.sum()
+    for name, loss in out.items():
+        assert loss.dtype == dtype and loss.shape == (8, 16), name
+        assert torch.isfinite(loss).all() and (loss >= 0).all(), name
+        total = total + loss.sum()
     total.backward()
     assert torch.isfinite(logits.grad).all()
 
@@ -277,3 +277,72 @@ def test_fused_loo_cross_entropy_equals_converting_first(alpha):
     g1, = torch.autograd.grad(got.sum(), logits)
     g2, = torch.autograd.grad(ref.sum(), logits)
     torch.testing.assert_close(g1, g2, rtol=1e-8, atol=1e-10)
+
+
+def _plugin_elbo_exact(logits, x0, xt, alpha: float, dalpha: float) -> list[list[float]]:
+    """docs/maths.md §4.1 in 60-digit decimal arithmetic (logits and alpha taken exactly as given)."""
+    from decimal import Decimal, localcontext
+
+    with localcontext() as ctx:
+        ctx.prec = 60
+        a, k = Decimal(alpha), logits.shape[-1]
+        out = []
+        for row_l, row_x0, row_xt in zip(logits.tolist(), x0.tolist(), xt.tolist(), strict=True):
+            out.append([])
+            for lg, z, x in zip(row_l, row_x0, row_xt, strict=True):
+                e = [Decimal(v).exp() for v in lg]
+                r = [v / sum(e) for v in e]
+                xbar_th = [k * a * v + 1 - a for v in r]
+                xbar = [k * a * (1 if y == z else 0) + 1 - a for y in range(k)]
+                total = Decimal(0)
+                for y in range(k):
+                    if y == x:
+                        continue
+                    rt, rr = xbar_th[y] / xbar_th[x], xbar[y] / xbar[x]
+                    total += rt - rr - rr * (rt / rr).ln()
+                out[-1].append(float(-Decimal(dalpha) / a * total / k))
+        return out
+
+
+@pytest.mark.parametrize("alpha", [1 - 1e-6, 1 - 1e-9])
+def test_udm_elbo_near_alpha_one_matches_the_exact_formula(alpha):
+    k = 5
+    g = torch.Generator().manual_seed(11)
+    logits = torch.randn(2, 4, k, generator=g, dtype=torch.float64)
+    x0 = torch.tensor([[0, 1, 2, 3], [4, 0, 1, 2]])
+    xt = torch.tensor([[0, 2, 2, 1], [4, 3, 1, 0]])  # both x_t = x_0 and x_t != x_0
+    got = losses.udm_elbo(logits, x0, xt, alpha, -1.3)
+    ref = torch.tensor(_plugin_elbo_exact(logits, x0, xt, alpha, -1.3), dtype=torch.float64)
+    assert torch.isfinite(got).all()
+    torch.testing.assert_close(got, ref, rtol=1e-9, atol=0.0)
+    assert ref[xt != x0].min() > 1e6  # the x_t != x_0 terms grow without bound as alpha -> 1
+
+
+def test_udm_elbo_at_alpha_one():
+    """x_t = x_0: the finite limit (beta / K) (1 - r(x)) / r(x); x_t != x_0 (probability 0 under q,
+    the integrand diverges): refused with a named error, in float64 and where float32 rounds to 1."""
+    k = 5
+    g = torch.Generator().manual_seed(12)
+    logits = torch.randn(2, 4, k, generator=g, dtype=torch.float64, requires_grad=True)
+    x0 = torch.tensor([[0, 1, 2, 3], [4, 0, 1, 2]])
+    got = losses.udm_elbo(logits, x0, x0, 1.0, -1.3)
+    r_x = torch.softmax(logits.detach(), -1).gather(-1, x0.unsqueeze(-1)).squeeze(-1)
+    torch.testing.assert_close(got.detach(), 1.3 / k * (1 - r_x) / r_x, rtol=1e-12, atol=0.0)
+    # and the limit is continuous: 1 - 1e-9 is within 1e-7 (relative) of it
+    near = torch.tensor(_plugin_elbo_exact(logits.detach(), x0, x0, 1 - 1e-9, -1.3), dtype=torch.float64)
+    torch.testing.assert_close(got.detach(), near, rtol=1e-7, atol=0.0)
+    got.sum().backward()
+    assert torch.isfinite(logits.grad).all()
+    xt = x0.clone()
+    xt[1, 2] = 3
+    with pytest.raises(ValueError, match=r"alpha is 1 \(in torch.float64\) at a position where xt != x0"):
+        losses.udm_elbo(logits, x0, xt, 1.0, -1.3)
+    with pytest.raises(ValueError, match=r"alpha is 1 \(in torch.float32\) at a position where xt != x0"):
+        losses.udm_elbo(logits.float(), x0, xt, 1 - 1e-12, -1.3)
+    with pytest.raises(ValueError, match="alpha is 1"):  # the fused path of losses.compute, both outputs
+        losses.compute("udm_elbo", logits, output="denoiser", x0=x0, xt=xt, alpha=1.0, dalpha=-1.3)
+    # a per-row alpha: only the row at alpha = 1 with x_t != x_0 matters
+    a = torch.tensor([[1.0], [0.5]], dtype=torch.float64)
+    xt_row0 = x0.clone()
+    xt_row0[1, 2] = 3  # x_t != x_0 in the row at alpha 0.5 only
+    assert torch.isfinite(losses.udm_elbo(logits, x0, xt_row0, a, -1.3)).all()

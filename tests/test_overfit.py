@@ -35,7 +35,7 @@ def test_one_block_overfit(process, output, objective):
         logits = model(xt, t, noise)
         a = model.process.alpha(t).unsqueeze(-1).float()
         da = model.process.dalpha(t).unsqueeze(-1).float()
-        loss = model.process.loss(objective, logits, model.prediction, x0, State(xt, noise), a, da).mean()
+        loss = model.process.loss(objective, logits, model.prediction, x0, State(xt, noise), a, da, t=t).mean()
         opt.zero_grad()
         loss.backward()
         torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)

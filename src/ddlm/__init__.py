@@ -1,7 +1,7 @@
-"""ddlm: discrete diffusion language models (masked, uniform, absorbing-uniform)."""
+"""ddlm: discrete diffusion language models (masked, uniform, absorbing-uniform, D3PM)."""
 
 from . import conversions, exact, losses, processes, schedules
-from .processes import AbsorbingUniformDiffusion, AUDMState, MaskedDiffusion, UniformDiffusion
+from .processes import D3PM, AbsorbingUniformDiffusion, AUDMState, MaskedDiffusion, UniformDiffusion
 from .sampling import GibbsCorrector, RemaskingSchedule, SampleInfo, sample
 from .schedules import CosineSchedule, LinearSchedule
 
@@ -21,7 +21,7 @@ def load(path, weights=None, *, ema=None, tokenizer=None, dtype="float32"):
 
 
 __all__ = [
-    "AUDMState", "AbsorbingUniformDiffusion", "CosineSchedule", "GibbsCorrector", "LinearSchedule",
+    "D3PM", "AUDMState", "AbsorbingUniformDiffusion", "CosineSchedule", "GibbsCorrector", "LinearSchedule",
     "MaskedDiffusion", "RemaskingSchedule", "SampleInfo", "UniformDiffusion", "conversions", "exact",
     "load", "losses", "processes", "sample", "schedules",
 ]

@@ -9,6 +9,11 @@ import torch
 from torch import Tensor
 
 
+class NonFiniteError(FloatingPointError):
+    """A NaN or infinite loss, gradient norm, bound, weight or predicted probability: a run (or a
+    model) that has diverged."""
+
+
 def check_int_tensor(name: str, x: Tensor) -> None:
     """Require an integer tensor (token ids)."""
     if not isinstance(x, Tensor):

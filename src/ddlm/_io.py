@@ -75,3 +75,27 @@ def atomic_write_json(path: str | os.PathLike, obj: Any, *, overwrite: bool = Tr
         ValueError: ``obj`` holds NaN or infinity (nothing is written).
     """
     return atomic_write_text(path, json.dumps(obj, indent=indent, allow_nan=False) + "\n", overwrite=overwrite)
+
+
+def check_writable(path: str | os.PathLike, what: str = "output path") -> None:
+    """Fail before any work if ``path`` could not be written: an existing folder must be writable
+    (files go inside it); otherwise the nearest existing folder on the way to ``path`` must be a
+    writable folder (files are written there by renaming, and missing folders are created there).
+    Nothing is created.
+
+    Raises:
+        PermissionError: naming ``what``, the path and the folder that is in the way.
+    """
+    path = Path(path)
+    if path.is_dir():
+        folder = path
+    else:
+        folder = path.absolute().parent
+        while not os.path.lexists(folder):
+            folder = folder.parent
+        if not folder.is_dir():
+            raise PermissionError(f"{what} {str(path)!r} cannot be written: {str(folder)!r} is a file, not a "
+                                  "folder; choose another path")
+    if not os.access(folder, os.W_OK | os.X_OK):
+        raise PermissionError(f"{what} {str(path)!r} cannot be written: folder {str(folder)!r} is not writable; "
+                              "choose another path or fix its permissions")

@@ -49,7 +49,7 @@ def token_losses(model: DiffusionModel, objective: str, x0: Tensor, xt: Tensor, 
     logits = model(xt, t, noise)
     weights = torch.promote_types(logits.dtype, torch.float32)  # never round alpha to bfloat16
     return process.loss(objective, logits, model.prediction, x0, State(xt, noise), alpha.to(weights),
-                        dalpha.to(weights))
+                        dalpha.to(weights), t=t)
 
 
 def ar_token_losses(model, x0: Tensor) -> Tensor:

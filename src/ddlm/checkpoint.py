@@ -11,11 +11,11 @@ A checkpoint is a folder::
                           structures with tensors replaced by {"__tensor__": "optimizer/state/0/exp_avg"}
     meta.json             format name and version, step, and each file's name, size and SHA-256
 
-A training run keeps its checkpoints under ``checkpoints/`` in its run folder (``ddlm.runs``). Loading reads
-only JSON and safetensors (never pickle) and verifies every checksum. Saving writes into ``.<name>.tmp-<hex>``
-beside the target and renames it into place, so a crash leaves the old or the new complete checkpoint at the
-path; strays are removed by the next save into the same parent. Concurrent saves into one parent from several
-processes are not supported.
+A training run keeps its checkpoints under ``checkpoints/`` in its run folder (``ddlm.runs``). Loading
+reads only JSON and safetensors (never pickle) and verifies the checksum of every file it reads.
+Saving writes into ``.<name>.tmp-<hex>`` beside the target and renames it into place, so a
+crash leaves the old or the new complete checkpoint at the path; strays are removed by the next save
+into the same parent. Concurrent saves into one parent from several processes are not supported.
 """
 
 from __future__ import annotations
@@ -45,6 +45,8 @@ FORMAT_VERSION = 1
 META = "meta.json"
 _REQUIRED = ("config.json", "tokenizer.json", "model.safetensors", "trainer.json", "trainer.safetensors")
 _KNOWN = frozenset(_REQUIRED + ("ema.safetensors",))
+#: what a model needs (``weights_only``): the trainer's files (optimizer, scheduler, RNG, metrics) are not read
+_WEIGHTS = ("config.json", "tokenizer.json", "model.safetensors", "ema.safetensors")
 _STRAY = re.compile(r"^\.(?P<name>.+)\.(?P<kind>tmp|old)-[0-9a-f]{16}$")
 
 
@@ -159,6 +161,13 @@ def _cleanup(parent: Path) -> None:
             shutil.rmtree(entry)
 
 
+def tidy(parent: str | os.PathLike) -> None:
+    """What every save does first in ``parent``: remove stray temp folders and put back a checkpoint
+    that a crash left moved aside. Only while nothing else saves into ``parent`` (a training holds
+    its run folder's lock)."""
+    _cleanup(Path(parent))
+
+
 def _read_meta(folder: Path) -> dict | None:
     try:
         meta = json.loads((folder / META).read_bytes())
@@ -261,17 +270,24 @@ def save_checkpoint(path: str | os.PathLike, *, step: int, config: dict, tokeniz
     return path
 
 
-def _read_verified(folder: Path, entry: Any) -> tuple[str, bytes]:
+def _entry(folder: Path, i: int, entry: Any) -> tuple[str, int, str]:
+    """(name, size, sha256) of meta.json's file entry number ``i`` (never echoing its content)."""
     try:
         name, size, digest = entry["name"], entry["size"], entry["sha256"]
     except (KeyError, TypeError):
-        raise CheckpointError(f"{folder / META}: malformed file entry {entry!r}") from None
+        raise CheckpointError(f"{folder / META}: file entry {i} is malformed") from None
     if name not in _KNOWN:
-        raise CheckpointError(f"{folder / META}: lists unknown file {name!r}")
+        raise CheckpointError(f"{folder / META}: file entry {i} names a file that is not part of a checkpoint")
+    return name, size, digest
+
+
+def _read_verified(folder: Path, name: str, size: int, digest: str) -> tuple[str, bytes]:
     try:
         blob = (folder / name).read_bytes()
     except FileNotFoundError:
         raise CheckpointError(f"{folder / name}: file missing from checkpoint") from None
+    except OSError as e:
+        raise CheckpointError(f"{folder / name}: cannot be read ({e.strerror or type(e).__name__})") from None
     if len(blob) != size:
         raise CheckpointError(f"{folder / name}: {len(blob)} bytes, expected {size} (truncated or corrupt)")
     if hashlib.sha256(blob).hexdigest() != digest:
@@ -279,12 +295,18 @@ def _read_verified(folder: Path, entry: Any) -> tuple[str, bytes]:
     return name, blob
 
 
-def load_checkpoint(path: str | os.PathLike, map_location: str | torch.device = "cpu") -> Checkpoint:
+def load_checkpoint(path: str | os.PathLike, map_location: str | torch.device = "cpu", *,
+                    weights_only: bool = False) -> Checkpoint:
     """Read and verify a checkpoint folder, without unpickling anything.
 
     Args:
         path: The checkpoint folder.
         map_location: Device for the model, EMA and optimizer tensors (RNG states stay on CPU).
+        weights_only: read (and verify) only what a model needs: config, tokenizer, model and EMA
+            weights. The trainer's files (optimizer, scheduler, RNG, metrics) are neither read nor
+            checked, so a checkpoint whose optimizer state is damaged still samples; ``optimizer``,
+            ``scheduler``, ``rng``, ``data`` and ``metrics`` are then None and ``step`` comes from
+            ``meta.json``.
 
     Returns:
         The :class:`Checkpoint`; ``optimizer``, ``scheduler`` and ``rng`` are in the exact types
@@ -306,17 +328,27 @@ def load_checkpoint(path: str | os.PathLike, map_location: str | torch.device = 
         raise CheckpointError(f"{folder / META}: unknown format version {meta.get('version')!r}")
     if not isinstance(meta.get("files"), list):
         raise CheckpointError(f"{folder / META}: no file list")
-    blobs = dict(_read_verified(folder, entry) for entry in meta["files"])
+    entries = [_entry(folder, i, e) for i, e in enumerate(meta["files"])]
     for name in _REQUIRED:
-        if name not in blobs:
+        if name not in {e[0] for e in entries}:
             raise CheckpointError(f"{folder / name}: not listed in {META}")
+    blobs = dict(_read_verified(folder, *e) for e in entries if not weights_only or e[0] in _WEIGHTS)
     parsed: dict[str, Any] = {}
     for name, blob in blobs.items():
         try:
             parsed[name] = json.loads(blob) if name.endswith(".json") else _load_safetensors(blob)
         except Exception as e:  # SafetensorError derives from Exception only
-            raise CheckpointError(f"{folder / name}: unreadable ({e})") from e
-    tensors, trainer = parsed["trainer.safetensors"], parsed["trainer.json"]
+            kind = "JSON" if name.endswith(".json") else "safetensors"
+            raise CheckpointError(f"{folder / name}: its checksum matches but it is not valid {kind} "
+                                  f"({type(e).__name__})") from e
+    if weights_only:
+        step = meta.get("step")
+        if isinstance(step, bool) or not isinstance(step, int):
+            raise CheckpointError(f"{folder / META}: missing or malformed step")
+        tensors, trainer = {}, {"step": step, "optimizer": None, "scheduler": None, "rng": None, "data": None,
+                                "metrics": None}
+    else:
+        tensors, trainer = parsed["trainer.safetensors"], parsed["trainer.json"]
     try:
         ema = parsed.get("ema.safetensors")
         return Checkpoint(
@@ -327,8 +359,9 @@ def load_checkpoint(path: str | os.PathLike, map_location: str | torch.device = 
             optimizer=_decode(trainer["optimizer"], tensors, map_location),
             scheduler=_decode(trainer["scheduler"], tensors, map_location),
             rng=_decode(trainer["rng"], tensors, "cpu"), data=trainer["data"], metrics=trainer["metrics"])
-    except (KeyError, TypeError, ValueError) as e:
-        raise CheckpointError(f"{folder / 'trainer.json'}: inconsistent with trainer.safetensors ({e!r})") from e
+    except (KeyError, TypeError, ValueError) as e:  # the kind only: messages may quote the file
+        raise CheckpointError(f"{folder / 'trainer.json'}: inconsistent with trainer.safetensors "
+                              f"({type(e).__name__})") from e
 
 
 def capture_rng() -> dict:

@@ -1,8 +1,18 @@
-"""The ``ddlm`` command line."""
+"""The ``ddlm`` command line.
+
+Errors (docs/reliability.md): every error ends the command with one line on stderr,
+``ddlm COMMAND: error: ...``, that says what went wrong and what to do; no traceback unless
+``--debug`` is given or ``DDLM_DEBUG=1`` is set. Exit status: 2 for bad input (a config value, an
+argument, a missing or damaged file), 1 for other failures (a diverged run, a locked run folder, a
+file that cannot be written, anything unexpected), 128 + the signal's number for a run stopped by
+SIGINT (130) or SIGTERM (143).
+"""
 
 from __future__ import annotations
 
 import argparse
+import errno
+import os
 import sys
 
 
@@ -39,8 +49,11 @@ def _train(args) -> int:
     from .config import load_config
     from .train import train
 
+    if args.no_resume and args.resume_previous:
+        raise ValueError("give --no-resume or --resume-previous, not both")
     cfg = load_config(None if args.config == "-" else args.config, args.overrides)
-    metrics = train(cfg, resume=not args.no_resume, progress=not args.no_progress)
+    metrics = train(cfg, resume="previous" if args.resume_previous else not args.no_resume,
+                    progress=not args.no_progress)
     print(f"finished at step {metrics['step']}: validation bound {metrics.get('val_nll', float('nan')):.4f} "
           f"nats/token, unigram entropy {metrics['unigram_entropy']:.4f}")
     return 0
@@ -48,9 +61,11 @@ def _train(args) -> int:
 
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="ddlm", description="Discrete diffusion language models.")
+    parser.add_argument("--debug", action="store_true",
+                        help="show the full traceback of an error (also: environment variable DDLM_DEBUG=1)")
     sub = parser.add_subparsers(dest="command", required=True)
-    p = sub.add_parser("demo", help="train the demo model for a few minutes, then sample from it and from the "
-                                    "reference")
+    p = sub.add_parser("demo",
+                       help="train the demo model for a few minutes, then sample from it and from the reference")
     p.add_argument("--minutes", type=float, default=4.0, help="training budget in minutes (default 4)")
     p.add_argument("--run-dir", default="runs/demo-mdm", help="where the demo run is written")
     p.set_defaults(func=_demo)
@@ -77,6 +92,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("overrides", nargs="*", help="key=value overrides, e.g. optim.lr=3e-4 max_steps=500")
     p.add_argument("--no-resume", action="store_true",
                    help="do not resume: fail if run_dir already has checkpoints (never overwrites them)")
+    p.add_argument("--resume-previous", action="store_true",
+                   help="if the latest checkpoint is damaged, move it aside and resume from the newest older one that "
+                        "verifies (without this, a damaged latest checkpoint is an error)")
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
     p.set_defaults(func=_train)
     from .evaluate import bound, frontier, generate, probe_cli, sudoku
@@ -86,13 +104,62 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+def _one_line(text, limit: int = 600) -> str:
+    line = " ".join(str(text).split())
+    return line if len(line) <= limit else line[:limit] + " ..."
+
+
+_OS_HINTS = {errno.EACCES: "check the permissions of that path, or choose another path",
+             errno.EPERM: "check the permissions of that path, or choose another path",
+             errno.EROFS: "that file system is read-only: choose another path",
+             errno.ENOSPC: "the disk is full: free some space or choose a folder on another disk",
+             getattr(errno, "EDQUOT", -1): "the disk quota is exceeded: free some space or choose another folder",
+             errno.ENOTDIR: "a part of that path is a file, not a folder: choose another path",
+             errno.EISDIR: "that path is a folder, a file was expected: choose another path"}
+
+
+def error_message(e: BaseException) -> tuple[str, int]:
+    """The one line (without the ``ddlm COMMAND: error:`` prefix) and the exit status of an error."""
+    from .runlock import RunInUseError
+    from .stopping import Interrupted, NonFiniteError
+
+    if isinstance(e, Interrupted):
+        return _one_line(e.message), e.exit_code
+    if isinstance(e, KeyboardInterrupt):
+        return "interrupted (Ctrl-C)", 130
+    if isinstance(e, (ValueError, TypeError, FileNotFoundError, FileExistsError)):  # CheckpointError too
+        return _one_line(e), 2
+    if isinstance(e, (RunInUseError, NonFiniteError, ImportError)):  # messages that say what to do
+        return _one_line(e), 1
+    if isinstance(e, OSError):
+        if e.strerror is None:  # one of ours: a full sentence
+            return _one_line(e), 1
+        where = f" ({e.filename})" if e.filename is not None else ""
+        hint = _OS_HINTS.get(e.errno, "check that path and the disk")
+        return _one_line(f"{e.strerror}{where}; {hint}"), 1
+    if isinstance(e, MemoryError) or type(e).__name__ == "OutOfMemoryError":
+        return _one_line(f"out of memory ({type(e).__name__}); lower batch_size or raise grad_accum, or "
+                         "use a smaller model or --batch-size", 300), 1
+    return (f"{type(e).__name__}: {_one_line(e, 300)} (unexpected; --debug or DDLM_DEBUG=1 shows the traceback; "
+            "please report it if it looks like a bug)"), 1
+
+
 def main(argv=None) -> int:
     args = build_parser().parse_args(argv)
+    debug = args.debug or os.environ.get("DDLM_DEBUG", "") not in ("", "0")
     try:
         return args.func(args)
-    except (ValueError, TypeError, FileNotFoundError, FileExistsError) as e:
-        print(f"ddlm {args.command}: error: {e}", file=sys.stderr)
-        return 2
+    except BrokenPipeError:  # e.g. `ddlm sample ... | head`: not an error; keep the exit flush quiet too
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        return 141
+    except (Exception, KeyboardInterrupt) as e:
+        if debug:
+            raise
+        message, code = error_message(e)
+        if code < 128 or os.environ.get("RANK", "0") == "0":  # a stop is reported once under torchrun
+            print(f"ddlm {args.command}: error: {message}" if code < 128 else f"ddlm {args.command}: {message}",
+                  file=sys.stderr)
+        return code
 
 
 if __name__ == "__main__":

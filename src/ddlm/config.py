@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import dataclasses
+import math
 import typing
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -84,6 +85,17 @@ class OptimConfig:
 
 
 @dataclass
+class D3PMConfig:
+    """Process "d3pm" (docs/maths.md §9): the transition matrices and the hybrid loss's lambda."""
+
+    kind: str = "uniform"  # "uniform" | "absorbing" | "gaussian" | "band"
+    steps: int = 1000  # T
+    noise_schedule: str = "d3pm"  # "d3pm" (the kind's D3PM default) | "matched" (alphabar_n = alpha(n/T) of `schedule`)
+    hybrid_lambda: float = 0.01  # lambda of objective d3pm_hybrid (L_vb + lambda CE)
+    bandwidth: int = 1  # kind "band": moves between tokens at most this far apart
+
+
+@dataclass
 class TrainConfig:
     run_dir: str = "runs/demo"
     process: str = "mdm"
@@ -93,6 +105,7 @@ class TrainConfig:
     t_min: float = 1e-3  # training times t = t_min + (1 - t_min) u
     model: ModelConfig = field(default_factory=ModelConfig)
     data: DataConfig = field(default_factory=DataConfig)
+    d3pm: D3PMConfig = field(default_factory=D3PMConfig)  # used by process "d3pm" only
     optim: OptimConfig = field(default_factory=OptimConfig)
     batch_size: int = 32  # global: across processes and accumulation steps
     grad_accum: int = 1
@@ -116,6 +129,8 @@ class TrainConfig:
             if not cond:
                 raise ValueError(f"config key {key!r} is {value!r}, expected {expected}")
 
+        for key, value in _float_items(self):  # inf and nan pass the comparisons below (inf > 0): refuse them first
+            need(math.isfinite(value), key, value, "a finite number")
         objectives = _process_table("objectives")
         need(self.process in objectives, "process", self.process, f"one of {sorted(objectives)}")
         allowed = objectives[self.process]
@@ -130,6 +145,8 @@ class TrainConfig:
         need(self.model.backbone in backbones, "model.backbone", self.model.backbone,
              f"one of {backbones} for process {self.process!r}")
         need(self.schedule in ("linear", "cosine"), "schedule", self.schedule, "'linear' or 'cosine'")
+        if self.process == "d3pm":
+            self._validate_d3pm(need)
         need(0 <= self.eps < 1, "eps", self.eps, "a number in [0, 1)")
         need(0 <= self.t_min < 1, "t_min", self.t_min, "a number in [0, 1)")
         for key in ("batch_size", "grad_accum", "max_steps", "log_every", "eval_every", "eval_batches",
@@ -148,6 +165,12 @@ class TrainConfig:
         need(self.data.num_puzzles >= 20, "data.num_puzzles", self.data.num_puzzles, "an integer >= 20")
         need(0 < self.data.val_fraction <= 0.5, "data.val_fraction", self.data.val_fraction, "a number in (0, 0.5]")
         need(self.optim.lr > 0, "optim.lr", self.optim.lr, "a positive number")
+        need(0 <= self.optim.min_lr_ratio <= 1, "optim.min_lr_ratio", self.optim.min_lr_ratio,
+             "a number in [0, 1] (the final learning rate as a fraction of optim.lr)")
+        need(self.optim.weight_decay >= 0, "optim.weight_decay", self.optim.weight_decay, "a number >= 0")
+        need(0 <= self.optim.beta1 < 1, "optim.beta1", self.optim.beta1, "a number in [0, 1)")
+        need(0 <= self.optim.beta2 < 1, "optim.beta2", self.optim.beta2, "a number in [0, 1)")
+        need(0 <= self.model.dropout < 1, "model.dropout", self.model.dropout, "a number in [0, 1)")
         need(self.optim.decay in ("cosine", "constant"), "optim.decay", self.optim.decay, "'cosine' or 'constant'")
         need(self.optim.warmup_steps >= 0, "optim.warmup_steps", self.optim.warmup_steps, "an integer >= 0")
         need(self.optim.grad_clip > 0, "optim.grad_clip", self.optim.grad_clip, "a positive number")
@@ -155,12 +178,42 @@ class TrainConfig:
         need(self.parallel in ("ddp", "fsdp"), "parallel", self.parallel, "'ddp' or 'fsdp'")
         return self
 
+    def _validate_d3pm(self, need) -> None:
+        from .processes import D3PM
+
+        d = self.d3pm
+        need(d.kind in D3PM.KINDS, "d3pm.kind", d.kind, f"one of {D3PM.KINDS}")
+        need(isinstance(d.steps, int) and d.steps >= 1, "d3pm.steps", d.steps, "an integer >= 1")
+        need(d.noise_schedule in ("d3pm", "matched"), "d3pm.noise_schedule", d.noise_schedule, "'d3pm' or 'matched'")
+        need(d.noise_schedule == "d3pm" or d.kind in ("uniform", "absorbing"), "d3pm.noise_schedule",
+             d.noise_schedule, f"'d3pm' for kind {d.kind!r} ('matched' applies to uniform and absorbing)")
+        need(d.hybrid_lambda >= 0, "d3pm.hybrid_lambda", d.hybrid_lambda, "a number >= 0")
+        need(d.bandwidth >= 1, "d3pm.bandwidth", d.bandwidth, "an integer >= 1")
+        # t in [t_min, 1] maps to step ceil(t T): t_min > 0 would never (or too rarely) train the first steps
+        need(self.t_min == 0, "t_min", self.t_min, "0 for process 'd3pm' (its steps are n = ceil(t T), t uniform)")
+
+    def process_options(self) -> dict:
+        """The process's own options (``ddlm.processes.get_process``): the ``d3pm`` section for D3PM."""
+        if self.process != "d3pm":
+            return {}
+        return dataclasses.asdict(self.d3pm)
+
     @property
     def resolved_objective(self) -> str:
         return self.objective or _process_table("objectives")[self.process][0]
 
     def to_dict(self) -> dict:
         return dataclasses.asdict(self)
+
+
+def _float_items(cfg, prefix: str = ""):
+    """(dotted key, value) of every float value in a config dataclass and its sections."""
+    for f in dataclasses.fields(cfg):
+        value = getattr(cfg, f.name)
+        if dataclasses.is_dataclass(value):
+            yield from _float_items(value, prefix + f.name + ".")
+        elif isinstance(value, float):
+            yield prefix + f.name, value
 
 
 def _coerce(key: str, value, tp):
@@ -252,8 +305,10 @@ def load_config(path: str | Path | None, overrides: list[str] = ()) -> TrainConf
         path = resolve_config(path)
         try:
             data = yaml.safe_load(path.read_text()) or {}
-        except yaml.YAMLError as e:
-            raise ValueError(f"config file {str(path)!r} is not valid YAML: {e}") from None
+        except yaml.YAMLError as e:  # the position only: parser messages quote the file's text
+            mark = getattr(e, "problem_mark", None)
+            where = f" (syntax error at line {mark.line + 1}, column {mark.column + 1})" if mark is not None else ""
+            raise ValueError(f"config file {str(path)!r} is not valid YAML{where}") from None
     data = apply_overrides(data, list(overrides))
     return from_dict(TrainConfig, data).validate()
 

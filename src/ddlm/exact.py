@@ -9,6 +9,8 @@ For a law p_0 over {0..K-1}^L this module gives, by brute-force enumeration in f
 
 What a process contributes (its per-token likelihood, its noisy states, its exact predictions) is
 asked of the process object (``ddlm.processes.Process``); a process may be given by its short name.
+- D3PM (discrete time): ``ddlm.exact_d3pm`` (cumulative products, posteriors, the exact joint reverse
+  kernel, the discrete-time bound), re-exported here as ``d3pm``;
 - ``model(...)``: the oracle wrapped as a network ``model(xt, t, noise=None) -> logits``, so samplers
   can be checked against the exact law, and ``tv_distance`` to compare samples with p_0.
 
@@ -335,8 +337,18 @@ def elbo(
 
     Returns:
         (K^L,) float64: the bound for each sequence of ``law.sequences``.
+
+    For a discrete-time process (D3PM, ``process.steps`` set) the integral over t is the expectation
+    over the steps, ``objective(logp, x0, xt, t, process)`` takes integer steps and ``schedule`` and
+    ``level`` do not apply (``ddlm.exact_d3pm.discrete_elbo``).
     """
     proc = _process(process, law.vocab_size)
+    if proc.steps is not None:  # discrete time (D3PM): a sum over the steps, ``exact_d3pm.discrete_elbo``
+        from .exact_d3pm import discrete_elbo
+
+        name = prediction or proc.default_prediction
+        predict = prediction if callable(prediction) else proc.exact_predictor(law, name)
+        return discrete_elbo(law, proc, objective, predict)
     if schedule is None:  # a process object brings its schedule; a name means alpha from 1 to 0
         schedule = proc.schedule if not isinstance(process, (str, type)) else LinearSchedule(eps=0.0)
     predict = prediction if callable(prediction) else proc.exact_predictor(law, prediction or proc.default_prediction)
@@ -370,3 +382,6 @@ def tv_distance(law: ToyLaw, samples: Tensor) -> float:
     idx = law.index(samples)
     counts = torch.bincount(idx, minlength=law.num_states).to(_F64)
     return 0.5 * float((counts / counts.sum() - law.p0).abs().sum())
+
+
+from . import exact_d3pm as d3pm  # noqa: E402, F401  (the discrete-time oracle: ``ddlm.exact.d3pm``)

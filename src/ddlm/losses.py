@@ -17,7 +17,13 @@ objective              feed it          tight with the exact prediction?
 ``audm_elbo``          AUDM posterior   yes, averaged over the noise tokens
 ``cross_entropy``      denoiser         not a bound (no time weight)
 ``masked_cross_entropy`` MDM denoiser   not a bound (MDM, no time weight)
+``d3pm_elbo``          LOO posterior    a valid discrete-time bound, tight as T grows
+``d3pm_hybrid``        (LOO view)       not a bound (L_vb + lambda CE)
+``d3pm_cross_entropy`` denoiser         not a bound
 =====================  ===============  ==================================
+
+The D3PM objectives (``ddlm.losses_d3pm``, docs/maths.md §9) are per integer step t in 1..T and take
+``(logp, x0, xt, t, process)``; ``d3pm_vb`` is D3PM's per-step term.
 
 ``compute`` trains any network output ("denoiser" or "loo") with any applicable objective by
 converting through ``ddlm.conversions``.
@@ -30,6 +36,7 @@ from torch import Tensor
 
 from ._checks import as_alpha, as_rate, check_logp, check_same_shape, check_tokens
 from .conversions import _denoiser_to_loo, _loo_to_denoiser, self_evidence
+from .losses_d3pm import d3pm_cross_entropy, d3pm_elbo, d3pm_hybrid, d3pm_vb  # noqa: F401  (ddlm.losses.d3pm_vb)
 
 
 def _tiny(x: Tensor) -> float:
@@ -65,6 +72,16 @@ def udm_elbo(logp: Tensor, x0: Tensor, xt: Tensor, alpha, dalpha) -> Tensor:
     Computed by a fused kernel (``_PlugInSum``): R(y) is the same for every y outside {x, x_0}, so
     the sum is one pass over the vocabulary in row chunks, and the gradient is analytic; the loss
     keeps no (..., L, K) intermediate for backward (only the gradient itself is allocated).
+
+    alpha = 1 (no noise; also any alpha that rounds to 1 in the loss's dtype, e.g. 1 - 1e-12 in
+    float32). Where x_t = x_0 the integrand is continuous at alpha = 1 and is returned there: its
+    limit is (beta_t / K) (1 - r_theta(x)) / r_theta(x), finite (R(y) = 0 and R_theta(y) =
+    r_theta(y) / r_theta(x) for y != x). Where x_t != x_0 there is no value to return: under q that
+    pair has probability 0 at alpha = 1, and the integrand grows without bound as alpha -> 1 (the
+    term of y = x_0 behaves like R log R with R(x_0) = (K alpha + 1 - alpha) / (1 - alpha)), so such
+    an input is refused with a ValueError (it used to give NaN). Every alpha < 1 is computed
+    accurately, however close to 1 (checked against the formula in 60-digit arithmetic at 1 - 1e-6
+    and 1 - 1e-9).
     """
     _, a, da = _prepare(logp, x0, xt, alpha, dalpha, normalise=False)
     return _udm_elbo(logp, x0, xt, a, da)
@@ -76,6 +93,10 @@ def _udm_elbo(logits: Tensor, x0: Tensor, xt: Tensor, a: Tensor, da: Tensor, shi
     k = logits.shape[-1]
     a = torch.broadcast_to(a, xt.shape)
     out_dtype = torch.promote_types(logits.dtype, torch.float32)
+    if bool(((a.to(out_dtype) >= 1.0) & (xt != x0)).any()):
+        raise ValueError(f"alpha is 1 (in {out_dtype}) at a position where xt != x0: that pair has probability 0 "
+                         "under q at alpha = 1 and the plug-in ELBO diverges as alpha -> 1, so it has no value; "
+                         "give alpha < 1 there (a time t > 0; in float64 if it rounds to 1 in float32)")
     shift = torch.zeros_like(a) if shift is None else torch.broadcast_to(shift, xt.shape)
     flat = logits.reshape(-1, k)
     total = _PlugInSum.apply(flat, xt.reshape(-1), x0.reshape(-1), shift.reshape(-1).to(out_dtype),
@@ -265,6 +286,10 @@ OBJECTIVES = {
     "mdm_elbo": (mdm_elbo, "denoiser"),
     "audm_elbo": (audm_elbo, "posterior"),
     "masked_cross_entropy": (masked_cross_entropy, "denoiser"),
+    # D3PM (discrete time): f(logp, x0, xt, t, process) with integer steps t; called by ``D3PM.loss``
+    "d3pm_elbo": (d3pm_elbo, "loo"),
+    "d3pm_hybrid": (d3pm_hybrid, "loo"),
+    "d3pm_cross_entropy": (d3pm_cross_entropy, "denoiser"),
 }
 _UDM_OUTPUTS = ("denoiser", "loo")
 
@@ -295,6 +320,9 @@ def compute(
     if objective not in OBJECTIVES:
         raise ValueError(f"objective must be one of {sorted(OBJECTIVES)}, got {objective!r}")
     fn, wants = OBJECTIVES[objective]
+    if objective.startswith("d3pm_"):
+        raise ValueError(f"objective {objective!r} is per integer step (D3PM): call process.loss(..., t=t) or "
+                         "the function with (logp, x0, xt, t, process)")
     if objective == "audm_elbo" or output == "posterior":
         if not (objective == "audm_elbo" and output == "posterior"):
             raise ValueError(

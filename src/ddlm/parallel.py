@@ -88,7 +88,7 @@ class Parallel:
             if any(p.is_meta for p in ema.parameters()):  # an EMA built on the meta device: never unsharded
                 ema.to_empty(device=_device(model))
                 with torch.no_grad():
-                    for pe, pm in zip(ema.parameters(), model.parameters(), strict=False):
+                    for pe, pm in zip(ema.parameters(), model.parameters(), strict=True):
                         pe.to_local().copy_(pm.to_local())
             self.eval_copy = make_eval_copy() if d.main else None
 
@@ -112,6 +112,15 @@ class Parallel:
             return flag
         buf = torch.tensor([1.0 if flag else 0.0], device=_device(self.model))
         dist.broadcast(buf, 0)
+        return bool(buf.item())
+
+    def any(self, flag: bool) -> bool:
+        """Whether ``flag`` is true on any rank, on every rank (a collective: e.g. a signal that
+        reached some ranks first, so that all stop at the same step)."""
+        if self.d.world == 1:
+            return flag
+        buf = torch.tensor([1.0 if flag else 0.0], device=_device(self.model))
+        dist.all_reduce(buf, op=dist.ReduceOp.MAX)
         return bool(buf.item())
 
     def mean(self, value: float) -> float:

@@ -10,30 +10,49 @@ generator seeded by (seed, step, rank), so a resumed run continues exactly as an
 What the loop uses lives below it: the run's data (``ddlm.data.prepare``), its model
 (``ddlm.models.factory``), the per-token losses and the validation bound (``ddlm.bound``, shared with
 ``ddlm eval``), the run folder and its checkpoints (``ddlm.runs``, ``ddlm.checkpoint``).
+
+Reliability (docs/reliability.md): the run folder is locked for the whole call (``ddlm.runlock``); a
+checkpoint is written only at a step boundary, where the model, optimizer, scheduler and EMA all
+hold the same step; SIGINT and SIGTERM stop the run at the next boundary with a checkpoint
+(``ddlm.stopping``); a NaN or infinite loss, gradient norm or validation bound stops it before the
+step is applied and before anything is saved, so no checkpoint ever holds non-finite weights.
 """
 
 from __future__ import annotations
 
 import json
 import math
+import signal
 import time
 from pathlib import Path
 
 import torch
 from torch import Tensor
 
+from . import runlock
 from ._io import atomic_write_json
 from .bound import ELBO, ar_token_losses, corrupt, stratified_times, token_losses, validation_bound
-from .checkpoint import capture_rng, load_checkpoint, save_checkpoint
-from .config import TrainConfig, is_autoregressive
+from .checkpoint import capture_rng, save_checkpoint, tidy
+from .config import TrainConfig, is_autoregressive, saved_config
 from .data.corpora import unigram_entropy
 from .data.prepare import prepare_data
 from .data.tokenizers import tokenizer_from_dict
 from .models.diffusion import DiffusionModel
 from .models.factory import build_model
-from .parallel import Parallel, setup_distributed
-from .runs import checkpoint_name, export, latest_checkpoint, load, prune_checkpoints, set_latest
+from .parallel import Dist, Parallel, setup_distributed
+from .runs import (
+    CHECKPOINTS,
+    check_finite_weights,
+    check_weights,
+    checkpoint_name,
+    export,
+    load,
+    prune_checkpoints,
+    resume_checkpoint,
+    set_latest,
+)
 from .sampling import sample
+from .stopping import Interrupted, NonFiniteError, StopRequests, require_finite, signal_name
 
 #: the public names; ``build_model``, ``load``, ``export``, ``prepare_data``, ``stratified_times`` and the
 #: bound's ``ELBO``, ``corrupt``, ``token_losses`` and ``validation_bound`` live in their own modules now
@@ -62,18 +81,37 @@ def lr_lambda(cfg: TrainConfig):
 
 
 #: config keys a resumed run must share with its checkpoint (the rest, e.g. max_steps, may change)
-FIXED_ON_RESUME = ("process", "objective", "schedule", "eps", "t_min", "model", "data", "batch_size", "seed")
+FIXED_ON_RESUME = ("process", "objective", "schedule", "eps", "t_min", "model", "data", "d3pm", "batch_size", "seed")
 
 
 def check_resumable(cfg: TrainConfig, saved: dict, path) -> None:
-    """Refuse to resume a checkpoint made with a different model, data, process or batch."""
-    current = cfg.to_dict()
+    """Refuse to resume a checkpoint made with a different model, data, process or batch (the first
+    differing key is named down to its section's entry, e.g. ``data.corpus``). Keys added since the
+    checkpoint was written (e.g. the ``d3pm`` section) take the value ``saved_config`` gives them, so
+    older runs stay resumable."""
+    current, saved = cfg.to_dict(), saved_config(saved).to_dict()
     for key in FIXED_ON_RESUME:
-        if current.get(key) != saved.get(key):
+        now, then = current.get(key), saved.get(key)
+        if now != then:
+            if isinstance(now, dict) and isinstance(then, dict):
+                sub = next(k for k in sorted(set(now) | set(then)) if now.get(k) != then.get(k))
+                key, now, then = f"{key}.{sub}", now.get(sub), then.get(sub)
             raise ValueError(
-                f"cannot resume from checkpoint {str(path)!r}: config key {key!r} is {current.get(key)!r} now but "
-                f"{saved.get(key)!r} in the checkpoint; use a new run_dir for a different run"
+                f"cannot resume from checkpoint {str(path)!r}: config key {key!r} is {now!r} now but "
+                f"{then!r} in the checkpoint; use a new run_dir for a different run"
             )
+
+
+def _apply_optim_config(optimizer: torch.optim.Optimizer, scheduler, cfg: TrainConfig) -> None:
+    """Give a resumed optimizer the config's learning rate, betas and weight decay: its saved state
+    would otherwise silently bring back the values of the run's first invocation. Unchanged values
+    give the very same numbers (the learning rate is recomputed as the scheduler computes it)."""
+    o = cfg.optim
+    scheduler.base_lrs = [o.lr for _ in optimizer.param_groups]
+    for group, lam in zip(optimizer.param_groups, scheduler.lr_lambdas, strict=True):
+        group.update(lr=o.lr * lam(scheduler.last_epoch), initial_lr=o.lr, betas=(o.beta1, o.beta2),
+                     weight_decay=o.weight_decay)
+    scheduler._last_lr = [group["lr"] for group in optimizer.param_groups]
 
 
 def _batch_indices(num_blocks: int, step: int, global_batch: int, seed: int) -> Tensor:
@@ -87,27 +125,51 @@ def _batch_indices(num_blocks: int, step: int, global_batch: int, seed: int) -> 
     return torch.tensor(out)
 
 
-def train(cfg: TrainConfig, resume: bool = True, progress: bool = True, log=print, stop_at: int | None = None) -> dict:
+def train(cfg: TrainConfig, resume: bool | str = True, progress: bool = True, log=print,
+          stop_at: int | None = None) -> dict:
     """Train (or resume) the run described by ``cfg``; returns the final metrics.
 
+    ``resume``: True resumes from the run's latest checkpoint, if any; False refuses a run_dir that
+    has checkpoints; "previous" is True, except that a damaged latest checkpoint is moved aside and
+    the newest older one that verifies is used (without it, a damaged latest is an error).
     ``stop_at`` ends this invocation (with a checkpoint) after that step, as an interruption would;
     the run's schedule still follows ``cfg.max_steps``.
+
+    Raises:
+        ddlm.runlock.RunInUseError: another training holds ``run_dir``.
+        ddlm.stopping.Interrupted: SIGINT or SIGTERM (a KeyboardInterrupt): the run stopped at a step
+            boundary with a checkpoint, or at once (a second signal) without one.
+        ddlm.stopping.NonFiniteError: the loss, gradient norm or validation bound became NaN or
+            infinite; nothing was saved after the last good checkpoint.
+        ddlm.checkpoint.CheckpointError: the latest checkpoint is damaged (and ``resume`` is not
+            "previous"), or does not fit the config's architecture.
     """
-    if cfg.device == "auto":
-        device = "cuda" if torch.cuda.is_available() else "cpu"
-    else:
-        device = cfg.device
+    if resume not in (True, False, "previous"):
+        raise ValueError(f"resume must be True, False or 'previous', got {resume!r}")
+    auto = "cuda" if torch.cuda.is_available() else "cpu"
+    device = auto if cfg.device == "auto" else cfg.device
     ddp = setup_distributed(device)
     if device == "cuda":
         torch.cuda.set_device(ddp.local_rank)
+    ckpts = Path(cfg.run_dir) / CHECKPOINTS  # tidied under the lock: a save cut short by a crash is ours to repair
+    lock = runlock.acquire_on_rank0(cfg.run_dir, ddp, log, then=lambda: ckpts.is_dir() and tidy(ckpts))
+    try:
+        with StopRequests() as stop:
+            return _train(cfg, resume, progress, log, stop_at, device, ddp, stop)
+    finally:
+        if lock is not None:
+            lock.release()
+
+
+def _train(cfg: TrainConfig, resume, progress: bool, log, stop_at, device: str, ddp: Dist, stop: StopRequests) -> dict:
+    """The body of :func:`train`, run while the folder is locked and signals are requests."""
     run = Path(cfg.run_dir)
-    ckpt_path = latest_checkpoint(run)
-    if not resume and ckpt_path is not None:
-        raise ValueError(f"run_dir {str(run)!r} already has checkpoints (latest {ckpt_path.name}); not resuming "
-                         "would overwrite them: choose a new run_dir or remove the old run yourself")
-    ckpt = load_checkpoint(ckpt_path) if ckpt_path is not None else None
+    if not resume and any((run / CHECKPOINTS).glob("step_*")):
+        raise ValueError(f"run_dir {str(run)!r} already has checkpoints; not resuming would overwrite them: choose "
+                         "a new run_dir or remove the old run yourself")
+    ckpt = resume_checkpoint(run, previous=resume == "previous", log=log if ddp.main else lambda *_: None)
     if ckpt is not None:
-        check_resumable(cfg, ckpt.config, ckpt_path)
+        check_resumable(cfg, ckpt.config, ckpt.path)
     tokenizer = tokenizer_from_dict(ckpt.tokenizer) if ckpt else None
     tokenizer, train_blocks, val_blocks = prepare_data(cfg, tokenizer)
 
@@ -115,6 +177,10 @@ def train(cfg: TrainConfig, resume: bool = True, progress: bool = True, log=prin
     model = build_model(cfg, tokenizer.vocab_size, tokenizer.bos_id).to(device)
     start = 0
     if ckpt is not None:
+        for name, state in (("model", ckpt.model), ("ema", ckpt.ema)):
+            if state is not None:
+                check_weights(model, state, str(ckpt.path / f"{name}.safetensors"))
+                check_finite_weights(state, str(ckpt.path / f"{name}.safetensors"))
         model.load_state_dict(ckpt.model)
         start = ckpt.step
     if cfg.parallel == "fsdp" and ddp.world > 1:  # sharded as soon as it exists: no process holds it whole
@@ -134,16 +200,32 @@ def train(cfg: TrainConfig, resume: bool = True, progress: bool = True, log=prin
         par.load_model_state(ema, ckpt.ema)
         par.load_optimizer_state(optimizer, ckpt.optimizer)
         scheduler.load_state_dict(ckpt.scheduler)
+        _apply_optim_config(optimizer, scheduler, cfg)
+    saved_step = start if ckpt is not None else None  # the step of the run's newest checkpoint
+
+    def last_saved() -> str:
+        if saved_step is None:
+            return "no checkpoint has been saved yet"
+        return f"the last checkpoint, {run / CHECKPOINTS / checkpoint_name(saved_step)}, stands"
 
     def save(step: int, metrics: dict) -> None:  # every rank calls it (FSDP gathers the state)
+        nonlocal saved_step
+        bad = not all(bool(torch.isfinite(p.to_local() if hasattr(p, "to_local") else p).all())
+                      for module in (model, ema) for p in module.parameters())
+        if par.any(bad):  # never reached while the loss checks hold; never save such weights
+            raise NonFiniteError(f"step {step}: the weights hold NaN or infinite values; not saved, "
+                                 f"{last_saved()}")
         states = par.model_state(model), par.model_state(ema), par.optimizer_state(optimizer)
         if ddp.main:
             _save(run, cfg, tokenizer, *states, scheduler, step, metrics)
+        saved_step = step
 
     def evaluate(step: int, metrics: dict, averaged) -> None:  # averaged: par.evaluation_ema(), None off rank 0
         if averaged is None:
             return
         nll, se = validation_bound(averaged, val_blocks, micro, cfg.eval_batches, cfg.seed, cfg.t_min)
+        require_finite(f"step {step}: the validation bound of the EMA model is not finite",
+                       {"validation bound": nll}, f"training diverged; {last_saved()}")
         metrics.update(step=step, val_nll=nll, val_nll_se=se)
         _append(metrics_file, {"step": step, "val_nll": nll, "val_nll_se": se, "unigram_entropy": entropy})
         log(f"step {step}: validation bound {nll:.4f} +- {se:.4f} nats/token (unigram entropy {entropy:.4f})")
@@ -176,7 +258,22 @@ def train(cfg: TrainConfig, resume: bool = True, progress: bool = True, log=prin
     t0, tokens_seen, metrics = time.time(), 0, {"unigram_entropy": entropy}
     prior_minutes = float((ckpt.metrics or {}).get("train_minutes", 0.0)) if ckpt is not None else 0.0
     step, evaluated = start, False
+    diverged = (f"training diverged (optim.lr = {o.lr:g}); stopped before applying this step, nothing after the "
+                "last checkpoint was saved; lower optim.lr (or raise optim.warmup_steps) and run again (a resumed run "
+                "takes the new values)")
+
+    def stop_requested() -> None:  # at a step boundary: model, optimizer, scheduler and EMA all hold `step`
+        if not par.any(stop.signum is not None):
+            return
+        if saved_step != step and step != start:  # nothing to save before this invocation's first step
+            save(step, metrics)
+        name = signal_name(stop.signum or signal.SIGTERM)
+        raise Interrupted(f"stopped by {name} at step {step}: {last_saved()}; run the same command to resume",
+                          stop.signum or signal.SIGTERM, step,
+                          None if saved_step is None else run / CHECKPOINTS / checkpoint_name(saved_step))
+
     try:
+        stop_requested()
         while step < min(cfg.max_steps, stop_at if stop_at is not None else cfg.max_steps):
             # the whole global batch is drawn identically on every rank (blocks, times, corruption), so
             # the run does not depend on the number of processes or accumulation steps
@@ -205,15 +302,22 @@ def train(cfg: TrainConfig, resume: bool = True, progress: bool = True, log=prin
                 total += loss.item() / cfg.grad_accum
             total = par.mean(total)  # the global mean loss
             grad_norm = torch.nn.utils.clip_grad_norm_(model.parameters(), o.grad_clip)
+            grad_norm = float(grad_norm.full_tensor() if hasattr(grad_norm, "full_tensor") else grad_norm)
+            if not (math.isfinite(total) and math.isfinite(grad_norm)):  # the same on every rank (reduced)
+                if ddp.main:
+                    _append(metrics_file, {"step": step + 1, "loss": total, "grad_norm": grad_norm,
+                                           "stopped": "non-finite loss or gradient norm"})
+                require_finite(f"step {step + 1}: the training loss or gradient norm is not finite",
+                               {"loss": total, "gradient norm": grad_norm}, f"{diverged}; {last_saved()}")
+            # from here to `step += 1` the state is mid-update: signals wait for the boundary
             optimizer.step()
             scheduler.step()
             with torch.no_grad():  # EMA with warm-up: early averages do not remember the initialisation
                 decay = min(cfg.ema, (1.0 + step) / (10.0 + step))
-                for pe, pm in zip(ema.parameters(), model.parameters(), strict=False):
+                for pe, pm in zip(ema.parameters(), model.parameters(), strict=True):
                     pe.lerp_(pm, 1.0 - decay)
             step += 1
             tokens_seen += cfg.batch_size * cfg.data.block_size
-            grad_norm = float(grad_norm.full_tensor() if hasattr(grad_norm, "full_tensor") else grad_norm)
             if ddp.main:
                 rate = tokens_seen / max(1e-9, time.time() - t0)
                 if bar is not None:
@@ -222,6 +326,8 @@ def train(cfg: TrainConfig, resume: bool = True, progress: bool = True, log=prin
                 if step % cfg.log_every == 0 or step == cfg.max_steps:
                     _append(metrics_file, {"step": step, "loss": total, "lr": scheduler.get_last_lr()[0],
                                            "grad_norm": grad_norm, "tokens_per_s": rate})
+            metrics["train_minutes"] = prior_minutes + (time.time() - t0) / 60
+            stop_requested()
             evaluated = step % cfg.eval_every == 0 or step == cfg.max_steps
             sampled = (cfg.sample_every and step % cfg.sample_every == 0) or step == cfg.max_steps
             # the EMA as a plain module on rank 0: under FSDP one gather serves both
@@ -240,22 +346,19 @@ def train(cfg: TrainConfig, resume: bool = True, progress: bool = True, log=prin
                 if ddp.main:
                     log(f"stopping at step {step}: max_minutes = {cfg.max_minutes} reached")
                 break
-    except KeyboardInterrupt:
-        if par.kind == "fsdp":  # gathering the shards needs every rank, which may be anywhere now
-            if ddp.main:
-                log(f"interrupted at step {step}: under FSDP no checkpoint is written now; the last periodic "
-                    "checkpoint stands")
-        elif ddp.main:
-            log(f"interrupted at step {step}: saving a checkpoint")
-            _save(run, cfg, tokenizer, model.state_dict(), ema.state_dict(), optimizer.state_dict(), scheduler,
-                  step, metrics)
+    except Interrupted:
         raise
+    except KeyboardInterrupt as e:  # raised where the code was (a second signal): the state may be mid-step
+        raise Interrupted(f"interrupted at once near step {step} (a second signal, or a KeyboardInterrupt inside "
+                          f"a step): nothing more was saved, {last_saved()}; run the same command to resume from it",
+                          signal.SIGINT, step) from e
     finally:
         if bar is not None:
             bar.close()
     if not evaluated:  # stopped between evaluations (max_minutes, stop_at) or nothing left to do
         evaluate(step, metrics, par.evaluation_ema())
-    save(step, metrics)
+    if saved_step != step:
+        save(step, metrics)
     metrics["step"] = step
     return metrics
 
@@ -275,8 +378,11 @@ def decoded_samples(model: DiffusionModel, tokenizer, cfg: TrainConfig, step: in
 
 
 def _append(path: Path, record: dict) -> None:
+    """Append one JSON line; NaN and infinities are written as the strings "nan", "inf", "-inf" (bare
+    NaN/Infinity are not JSON)."""
+    safe = {k: (str(v) if isinstance(v, float) and not math.isfinite(v) else v) for k, v in record.items()}
     with open(path, "a") as f:
-        f.write(json.dumps(record) + "\n")
+        f.write(json.dumps(safe, allow_nan=False) + "\n")
 
 
 def _save(run: Path, cfg, tokenizer, model: dict, ema: dict, optimizer: dict, scheduler, step, metrics) -> None:

@@ -93,8 +93,21 @@ def test_load_errors(tmp_path):
         load_corpus(number)
     latin = tmp_path / "latin.txt"
     latin.write_bytes("café".encode("latin-1"))
-    with pytest.raises(ValueError, match=r"latin\.txt is not UTF-8"):
+    with pytest.raises(ValueError, match=r"latin\.txt is not UTF-8 text \(an invalid byte at offset 3\)") as info:
         load_corpus(latin)
+    assert "0xe9" not in str(info.value)  # error messages never quote a file's content
+
+
+def test_encode_documents_names_the_position_never_the_text():
+    from ddlm.data.corpora import encode_documents
+    from ddlm.data.tokenizers import CharTokenizer
+
+    tok = CharTokenizer.from_text("abc\n")
+    assert encode_documents(tok, ["ab", "c\na"], "corpus 'x'") == [tok.encode("ab"), tok.encode("c\na")]
+    with pytest.raises(ValueError, match=r"corpus 'x', document 1: the character at offset 6 \(line 2, column 3\) "
+                                         "is not in the vocabulary of the run's tokenizer") as info:
+        encode_documents(tok, ["abc", "abc\nabZ"], "corpus 'x'")
+    assert "Z" not in str(info.value)
 
 
 # ------------------------------------------------------------------------------------- entropy

@@ -128,9 +128,11 @@ def test_corpus_errors(tmp_path):
         nll_bound(run, data=str(tmp_path / "empty"))
     with pytest.raises(FileNotFoundError, match="corpus path not found"):
         nll_bound(run, data=str(tmp_path / "nope.txt"))
-    (tmp_path / "greek.txt").write_text("the dog " * 10 + "λ")
-    with pytest.raises(ValueError, match="document 0: the run's tokenizer cannot encode it: character 'λ'"):
+    (tmp_path / "greek.txt").write_text("the dog " * 10 + "\nthe λ")
+    with pytest.raises(ValueError, match="document 0: the character at offset 85 \\(line 2, column 5\\) is not in "
+                                         "the vocabulary of the run's tokenizer") as info:
         nll_bound(run, data=str(tmp_path / "greek.txt"))
+    assert "λ" not in str(info.value)  # error messages never quote a file's content
     (tmp_path / "short.txt").write_text("dog")
     with pytest.raises(ValueError, match="fewer than one block of 16"):
         nll_bound(run, data=str(tmp_path / "short.txt"))

@@ -96,4 +96,7 @@ def test_command_line_and_refusals(tmp_path, capsys):
     conv = _ckpt(tmp_path, "conv", "process=mdm", "model.backbone=conv", "model.heads=null")
     with pytest.raises(ValueError, match="exports DiT runs only"):
         export_hf(conv, tmp_path / "conv-hf")
-    assert not (tmp_path / "ar-hf").exists() and not (tmp_path / "conv-hf").exists()
+    d3pm = _ckpt(tmp_path, "d3pm", "process=d3pm", "t_min=0", "objective=d3pm_hybrid", "d3pm.steps=10")
+    with pytest.raises(ValueError, match="discrete-time process 'd3pm'"):
+        export_hf(d3pm, tmp_path / "d3pm-hf")
+    assert not any((tmp_path / f"{n}-hf").exists() for n in ("ar", "conv", "d3pm"))

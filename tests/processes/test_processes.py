@@ -120,9 +120,9 @@ def test_bad_inputs():
 def test_protocol_tables_are_consistent():
     from ddlm.processes import REGISTRY
 
-    assert set(REGISTRY) == {"mdm", "udm", "audm"}
-    for cls in REGISTRY.values():
-        p = cls(4)
+    assert set(REGISTRY) == {"mdm", "udm", "audm", "d3pm"}
+    for name, cls in REGISTRY.items():
+        p = get_process(name, 4)
         assert p.default_prediction == cls.predictions[0] and set(cls.views) == set(cls.predictions)
         assert set(cls.views.values()) <= {"denoiser", "loo"}
         assert cls.default_output in cls.network_outputs and set(cls.network_outputs) <= set(cls.predictions)

@@ -14,6 +14,7 @@ PROCS = {
     "mdm": (ddlm.MaskedDiffusion(3, SCH), "denoiser"),
     "udm": (ddlm.UniformDiffusion(3, SCH), "loo"),
     "audm": (ddlm.AbsorbingUniformDiffusion(3, SCH), "posterior"),
+    "d3pm": (ddlm.D3PM.absorbing(3, 20), "loo"),
 }
 ALL = [(kind, s) for kind, table in SAMPLERS.items() for s in table]
 

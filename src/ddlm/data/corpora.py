@@ -47,8 +47,31 @@ def default_corpus() -> list[str]:
 def _read_text(path: Path) -> str:
     try:
         return path.read_text(encoding="utf-8")
-    except UnicodeDecodeError as e:
-        raise ValueError(f"{path} is not UTF-8 text: {e}") from e
+    except UnicodeDecodeError as e:  # the offset only: error messages never quote a file's content
+        raise ValueError(f"{path} is not UTF-8 text (an invalid byte at offset {e.start})") from None
+
+
+def encode_documents(tokenizer, documents: Sequence[str], source: str) -> list[list[int]]:
+    """``tokenizer.encode`` of each document; a document the tokenizer cannot encode is reported by
+    its index and the character's offset, line and column in it, never by quoting the text.
+
+    Raises:
+        ValueError: naming ``source``, the document and the position.
+    """
+    out = []
+    for i, doc in enumerate(documents):
+        try:
+            out.append(tokenizer.encode(doc))
+        except ValueError:
+            known = set(getattr(tokenizer, "chars", ""))
+            pos = next((p for p, c in enumerate(doc) if c not in known), None) if known else None
+            where = "a character" if pos is None else (
+                f"the character at offset {pos} (line {doc.count(chr(10), 0, pos) + 1}, column "
+                f"{pos - doc.rfind(chr(10), 0, pos)})")
+            raise ValueError(f"{source}, document {i}: {where} is not in the vocabulary of the run's tokenizer "
+                             "(a corpus other than the one the tokenizer was made from, or one changed since)"
+                             ) from None
+    return out
 
 
 def _read_jsonl(path: Path, field: str) -> list[str]:

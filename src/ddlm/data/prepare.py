@@ -11,7 +11,7 @@ from pathlib import Path
 from torch import Tensor
 
 from ..config import TrainConfig
-from .corpora import load_corpus, pack, split_documents
+from .corpora import encode_documents, load_corpus, pack, split_documents
 from .tokenizers import BPETokenizer, CharTokenizer
 
 
@@ -54,8 +54,11 @@ def prepare_data(cfg: TrainConfig, tokenizer=None) -> tuple[object, Tensor, Tens
     if tokenizer is None:
         tokenizer = build_tokenizer(cfg.data.tokenizer, "".join(train_docs + val_docs))
     bs = cfg.data.block_size
-    train = pack([tokenizer.encode(d) for d in train_docs], bs, tokenizer.bos_id, tokenizer.eos_id)
-    val = pack([tokenizer.encode(d) for d in val_docs], bs, tokenizer.bos_id, tokenizer.eos_id)
+    where = f"corpus {cfg.data.corpus!r}"
+    train = pack(encode_documents(tokenizer, train_docs, f"{where} (training split)"), bs, tokenizer.bos_id,
+                 tokenizer.eos_id)
+    val = pack(encode_documents(tokenizer, val_docs, f"{where} (validation split)"), bs, tokenizer.bos_id,
+               tokenizer.eos_id)
     if train.shape[0] == 0 or val.shape[0] == 0:
         raise ValueError(f"corpus {cfg.data.corpus!r} is too small for block_size {bs}: "
                          f"{train.shape[0]} training and {val.shape[0]} validation blocks")

@@ -102,8 +102,9 @@ class Tokenizer(ABC):
             raise FileNotFoundError(f"tokenizer file not found: {path}")
         try:
             d = json.loads(path.read_text(encoding="utf-8"))
-        except (json.JSONDecodeError, UnicodeDecodeError) as e:
-            raise ValueError(f"tokenizer file {path} is not valid JSON: {e}") from e
+        except (json.JSONDecodeError, UnicodeDecodeError) as e:  # the position only, never the content
+            where = f"line {e.lineno}, column {e.colno}" if isinstance(e, json.JSONDecodeError) else f"offset {e.start}"
+            raise ValueError(f"tokenizer file {path} is not valid JSON (at {where})") from None
         try:
             tok = tokenizer_from_dict(d)
         except (ValueError, KeyError, TypeError) as e:
@@ -266,7 +267,13 @@ class BPETokenizer(Tokenizer):
             raise FileNotFoundError(f"tokenizer file not found: {path}")
         try:
             return cls.from_json(json.loads(path.read_text(encoding="utf-8")), bos_token, eos_token)
-        except (ValueError, UnicodeDecodeError) as e:
+        except UnicodeDecodeError as e:  # the offset only, never the content
+            raise ValueError(f"cannot load tokenizer file {path}: not UTF-8 (an invalid byte at offset "
+                             f"{e.start})") from None
+        except json.JSONDecodeError as e:
+            raise ValueError(f"cannot load tokenizer file {path}: not valid JSON (at line {e.lineno}, column "
+                             f"{e.colno})") from None
+        except ValueError as e:
             raise ValueError(f"cannot load tokenizer file {path}: {e}") from e
 
     @classmethod

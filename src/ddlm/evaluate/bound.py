@@ -116,6 +116,11 @@ def model_bound(model, blocks: Tensor, *, batch_size: int = 32, num_batches: int
         if tokenizer is not None:
             characters += sum(len(tokenizer.decode(row[first_scored:])) for row in x0.tolist())
     mean = sum(per_batch) / len(per_batch)
+    if not math.isfinite(mean):
+        from .._checks import NonFiniteError
+
+        raise NonFiniteError(f"the NLL bound is {mean}: the model's outputs are not finite (its weights have "
+                             "diverged or overflow); evaluate an earlier checkpoint of the run")
     var = sum((v - mean) ** 2 for v in per_batch) / max(1, len(per_batch) - 1)
     se = math.sqrt(var / len(per_batch)) if len(per_batch) > 1 else float("nan")
     tokens = num_batches * batch_size * scored
@@ -144,16 +149,10 @@ def corpus_blocks(source: str | os.PathLike, tokenizer, block_size: int) -> tupl
         ValueError: empty corpus; a character the tokenizer cannot encode (document and position
             named); fewer tokens than one block.
     """
-    from ..data.corpora import load_corpus, pack
+    from ..data.corpora import encode_documents, load_corpus, pack
 
     docs = load_corpus(source)
-    ids = []
-    for i, d in enumerate(docs):
-        try:
-            ids.append(tokenizer.encode(d))
-        except ValueError as e:
-            raise ValueError(f"corpus {str(source)!r}, document {i}: the run's tokenizer cannot encode it: "
-                             f"{e}") from None
+    ids = encode_documents(tokenizer, docs, f"corpus {str(source)!r}")
     blocks = pack(ids, block_size, tokenizer.bos_id, tokenizer.eos_id)
     if blocks.shape[0] == 0:
         total = sum(len(x) + 2 for x in ids)

@@ -237,6 +237,9 @@ def _handler(args) -> int:
         return 0
     if not args.runs:
         raise ValueError("give at least one RUN folder (or --plot-only)")
+    from .._io import check_writable
+
+    check_writable(out, "--out folder")  # before loading the judge and sampling
     temps = _check_list("--temperature", args.temperature)
     top_ps = _check_list("--top-p", args.top_p)
     if len(temps) > 1 and len(top_ps) > 1:

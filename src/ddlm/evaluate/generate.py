@@ -147,8 +147,8 @@ def _read_prompt_file(path: str) -> list[str]:
         raise FileNotFoundError(f"prompt file {path!r} does not exist")
     try:
         lines = [line for line in p.read_text(encoding="utf-8").splitlines() if line.strip()]
-    except UnicodeDecodeError as e:
-        raise ValueError(f"prompt file {path!r} is not UTF-8 text: {e}") from None
+    except UnicodeDecodeError as e:  # the offset only: error messages never quote a file's content
+        raise ValueError(f"prompt file {path!r} is not UTF-8 text (an invalid byte at offset {e.start})") from None
     if not lines:
         raise ValueError(f"prompt file {path!r} holds no prompt (one prompt per non-empty line)")
     return lines

@@ -250,21 +250,20 @@ def load_ar_judge(path: str | os.PathLike, device: str | torch.device = "cpu") -
         FileNotFoundError: the run has no complete checkpoint yet.
         ValueError: the run is a diffusion run, not an autoregressive one.
     """
-    from ..checkpoint import checkpoint_step
     from ..config import is_autoregressive
-    from ..runs import load, resolve_checkpoint
+    from ..runs import model_from_checkpoint, open_checkpoint
 
     path = Path(path).expanduser().resolve()
     spec = str(path)
     try:
-        ckpt = resolve_checkpoint(path)
+        ckpt = open_checkpoint(path, weights_only=True)  # verified; a damaged latest names the way out
     except FileNotFoundError as e:
         raise FileNotFoundError(f"judge {spec!r}: {e}; train the run first") from None
-    model, process, tokenizer = load(ckpt)
+    model, process, tokenizer = model_from_checkpoint(ckpt)
     if not is_autoregressive(model) or not hasattr(model, "hidden"):
         raise ValueError(f"judge {spec!r} is a ddlm {getattr(process, 'name', type(model).__name__)} run, not an "
                          "autoregressive one (process: ar); a judge must be a causal LM")
-    return ARJudge(model, tokenizer, f"ddlm-ar:{path}@{checkpoint_step(ckpt)}", device)
+    return ARJudge(model, tokenizer, f"ddlm-ar:{path}@{ckpt.step}", device)
 
 
 def load_judge(spec: str = "smollm2", device: str = "cpu", cache_dir: str | None = None,

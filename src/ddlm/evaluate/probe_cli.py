@@ -83,18 +83,22 @@ def plot_probe(results: list[dict] | dict[str, list[dict]], path: str | Path) ->
 def _load_udm_run(path: str, device: str = "cpu", weights: str = "ema"):
     """(model, process, run_info) of a run folder, checkpoint folder or released checkpoint; ValueError
     unless it is UDM. A score model (SEDD) is probed through its LOO view (``ddlm.pretrained.for_process``)."""
-    from ..pretrained import for_process
-    from ..runs import load
-    from .results import resolve_device, run_info
+    from ..pretrained import for_process, is_pretrained
+    from ..runs import load, model_from_checkpoint, open_checkpoint
+    from .results import _info, resolve_device, run_info
 
     info = run_info(path)  # FileNotFoundError / ValueError naming the path
     cls = REGISTRY.get(info["process"])
     if cls is None or not issubclass(cls, UniformDiffusion):  # refuse before loading the weights
         raise ValueError(f"run {path!r} has process {info['process'].upper()}; {_WHY_UDM}")
-    model, process, _ = load(info["checkpoint"], weights)
-    _check_udm(process, f"the process of run {path!r}")
-    if info.get("imported") is not None:
+    if is_pretrained(path):
+        model, process, _ = load(path, weights)
         info = dict(info, imported=model.conventions)
+    else:
+        ckpt = open_checkpoint(path, weights_only=True)  # verified; a damaged latest names the way out
+        info = _info(path, ckpt.path, ckpt.config, ckpt.step)
+        model, process, _ = model_from_checkpoint(ckpt, ema=weights == "ema")
+    _check_udm(process, f"the process of run {path!r}")
     return for_process(model, process).to(resolve_device(device)).eval(), process, info
 
 
@@ -119,6 +123,9 @@ def _command(args) -> int:
     if json_path.exists() and not args.overwrite:  # fail before any work; write_json re-checks atomically
         raise FileExistsError(f"result file {str(json_path)!r} already exists; choose another --out or pass "
                               "--overwrite")
+    from .._io import check_writable
+
+    check_writable(out, "--out folder")
     # every run is checked before any is probed
     loaded = [(run, *_load_udm_run(run, args.device, args.weights)) for run in args.runs]
     records = []

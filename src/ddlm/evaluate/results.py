@@ -12,7 +12,7 @@ from typing import Any
 
 import torch
 
-from .._io import atomic_write_text
+from .._io import atomic_write_text, check_writable
 from ..checkpoint import checkpoint_step
 from ..config import is_autoregressive
 from ..runs import resolve_checkpoint
@@ -24,14 +24,18 @@ class ResultExistsError(FileExistsError, ValueError):
 
 
 def check_out(path: str | os.PathLike | None, overwrite: bool) -> None:
-    """Fail early, before any work, if a result would overwrite an existing file.
+    """Fail early, before any work, if a result would overwrite an existing file or could not be
+    written (``ddlm._io.check_writable``).
 
     Raises:
         ResultExistsError: ``path`` exists and ``overwrite`` is False (the path is named).
+        PermissionError: ``path`` cannot be written (the folder in the way is named).
     """
     if path is not None and os.path.lexists(path) and not overwrite:
         raise ResultExistsError(f"result file {str(path)!r} already exists; choose another path or pass "
                                 "overwrite=True (--overwrite) to replace it")
+    if path is not None:
+        check_writable(path, "result file")
 
 
 @dataclass
@@ -101,21 +105,26 @@ def run_info(path: str | os.PathLike) -> dict:
     model output, the run's config and the ddlm version doing the evaluation.
 
     Args:
-        path: a run folder (its latest checkpoint is used) or a checkpoint folder.
+        path: a run folder (its latest checkpoint is used), a checkpoint folder, or a released
+            checkpoint (:func:`imported_info`).
 
     Returns:
         ``{"run", "checkpoint", "step", "process", "model_output", "config", "ddlm_version"}``;
         ``model_output`` is what the network predicts ("denoiser", "loo", "posterior", or
-        "next_token" for the autoregressive baseline).
+        "next_token" for the autoregressive baseline; "score" for SEDD).
     """
-    from .. import __version__
-    from ..config import saved_config
     from ..pretrained import is_pretrained
 
     if is_pretrained(path):
         return imported_info(path)
     ckpt = resolve_checkpoint(path)
-    config = _read_json(ckpt / "config.json")
+    return _info(path, ckpt, _read_json(ckpt / "config.json"), checkpoint_step(ckpt))
+
+
+def _info(path, ckpt: Path, config: dict, step: int) -> dict:
+    from .. import __version__
+    from ..config import saved_config
+
     cfg = saved_config(config)
     if is_autoregressive(cfg):
         output = "next_token"
@@ -123,7 +132,7 @@ def run_info(path: str | os.PathLike) -> dict:
         from ..processes import REGISTRY
 
         output = cfg.model.output or REGISTRY[cfg.process].default_output
-    return {"run": str(path), "checkpoint": str(ckpt), "step": checkpoint_step(ckpt), "process": cfg.process,
+    return {"run": str(path), "checkpoint": str(ckpt), "step": step, "process": cfg.process,
             "model_output": output, "config": cfg.to_dict(), "ddlm_version": __version__}
 
 
@@ -156,18 +165,22 @@ def resolve_device(device: str | torch.device | None) -> torch.device:
 def load_run(path: str | os.PathLike, device: str | torch.device | None = "cpu", *, weights: str = "ema",
              tokenizer=None) -> LoadedRun:
     """Load a run's model (EMA weights unless ``weights="raw"``), process, tokenizer and config for
-    evaluation (nothing is unpickled), or a released checkpoint (``ddlm.pretrained``; ``tokenizer``
-    replaces or supplies its tokenizer; a score model is seen through ``ddlm.pretrained.for_process``).
+    evaluation (nothing is unpickled; only the checkpoint's config, tokenizer and weights are read,
+    never the corpus), or a released checkpoint (``ddlm.pretrained``; ``tokenizer`` replaces or
+    supplies its tokenizer; a score model is seen through ``ddlm.pretrained.for_process``).
 
     Raises:
         FileNotFoundError: missing run folder or no checkpoint in it (the path is named).
-        ddlm.checkpoint.CheckpointError: a corrupt checkpoint (the file is named).
-        ValueError: an imported checkpoint without a readable tokenizer and none given.
+        ddlm.checkpoint.CheckpointError: a damaged checkpoint (the file and the way out are named),
+            weights that do not fit the config's architecture, or non-finite weights.
+        ValueError: an imported checkpoint without a readable tokenizer and none given; a tokenizer
+            given for a ddlm run.
     """
     from ..config import saved_config
     from ..pretrained import for_process, is_pretrained
-    from ..runs import load
+    from ..runs import load, model_from_checkpoint, open_checkpoint, weights_choice
 
+    weights = weights_choice(weights)
     if is_pretrained(path):
         model, process, tok = load(path, weights, tokenizer=tokenizer)
         if tok is None:
@@ -177,8 +190,12 @@ def load_run(path: str | os.PathLike, device: str | torch.device | None = "cpu",
         info = dict(imported_info(path, model.conventions), weights=weights)
         model = for_process(model, process).to(resolve_device(device)).eval()
         return LoadedRun(model, process, tok, None, info)
-    info = dict(run_info(path), weights=weights)
-    model, process, tok = load(info["checkpoint"], weights, tokenizer=tokenizer)
+    if tokenizer is not None:
+        raise ValueError(f"tokenizer= and --tokenizer apply to imported checkpoints; {str(path)!r} is a ddlm run, "
+                         "which carries its own tokenizer")
+    ckpt = open_checkpoint(path, weights_only=True)
+    info = dict(_info(path, ckpt.path, ckpt.config, ckpt.step), weights=weights)
+    model, process, tok = model_from_checkpoint(ckpt, ema=weights == "ema")
     model = model.to(resolve_device(device)).eval()
     return LoadedRun(model, process, tok, saved_config(info["config"]), info)
 

@@ -44,10 +44,12 @@ class DiffusionModel(nn.Module):
     @classmethod
     def build(cls, process_name: str, vocab_size: int, max_len: int, *, preset: str = "tiny",
               output: str | None = None, schedule: str = "linear", eps: float = 1e-3,
-              time_conditioning: bool = True, backbone: str = "dit", **overrides) -> DiffusionModel:
+              time_conditioning: bool = True, backbone: str = "dit", process_options: dict | None = None,
+              **overrides) -> DiffusionModel:
         """Process + backbone preset in one call (``overrides`` replace the backbone's config fields;
-        ``backbone`` names an entry of ``ddlm.models.backbones.BACKBONES``)."""
-        process = get_process(process_name, vocab_size, get_schedule(schedule, eps=eps))
+        ``backbone`` names an entry of ``ddlm.models.backbones.BACKBONES``; ``process_options`` are the
+        process's own, e.g. D3PM's ``kind`` and ``steps``)."""
+        process = get_process(process_name, vocab_size, get_schedule(schedule, eps=eps), **(process_options or {}))
         net_cls, config_cls = get_backbone(backbone)
         config = config_cls.preset(preset, process.input_vocab_size, vocab_size, max_len,
                                    audm=process.has_noise, time_conditioning=time_conditioning, **overrides)

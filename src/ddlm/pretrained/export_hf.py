@@ -92,6 +92,9 @@ def export_hf(run: str | os.PathLike, out: str | os.PathLike, *, dtype: str = "f
     model = build_model(cfg, tokenizer.vocab_size, tokenizer.bos_id)
     model.load_state_dict(ckpt.ema if ckpt.ema is not None else ckpt.model)
     net, process = model.net, model.process
+    if getattr(process, "steps", None) is not None:
+        raise ValueError(f"run {str(run)!r} has the discrete-time process {cfg.process!r} (its transition options are "
+                         "not in the released layout's conventions); --format hf exports continuous-time runs")
     from ..models.dit import DiT
 
     if not isinstance(net, DiT):

@@ -63,11 +63,12 @@ def register_process(cls):
     return cls
 
 
-def get_process(name: str, vocab_size: int, schedule=None):
-    """Build a registered process by short name (see ``REGISTRY``)."""
+def get_process(name: str, vocab_size: int, schedule=None, **options):
+    """Build a registered process by short name (see ``REGISTRY``); ``options`` are the process's own
+    (``Process.from_options``, e.g. D3PM's ``kind`` and ``steps``)."""
     if name not in REGISTRY:
         raise ValueError(f"process must be one of {sorted(REGISTRY)}, got {name!r}")
-    return REGISTRY[name](vocab_size, schedule)
+    return REGISTRY[name].from_options(vocab_size, schedule, **options)
 
 
 def _uniform(shape, generator, device) -> Tensor:
@@ -98,6 +99,8 @@ class Process:
     extra_input_ids: ClassVar[int] = 0
     #: sampler name -> ``Kernel``; filled by ``ddlm.sampling.registry.register_kernel``
     kernels: ClassVar[dict] = {}
+    #: number of discrete time steps T (D3PM), None for a continuous-time process
+    steps: int | None = None
 
     def __init__(self, vocab_size: int, schedule=None):
         self.vocab_size = check_vocab_size("vocab_size", vocab_size)
@@ -106,6 +109,13 @@ class Process:
             raise TypeError(
                 f"schedule must provide alpha(t) and dalpha(t), got {type(self.schedule).__name__}"
             )
+
+    @classmethod
+    def from_options(cls, vocab_size: int, schedule=None, **options):
+        """The process of a run config (``get_process``); a process without options of its own takes none."""
+        if options:
+            raise ValueError(f"process {cls.name!r} takes no options, got {sorted(options)}")
+        return cls(vocab_size, schedule)
 
     # ---- predictions -----------------------------------------------------------------------------
     @property
@@ -198,14 +208,20 @@ class Process:
         return State(torch.where(mask, prompt, state.xt), state.noise)
 
     # ---- training ----------------------------------------------------------------------------------
-    def loss(self, objective: str, logits: Tensor, prediction: str, x0: Tensor, state: State, alpha, dalpha):
-        """Per-token loss of ``objective`` for a network that outputs ``prediction`` (docs/maths.md §4)."""
+    def loss(self, objective: str, logits: Tensor, prediction: str, x0: Tensor, state: State, alpha, dalpha, t=None):
+        """Per-token loss of ``objective`` for a network that outputs ``prediction`` (docs/maths.md §4).
+        ``t``, the times of the batch, is used by discrete-time processes only (D3PM's step n(t))."""
         from .. import losses
 
         if objective not in self.objectives:
             raise ValueError(f"objective must be one of {self.objectives} for {self.label}, got {objective!r}")
         return losses.compute(objective, logits, output=prediction, x0=x0, xt=state.xt, alpha=alpha,
                               dalpha=dalpha, noise=state.noise)
+
+    def convert_view(self, pred, source: str, target: str, alpha: float):
+        """Sampling: the ``target`` view ("denoiser" or "loo") of a lazy ``Prediction`` in view
+        ``source`` at alpha; by default the UDM self-evidence shift at the current token (§3)."""
+        return pred.convert(source, target, alpha)
 
     # ---- what ddlm.exact needs (docs/maths.md §7) ---------------------------------------------------
     def token_loglik(self, xt: Tensor, x0: Tensor, alpha: Tensor, noise: Tensor | None = None) -> Tensor:

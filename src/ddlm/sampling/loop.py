@@ -118,14 +118,16 @@ class _Model:
         return logp
 
 
-def _view(logits, x, at, have, want, temperature, temperature_on, top_p) -> Prediction:
+def _view(logits, x, at, have, want, temperature, temperature_on, top_p, process=None) -> Prediction:
     """The view a kernel consumes, from the model's logits: temperature on the chosen view, then
-    conversion to the consumed one, then top-p (which materialises the full distribution)."""
+    conversion to the consumed one (``process.convert_view``; the UDM conversion when no process is
+    given), then top-p (which materialises the full distribution)."""
+    convert = process.convert_view if process is not None else (lambda p, a, b, alpha: p.convert(a, b, alpha))
     pred = Prediction(logits, x)
     if temperature != 1.0:
-        pred = pred.convert(have, temperature_on, at).temper(temperature)
+        pred = convert(pred, have, temperature_on, at).temper(temperature)
         have = temperature_on
-    pred = pred.convert(have, want, at)
+    pred = convert(pred, have, want, at)
     if top_p < 1.0:
         pred = Prediction.from_logp(top_p_filter(pred.log_probs(), top_p), x)
     return pred
@@ -244,15 +246,16 @@ def sample(
     for j in range(n_steps):
         at, as_ = alphas[j], alphas[j + 1]
         sigma = remasking.sigma(ts[j].item(), at, as_) if remasking is not None else 0.0
-        step = Step(t=ts[j].item(), alpha_t=at, alpha_s=as_, free=free, sigma=sigma)
-        view = _view(predict(state, t_model[j]), state.xt, at, have, kernel.consumes, temperature, t_view, top_p)
+        step = Step(t=ts[j].item(), alpha_t=at, alpha_s=as_, free=free, sigma=sigma, process=process)
+        view = _view(predict(state, t_model[j]), state.xt, at, have, kernel.consumes, temperature, t_view, top_p,
+                     process)
         state = kernel.fn(state, view, step, generator)
         if prompt is not None:
             state = process.fix(state, prompt, prompt_mask)
         if j < n_corrected:
             for _ in range(sweeps):
                 logits = predict(state, t_model[j + 1])
-                view = _view(logits, state.xt, as_, have, corrector.consumes, temperature, t_view, top_p)
+                view = _view(logits, state.xt, as_, have, corrector.consumes, temperature, t_view, top_p, process)
                 state = corrector.correct(state, view, step, generator)
     if bar is not None:
         bar.close()

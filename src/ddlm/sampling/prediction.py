@@ -18,6 +18,7 @@ from __future__ import annotations
 import torch
 from torch import Tensor
 
+from .._checks import NonFiniteError
 from ..conversions import self_evidence
 
 #: elements per chunk in the pass over the vocabulary (bounds the temporary memory)
@@ -173,5 +174,8 @@ def _categorical_(s: Tensor, generator) -> Tensor:
     if s.shape[0] == 0:
         return torch.zeros(0, dtype=torch.long, device=s.device)
     cdf = s.sub_(s.max(dim=-1, keepdim=True).values).exp_().cumsum_(-1)
+    if not bool(torch.isfinite(cdf[:, -1]).all()):  # NaN or infinite logits: never a silent draw of the last id
+        raise NonFiniteError("the model's predicted probabilities are NaN or infinite, so no token can be drawn: "
+                             "its weights have diverged (or overflow); use an earlier checkpoint of the run")
     u = torch.rand((s.shape[0], 1), generator=generator, device=s.device, dtype=torch.float64) * cdf[:, -1:]
     return torch.searchsorted(cdf, u, right=True).squeeze(-1).clamp_(max=s.shape[-1] - 1)

@@ -6,9 +6,10 @@ A registered kernel has one signature for every process and sampler::
 
 ``pred`` is the network's prediction in the view the kernel declares it consumes (``consumes``:
 "denoiser" or "loo"; the loop converts, tempers and filters it first), ``step`` carries the times,
-alphas, the positions free to change (not fixed by a prompt) and the remasking probability of the
-step. ``ddlm.sample``, the command line, frontiers and the probe list samplers from this registry,
-so registering a kernel is all it takes to make it available everywhere (docs/extending.md).
+alphas, the positions free to change (not fixed by a prompt), the remasking probability of the
+step and the process being sampled. ``ddlm.sample``, the command line, frontiers and the probe list
+samplers from this registry, so registering a kernel is all it takes to make it available
+everywhere (docs/extending.md).
 """
 
 from __future__ import annotations
@@ -28,6 +29,7 @@ class Step:
     alpha_s: float
     free: Tensor  # (B, L) bool: positions the kernel may change (False where a prompt fixes the token)
     sigma: float = 0.0  # remasking probability of the step (kernels that take a remasking schedule)
+    process: object = None  # the process being sampled (kernels that need its tables, e.g. D3PM's)
 
 
 @dataclass(frozen=True)
