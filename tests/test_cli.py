@@ -203,3 +203,20 @@ def test_sampling_never_reads_the_corpus(tmp_path, capsys, monkeypatch):
     monkeypatch.setattr(corpora, "_read_text", _never)
     assert main(["sample", str(run), "--nfe", "4", "--num-samples", "1", "--no-progress"]) == 0
     assert "--- sample 0 ---" in capsys.readouterr().out
+
+
+def test_train_resume_previous_flag(tmp_path, capsys):
+    """`ddlm train --resume-previous` moves a damaged latest checkpoint aside; without it: one line, exit 2."""
+    args = ["train", "-", *_args(tmp_path, "r", "max_steps=6"), "--no-progress"]
+    _train(tmp_path, "r", "max_steps=6")  # checkpoints at 3 and 6
+    folder = tmp_path / "r" / "checkpoints" / "step_000006"
+    (folder / "ema.safetensors").write_bytes((folder / "ema.safetensors").read_bytes()[:-50])
+    assert main(args) == 2
+    line = _one_line(capsys)
+    assert "step_000006/ema.safetensors" in line and "pass --resume-previous" in line
+    assert main(args + ["--no-resume", "--resume-previous"]) == 2
+    assert "not both" in _one_line(capsys)
+    assert main(args + ["--resume-previous"]) == 0
+    assert "resuming from step_000003 as asked (--resume-previous)" in capsys.readouterr().out
+    assert list((tmp_path / "r" / "checkpoints").glob("step_000006.damaged-*"))
+    assert (tmp_path / "r" / "checkpoints" / "latest").read_text().strip() == "step_000006"  # retrained

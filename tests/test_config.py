@@ -19,9 +19,15 @@ def test_shipped_configs_load():
 
     names = packaged_configs()
     assert {"demo-mdm", "demo-udm", "demo-audm", "demo-ar", "owt-mdm-small", "lm1b-mdm-small", "demo-d3pm",
-            "lm1b-d3pm-small"} <= set(names)
+            "lm1b-d3pm-small", "demo-sedd", "owt-sedd-small"} <= set(names)
     for name in names:
         assert load_config(name).process in ("mdm", "udm", "audm", "ar", "d3pm")
+    for name in ("demo-sedd", "owt-sedd-small"):  # SEDD: the absorbing graph, a score network, score entropy
+        cfg = load_config(name)
+        assert (cfg.process, cfg.model.output, cfg.model.score_scaling, cfg.resolved_objective) == (
+            "mdm", "score", "noise_level", "score_entropy")
+    uniform = load_config("demo-sedd", ["process=udm", "model.score_scaling=none"])
+    assert uniform.model.output == "score" and uniform.resolved_objective == "score_entropy"
 
 
 @pytest.mark.parametrize(
@@ -37,6 +43,13 @@ def test_shipped_configs_load():
         (["data.val_fraction=0.9"], "data.val_fraction"),
         (["lr"], "must look like key=value"),
         (["parallel=zero3"], "config key 'parallel' is 'zero3', expected 'ddp' or 'fsdp'"),
+        (["model.score_scaling=sigma"], r"config key 'model.score_scaling' is 'sigma', expected one of \('none', "
+                                        r"'noise_level'\) for process 'mdm'"),
+        (["process=udm", "model.output=score", "model.score_scaling=noise_level"],
+         r"config key 'model.score_scaling' is 'noise_level', expected one of \('none',\) for process 'udm'"),
+        (["model.score_scaling=noise_level"], "config key 'model.score_scaling' is 'noise_level', expected 'none' "
+                                              "unless model.output is 'score'"),
+        (["process=audm", "objective=score_entropy"], "config key 'objective' is 'score_entropy'"),
     ],
 )
 def test_bad_configs(overrides, match):

@@ -111,7 +111,8 @@ def test_model_wrapper_uses_schedule_and_checks_vocab():
     assert torch.allclose(m(xt, t), exact.loo(law, xt, proc.alpha(t.double())), atol=1e-14)
     with pytest.raises(ValueError, match="vocab_size is 4"):
         exact.model(law, UniformDiffusion(4))
-    with pytest.raises(ValueError, match=r"prediction must be one of \('denoiser', 'loo'\) for MDM, got 'posterior'"):
+    with pytest.raises(ValueError,
+                       match=r"prediction must be one of \('denoiser', 'loo', 'score'\) for MDM, got 'posterior'"):
         exact.model(law, MaskedDiffusion(3), "posterior")
     # at a masked position the MDM LOO is the denoiser: the same oracle under either name
     xm = torch.tensor([[3, 0, 3]])

@@ -151,6 +151,8 @@ def test_compute_converts_between_parameterisations():
     with pytest.raises(ValueError, match="output 'loo' cannot be trained with objective 'audm_elbo'"):
         losses.compute("audm_elbo", logits, output="loo", x0=x0, xt=xt, alpha=alpha, dalpha=dalpha, noise=xt)
     with pytest.raises(ValueError, match="objective must be one of"):
+        losses.compute("no_such_objective", logits, output="loo", x0=x0, xt=xt, alpha=alpha, dalpha=dalpha)
+    with pytest.raises(ValueError, match="process is required for objective 'score_entropy' with output 'loo'"):
         losses.compute("score_entropy", logits, output="loo", x0=x0, xt=xt, alpha=alpha, dalpha=dalpha)
 
 

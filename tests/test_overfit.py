@@ -6,7 +6,7 @@ import torch
 from ddlm.models.diffusion import DiffusionModel
 from ddlm.processes import REGISTRY, State
 
-pytestmark = pytest.mark.slow  # 10 trainings of 400 steps: about 3 s each
+pytestmark = pytest.mark.slow  # 20 trainings of 400 steps: about 3 s each
 
 # every (process, network output, objective) the registry allows
 PAIRS = [(name, output, objective) for name, cls in REGISTRY.items() for output in cls.network_outputs
@@ -16,6 +16,11 @@ PAIRS = [(name, output, objective) for name, cls in REGISTRY.items() for output 
 # masked cross-entropy; the max-coupling integrand read through the LOO -> denoiser conversion)
 # reach about 15% of their start in 400 steps, the others < 10%.
 RATIO = {("mdm", "denoiser", "masked_cross_entropy"): 0.25, ("udm", "loo", "max_coupling_elbo"): 0.25}
+# A score output (SEDD, docs/maths.md §10) is slower to fit in 400 steps: an unscaled MDM score must also
+# learn the mass alpha/(1 - alpha) (objectives read through the normalisation land at 0.10-0.15 of their start
+# depending on the run's rounding), and a free UDM score must produce log-ratios up to log(1 + K alpha/(1 - alpha))
+# that vary steeply with t, which the LOO output gets from the conversion (0.2-0.45 of the start).
+SCORE_RATIO = {"mdm": 0.2, "udm": 0.5}
 
 
 @pytest.mark.parametrize("process,output,objective", PAIRS, ids=[f"{p}-{o}-{j}" for p, o, j in PAIRS])
@@ -43,4 +48,5 @@ def test_one_block_overfit(process, output, objective):
         sched.step()
         history.append(loss.item())
     start, end = sum(history[:10]) / 10, sum(history[-20:]) / 20
-    assert end < RATIO.get((process, output, objective), 0.1) * start, (start, end)  # the block is memorised
+    ratio = SCORE_RATIO[process] if output == "score" else RATIO.get((process, output, objective), 0.1)
+    assert end < ratio * start, (start, end)  # the block is memorised

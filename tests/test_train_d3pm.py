@@ -43,7 +43,7 @@ def test_train_load_sample_eval(tmp_path, kind, objective):
 
 def test_resume_refuses_another_d3pm_section(tmp_path):
     train(_cfg(tmp_path, "run"), progress=False, log=lambda *_: None, stop_at=2)
-    with pytest.raises(ValueError, match="config key 'd3pm'"):
+    with pytest.raises(ValueError, match="config key 'd3pm.kind' is 'absorbing' now but 'uniform'"):
         train(_cfg(tmp_path, "run", "d3pm.kind=absorbing"), progress=False, log=lambda *_: None)
 
 
@@ -72,5 +72,5 @@ def test_runs_saved_before_the_d3pm_section_still_resume(tmp_path):
     del old["d3pm"]  # a config.json written before the section existed
     check_resumable(cfg, old, tmp_path)
     old["d3pm"] = {**old.get("d3pm", {}), "kind": "absorbing"}
-    with pytest.raises(ValueError, match="config key 'd3pm'"):
+    with pytest.raises(ValueError, match="config key 'd3pm.kind' is 'uniform' now but 'absorbing'"):
         check_resumable(cfg, old, tmp_path)

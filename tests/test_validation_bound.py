@@ -41,3 +41,23 @@ def test_validation_bound_is_the_mean_of_its_batches_and_exact_for_ar():
     exact, _ = validation_bound(ar, blocks, 6, 1, seed=0, t_min=0.0)
     with torch.no_grad():
         assert math.isclose(exact, float(ar.block_losses(blocks).mean()), rel_tol=1e-6)
+
+
+def test_the_bound_of_a_score_network_is_its_score_entropy():
+    """A score network is scored by SEDD's bound (score entropy), not by the process's ELBO of its
+    converted prediction: for masked diffusion the two differ by lambda phi(log S - log(alpha/(1-alpha)))."""
+    from ddlm.bound import stratified_times
+
+    torch.manual_seed(0)
+    blocks = torch.randint(0, 6, (6, 8))
+    model = DiffusionModel.build("mdm", 6, 8, output="score", hidden=16, blocks=1, heads=2).eval()
+    assert model.process.bound_objective("score") == "score_entropy"
+    assert model.process.bound_objective("denoiser") == "mdm_elbo"
+    mean, _ = validation_bound(model, blocks, 6, 1, seed=1, t_min=1e-3)
+    g = torch.Generator().manual_seed(1)
+    t = stratified_times(float(torch.rand((), generator=g, dtype=torch.float64)), torch.arange(6), 6, 1e-3)
+    xt, noise = corrupt(model.process, blocks, t, g)
+    with torch.no_grad():
+        se = token_losses(model, "score_entropy", blocks, xt, noise, t).mean().item()
+        elbo = token_losses(model, "mdm_elbo", blocks, xt, noise, t).mean().item()
+    assert math.isclose(mean, se, rel_tol=1e-9) and elbo < se - 1e-3

@@ -3,8 +3,10 @@ training validates with and that evaluation reports (``ddlm eval``), computed in
 
 For a diffusion model, a batch of clean blocks x0 gets antithetic times stratified over the batch,
 t = t_min + (1 - t_min) ((U + j/B) mod 1) (:func:`stratified_times`), is corrupted by the model's
-process (:func:`corrupt`) and scored by the process's ELBO (``process.elbo``, :func:`token_losses`); the
-training loop uses the same functions with the run's objective. For the autoregressive baseline the
+process (:func:`corrupt`) and scored by the process's bound for the model's prediction
+(``process.bound_objective(model.prediction)``: the process's ELBO, or the score entropy of a score
+network, docs/maths.md §10; :func:`token_losses`); the training loop uses the same functions with the
+run's objective. For the autoregressive baseline the
 bound is its exact NLL (:func:`ar_token_losses`). Layering: this module sits below both
 ``ddlm.train`` and ``ddlm.evaluate`` and imports neither.
 """
@@ -78,7 +80,8 @@ def validation_bound(model, blocks: Tensor, batch_size: int, num_batches: int, s
                              len(x0), t_min)
         xt, noise = corrupt(model.process, x0, t, g)
         on = [None if v is None else v.to(device) for v in (x0, xt, noise, t)]
-        per_batch.append(token_losses(model, model.process.elbo, *on).mean().item())
+        objective = model.process.bound_objective(model.prediction)
+        per_batch.append(token_losses(model, objective, *on).mean().item())
     mean = sum(per_batch) / len(per_batch)
     var = sum((v - mean) ** 2 for v in per_batch) / max(1, len(per_batch) - 1)
     return mean, math.sqrt(var / len(per_batch))

@@ -52,7 +52,11 @@ def is_autoregressive(run) -> bool:
 class ModelConfig:
     preset: str = "tiny"
     backbone: str = "dit"  # a name in ddlm.models.backbones.BACKBONES ("dit", "conv"); diffusion runs only
-    output: str | None = None  # "denoiser" | "loo" (UDM) | "posterior" (AUDM); default per process
+    # "denoiser" | "loo" | "score" (UDM), "denoiser" | "score" (MDM), "posterior" (AUDM); default per process
+    output: str | None = None
+    # output "score": "none" (the DiT's output is the log-score) or "noise_level" (MDM: SEDD's absorbing-graph
+    # scaling, log s = output - log(e^sigma - 1) - log K; docs/maths.md §10.3)
+    score_scaling: str = "none"
     time_conditioning: bool = True
     hidden: int | None = None
     blocks: int | None = None
@@ -144,6 +148,11 @@ class TrainConfig:
         backbones = ("dit",) if is_autoregressive(self.process) else tuple(sorted(BACKBONES))
         need(self.model.backbone in backbones, "model.backbone", self.model.backbone,
              f"one of {backbones} for process {self.process!r}")
+        scalings = _process_table("score_scalings")[self.process] or ("none",)
+        need(self.model.score_scaling in scalings, "model.score_scaling", self.model.score_scaling,
+             f"one of {scalings} for process {self.process!r}")
+        need(self.model.score_scaling == "none" or self.model.output == "score", "model.score_scaling",
+             self.model.score_scaling, f"'none' unless model.output is 'score' (it is {self.model.output!r})")
         need(self.schedule in ("linear", "cosine"), "schedule", self.schedule, "'linear' or 'cosine'")
         if self.process == "d3pm":
             self._validate_d3pm(need)

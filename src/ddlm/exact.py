@@ -3,7 +3,8 @@
 For a law p_0 over {0..K-1}^L this module gives, by brute-force enumeration in float64:
 
 - the time-t marginal p_t (UDM, MDM) and the per-position likelihoods q_t(x_t^i | x_0^i);
-- the UDM denoiser d_i(y | x_t), LOO posterior r_i(y | x_t^{-i}) and concrete score s_i(y | x_t);
+- the UDM denoiser d_i(y | x_t), LOO posterior r_i(y | x_t^{-i}) and concrete score s_i(y | x_t)
+  (also the masked one: from the mask state to each clean token);
 - the MDM denoiser and the AUDM posterior p(x_0^i | x_t, u);
 - the exact NLL bound of any per-token objective, integrated over t by tanh-sinh quadrature;
 
@@ -208,17 +209,21 @@ def log_marginal(law: ToyLaw, xt: Tensor, alpha, process=None) -> Tensor:
     return torch.logsumexp(law.p0.log()[None, :] + ll.sum(-1), dim=-1).reshape(xt.shape[:-1])
 
 
-def score(law: ToyLaw, xt: Tensor, alpha) -> Tensor:
-    """UDM concrete score as log-ratios log p_t(x^{i<-y}) - log p_t(x), shape (..., L, K)."""
+def score(law: ToyLaw, xt: Tensor, alpha, process=None) -> Tensor:
+    """Concrete score as log-ratios log p_t(x^{i<-y}) - log p_t(x) for the K data tokens y, shape
+    (..., L, K), under ``process`` (a process or name; default uniform diffusion). For masked
+    diffusion x_t may hold the mask id K: at a masked position these are the ratios from the mask state
+    to each clean token (SEDD's absorbing graph, docs/maths.md §10)."""
+    proc = _process(UniformDiffusion if process is None else process, law.vocab_size)
     k, length = law.vocab_size, law.length
-    x = _flat(xt, law, "xt", k)
+    x = _flat(xt, law, "xt", proc.input_vocab_size)
     a = _alpha_per_row(alpha, xt).reshape(-1)
     b = x.shape[0]
     nb = x[:, None, None, :].repeat(1, length, k, 1)  # (B, L, K, L): position i set to y
     pos = torch.arange(length)
     nb[:, pos, :, pos] = torch.arange(k).expand(b, length, k).permute(1, 0, 2)
-    lp_nb = log_marginal(law, nb, a[:, None, None].expand(b, length, k))
-    lp_x = log_marginal(law, x, a)
+    lp_nb = log_marginal(law, nb, a[:, None, None].expand(b, length, k), proc)
+    lp_x = log_marginal(law, x, a, proc)
     return (lp_nb - lp_x[:, None, None]).reshape(*xt.shape, k)
 
 
@@ -246,8 +251,8 @@ def audm_posterior(law: ToyLaw, xt: Tensor, noise: Tensor, alpha) -> Tensor:
 def predictor(law: ToyLaw, process, prediction: str) -> Callable:
     """The exact prediction as a function ``f(xt, alpha, noise=None) -> logp (..., L, K)``.
 
-    ``process`` is a process or a name; ``prediction`` one of ``process.predictions`` (UDM also
-    "score": the concrete score as log-ratios).
+    ``process`` is a process or a name; ``prediction`` one of ``process.predictions`` ("score": the
+    concrete score as log-ratios, for the processes that have one).
     """
     return _process(process, law.vocab_size).exact_predictor(law, prediction)
 

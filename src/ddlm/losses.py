@@ -20,13 +20,15 @@ objective              feed it          tight with the exact prediction?
 ``d3pm_elbo``          LOO posterior    a valid discrete-time bound, tight as T grows
 ``d3pm_hybrid``        (LOO view)       not a bound (L_vb + lambda CE)
 ``d3pm_cross_entropy`` denoiser         not a bound
+``score_entropy``      concrete score   yes (UDM and MDM; SEDD's DWDSE, docs/maths.md §10)
 =====================  ===============  ==================================
 
 The D3PM objectives (``ddlm.losses_d3pm``, docs/maths.md §9) are per integer step t in 1..T and take
 ``(logp, x0, xt, t, process)``; ``d3pm_vb`` is D3PM's per-step term.
 
-``compute`` trains any network output ("denoiser" or "loo") with any applicable objective by
-converting through ``ddlm.conversions``.
+``compute`` trains any network output ("denoiser", "loo" or "score") with any applicable objective
+by converting through ``ddlm.conversions`` (and, where the score is involved, the process's
+``convert_view``).
 """
 
 from __future__ import annotations
@@ -37,6 +39,7 @@ from torch import Tensor
 from ._checks import as_alpha, as_rate, check_logp, check_same_shape, check_tokens
 from .conversions import _denoiser_to_loo, _loo_to_denoiser, self_evidence
 from .losses_d3pm import d3pm_cross_entropy, d3pm_elbo, d3pm_hybrid, d3pm_vb  # noqa: F401  (ddlm.losses.d3pm_vb)
+from .score_entropy import score_entropy
 
 
 def _tiny(x: Tensor) -> float:
@@ -290,6 +293,7 @@ OBJECTIVES = {
     "d3pm_elbo": (d3pm_elbo, "loo"),
     "d3pm_hybrid": (d3pm_hybrid, "loo"),
     "d3pm_cross_entropy": (d3pm_cross_entropy, "denoiser"),
+    "score_entropy": (score_entropy, "score"),
 }
 _UDM_OUTPUTS = ("denoiser", "loo")
 
@@ -304,18 +308,22 @@ def compute(
     alpha,
     dalpha,
     noise: Tensor | None = None,
+    process=None,
 ) -> Tensor:
     """Per-token loss of any (network output, objective) pair, converting the output as needed.
 
     Args:
         objective: one of ``OBJECTIVES``.
         logits: network output (..., L, K).
-        output: what the network predicts: "denoiser" or "loo" (UDM), "denoiser" (MDM),
-            "posterior" (AUDM).
+        output: what the network predicts: "denoiser", "loo" or "score" (UDM), "denoiser" or "score"
+            (MDM), "posterior" (AUDM).
         x0, xt, alpha, dalpha, noise: as for the individual losses.
+        process: the forward process; required for the objective "score_entropy" and for the output
+            "score" (the score's graph and conversions are the process's).
 
     For example a LOO network trained with cross-entropy is converted to the denoiser first; a
-    denoiser network trained with the plug-in ELBO is converted to the LOO.
+    denoiser network trained with the plug-in ELBO is converted to the LOO; a score network trained
+    with an ELBO of the denoiser or LOO is converted by ``process.convert_view``.
     """
     if objective not in OBJECTIVES:
         raise ValueError(f"objective must be one of {sorted(OBJECTIVES)}, got {objective!r}")
@@ -323,6 +331,8 @@ def compute(
     if objective.startswith("d3pm_"):
         raise ValueError(f"objective {objective!r} is per integer step (D3PM): call process.loss(..., t=t) or "
                          "the function with (logp, x0, xt, t, process)")
+    if wants == "score" or output == "score":
+        return _compute_with_score(objective, logits, output, x0, xt, alpha, dalpha, process)
     if objective == "audm_elbo" or output == "posterior":
         if not (objective == "audm_elbo" and output == "posterior"):
             raise ValueError(
@@ -356,3 +366,20 @@ def compute(
     if objective == "cross_entropy":
         return fn(logp, x0)
     return fn(logp, x0, xt, alpha, dalpha)
+
+
+def _compute_with_score(objective, logits, output, x0, xt, alpha, dalpha, process) -> Tensor:
+    """``compute`` when the objective consumes the score or the network outputs it: convert with the
+    process's exact view conversion, then apply the objective."""
+    fn, wants = OBJECTIVES[objective]
+    if process is None:
+        raise ValueError(f"process is required for objective {objective!r} with output {output!r} (the score's "
+                         "graph and conversions belong to the process), got None")
+    have, want = process.view(output), process.view(wants) if wants in process.views else wants
+    if have != want:
+        logits = process.convert_view(logits, xt, alpha, have, want)
+    if objective == "score_entropy":
+        return fn(logits, x0, xt, alpha, dalpha, process)
+    if objective == "cross_entropy":
+        return fn(logits, x0)
+    return fn(logits, x0, xt, alpha, dalpha)

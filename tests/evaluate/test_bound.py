@@ -16,7 +16,7 @@ from ddlm.processes import AbsorbingUniformDiffusion, MaskedDiffusion, UniformDi
 
 SCHEDULE = ddlm.LinearSchedule(eps=0.0)  # alpha_1 = 0: the ELBO has no prior term
 CASES = [(MaskedDiffusion, "denoiser"), (UniformDiffusion, "loo"), (UniformDiffusion, "denoiser"),
-         (AbsorbingUniformDiffusion, "posterior")]
+         (AbsorbingUniformDiffusion, "posterior"), (MaskedDiffusion, "score"), (UniformDiffusion, "score")]
 
 
 @pytest.fixture(scope="module")
@@ -214,7 +214,7 @@ def test_eval_of_uniform_audm_and_score_checkpoints(tmp_path):
     parser = cli(bound)
     for path, tok, objective, scored in ((UDM_LOO, GPT2_LIKE, "udm_elbo", "loo"),
                                          (AUDM, GPT2_LIKE, "audm_elbo", "posterior"),
-                                         (SEDD_UNIFORM, GPT2_LIKE_37, "udm_elbo", "loo")):
+                                         (SEDD_UNIFORM, GPT2_LIKE_37, "score_entropy", "score")):
         out = tmp_path / f"{path.parent.name}.json"
         assert run_cli(parser, ["eval", path, "--data", CORPUS, "--tokenizer", tok, "--batches", "2", "--out", out,
                                 "--no-progress"]) == 0

@@ -104,7 +104,7 @@ def test_probe_of_released_uniform_checkpoints(tmp_path):
     rec = json.loads((out / "probe.json").read_text())
     loo, sedd = rec["runs"]
     assert loo["weights"] == sedd["weights"] == "raw" and loo["run_info"]["imported"]["weights"] == "raw"
-    assert loo["settings"]["output"] == "loo" and sedd["settings"]["output"] == "loo"  # SEDD through its LOO view
+    assert loo["settings"]["output"] == "loo" and sedd["settings"]["output"] == "score"  # the probe converts
     assert loo["settings"]["length"] == 16 and loo["mean_tv"] > 0 and sedd["mean_tv"] > 0
     # a masked-diffusion checkpoint is refused before its weights are read
     args = _parser().parse_args(["probe", str(MDLM), "--out", str(tmp_path / "x"), "--no-progress"])

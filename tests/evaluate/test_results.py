@@ -8,7 +8,7 @@ import torch
 from _pretrained import GPT2_LIKE, GPT2_LIKE_37, MDLM, SEDD_ABSORB_HF, SEDD_UNIFORM, UDM_LOO
 
 from ddlm.evaluate.results import LoadedRun, load_run, run_info
-from ddlm.pretrained import ScoreView
+from ddlm.pretrained import ImportedModel
 
 pytestmark = pytest.mark.filterwarnings("ignore::ddlm.pretrained.SkippedObjectsWarning")
 
@@ -39,7 +39,7 @@ def test_a_checkpoint_without_a_tokenizer_needs_one():
     run = load_run(UDM_LOO, tokenizer=GPT2_LIKE)
     assert run.tokenizer.encode("t4") == [4]
     sedd = load_run(SEDD_UNIFORM, tokenizer=GPT2_LIKE_37)
-    assert isinstance(sedd.model, ScoreView) and sedd.model.prediction == "loo" and sedd.info["model_output"] == "score"
+    assert isinstance(sedd.model, ImportedModel) and sedd.model.prediction == sedd.info["model_output"] == "score"
 
 
 def test_ddlm_runs_still_load_and_refuse_a_tokenizer():

@@ -9,7 +9,6 @@ import torch
 from _fixtures import CASES, POST_KEY, RAW_KEY, io, load, manifest
 
 from ddlm import conversions
-from ddlm.pretrained import for_process
 from ddlm.pretrained.families import NEG_INFINITY, postprocess
 
 TOL = 1e-5
@@ -67,35 +66,35 @@ def _renormalised(logp, k):
 @torch.no_grad()
 @pytest.mark.parametrize("family,file,weights", CASES, ids=[f"{f}-{p.split('/')[0]}-{w}" for f, p, w in CASES])
 def test_ddlm_view_agrees_with_the_reference_after_conversions(family, file, weights):
-    """ddlm's model (through ``for_process`` for SEDD) gives the clean-token log-probabilities of the
-    reference, normalised over the process's K tokens, at the positions its process reads."""
+    """ddlm's model gives the clean-token log-probabilities of the reference, normalised over the
+    process's K tokens, at the positions its process reads (a SEDD score through the process's own
+    ``convert_view``, as ddlm's samplers read it)."""
     d = io(family)
     model, process, _ = load(family, file, weights)
-    view = for_process(model, process)
     x, t, noise = d["x"], d["t"], d.get("noise")
     k = process.vocab_size
-    ours = view(x, t, noise).double()
-    if view.prediction != "loo" or not family.startswith("sedd"):
-        ours = torch.log_softmax(ours, dim=-1)  # ddlm's models return logits; their consumers normalise
     ref = d[f"{POST_KEY[family]}.{weights}_weights"].double()
     alpha = process.alpha(t.double()).unsqueeze(-1)
-    if family.startswith("sedd") and view.prediction == "loo":  # uniform SEDD: the score's LOO, then denoiser
+    out = model(x, t, noise).double()
+    if model.prediction == "score":
+        torch.testing.assert_close(out, ref[..., :k], atol=TOL, rtol=0)  # SEDD's own log-score, as is
+    if family == "sedd_uniform":
         # r(y) = (K s(y)/sum s - (1 - alpha)) / (K alpha) cancels digits where r(y) is small, so the
         # log-probabilities of rare tokens amplify the 1e-6 float32 differences of the scores: compare
-        # probabilities (well conditioned), and the view against the same conversion of our own scores
+        # probabilities (well conditioned)
+        ours = process.convert_view(out, x, alpha, "score", "loo")
         expected = conversions.score_to_loo(ref[..., :k], x, alpha)
         torch.testing.assert_close(ours.exp(), expected.exp(), atol=TOL, rtol=0)
         torch.testing.assert_close(conversions.loo_to_denoiser(ours, x, alpha).exp(),
                                    conversions.loo_to_denoiser(expected, x, alpha).exp(), atol=TOL, rtol=0)
-        own = conversions.score_to_loo(model(x, t).double(), x, alpha)
-        torch.testing.assert_close(ours, own.float().double(), atol=1e-6, rtol=0)
         return
+    if model.prediction == "score":
+        out = process.convert_view(out, x, alpha, "score", "denoiser")
+    ours = torch.log_softmax(out, dim=-1)  # ddlm's models return logits; their consumers normalise
     if process.label == "MDM":  # masked positions: the denoiser over the K data tokens
         masked = x == k
         assert masked.any()
         torch.testing.assert_close(ours[masked], _renormalised(ref, k)[masked], atol=TOL, rtol=0)
-        if view is not model:  # SEDD's denoiser view carries unmasked tokens over (ddlm's own networks do not)
-            assert torch.equal(ours[~masked].argmax(-1), x[~masked])
         return
     if process.label == "AUDM":  # active positions (x_t == u): the posterior over the K tokens
         active = x == noise

@@ -1,6 +1,6 @@
 """Imported models as ddlm models: every applicable sampler runs on them and is seeded (prompts,
-infilling, the informed predictor-corrector and temperature on the LOO for the uniform models), SEDD's
-score is seen through its LOO/denoiser view, and bfloat16 autocast runs."""
+infilling, the informed predictor-corrector and temperature on the LOO for the uniform models, SEDD's
+score models included), and bfloat16 autocast runs."""
 
 import pytest
 import torch
@@ -8,7 +8,6 @@ from _fixtures import FILES, io, load
 
 import ddlm
 from ddlm import conversions
-from ddlm.pretrained import ScoreView, for_process
 from ddlm.sampling.registry import samplers
 
 FAMILIES = list(FILES)
@@ -26,7 +25,7 @@ def _draw(view, process, seed, **kw):
 @pytest.mark.parametrize("family", FAMILIES)
 def test_every_sampler_runs_and_is_seeded(family):
     model, process, _ = load(family, _first(family))
-    view = for_process(model, process)
+    view = model  # an imported model is a ddlm model: nothing to wrap
     prompt = torch.tensor([5, 6, 7] + [0] * 4 + [9] + [0] * 2).expand(3, -1)
     mask = torch.tensor([True, True, True] + [False] * 4 + [True] + [False] * 2).expand(3, -1)  # prefix + 1 token
     names = samplers(process)
@@ -41,36 +40,31 @@ def test_every_sampler_runs_and_is_seeded(family):
         assert torch.equal(c[mask], prompt[mask]), name
     if process.label == "UDM":  # the paper's second claim: informed PC and temperature on the LOO
         kw = dict(corrector=ddlm.GibbsCorrector(sweeps=1, k=2, selection="lowest_log_margin"), temperature=0.8,
-                  temperature_on="loo")
+                  temperature_on="loo")  # the LOO: SEDD's uniform score converted by the process
         a = _draw(view, process, 0, **kw)
         assert torch.equal(a, _draw(view, process, 0, **kw))
         assert not torch.equal(a, _draw(view, process, 0))  # the options change the draw
 
 
-def test_score_views():
+@torch.no_grad()
+def test_score_models_are_read_through_the_process():
+    """SEDD's log-score is a "score" output ddlm's processes convert themselves: the uniform graph's LOO
+    is ``conversions.score_to_loo`` of it, the absorbing graph's denoiser its normalised scores."""
     for family, target in (("sedd_uniform", "loo"), ("sedd_absorb", "denoiser")):
         model, process, _ = load(family, "hf")
-        view = for_process(model, process)
-        assert isinstance(view, ScoreView) and model.prediction == "score" and view.prediction == target
-        assert view.process is process and view.net is model.net and view.conventions is model.conventions
+        assert model.prediction == "score" and process.view("score") == "score"
+        assert process.bound_objective(model.prediction) == "score_entropy"
         d = io(family)
         x, t = d["x"], d["t"]
-        with torch.no_grad():
-            got, score = view(x, t).double(), model(x, t).double()
-        assert score.shape == (3, 16, process.vocab_size)  # the raw view: the log-score over K tokens
+        score = model(x, t).double()
+        assert score.shape == (3, 16, process.vocab_size)  # the log-score over the K tokens
+        alpha = process.alpha(t.double()).unsqueeze(-1)
+        got = process.convert_view(score, x, alpha, "score", target)
         if target == "loo":
-            want = conversions.score_to_loo(score, x, process.alpha(t.double()).unsqueeze(-1))
-            torch.testing.assert_close(got, want.float().double(), atol=1e-6, rtol=0)
+            torch.testing.assert_close(got, conversions.score_to_loo(score, x, alpha), atol=1e-9, rtol=0)
         else:
             masked = x == process.vocab_size
-            torch.testing.assert_close(got[masked], torch.log_softmax(score[masked], -1).float().double(),
-                                       atol=1e-6, rtol=0)
-            assert torch.equal(got[~masked].argmax(-1), x[~masked])
-    with pytest.raises(ValueError, match="target must be 'loo' or 'denoiser'"):
-        ScoreView(model, "score")
-    # a model whose process knows its prediction is used as it is
-    mdlm, mdm, _ = load("mdlm", "hf")
-    assert for_process(mdlm, mdm) is mdlm
+            torch.testing.assert_close(got[masked], torch.log_softmax(score[masked], -1), atol=1e-9, rtol=0)
 
 
 def test_time_as_a_float_and_as_a_vector_agree():

@@ -124,12 +124,15 @@ def test_protocol_tables_are_consistent():
     for name, cls in REGISTRY.items():
         p = get_process(name, 4)
         assert p.default_prediction == cls.predictions[0] and set(cls.views) == set(cls.predictions)
-        assert set(cls.views.values()) <= {"denoiser", "loo"}
+        assert set(cls.views.values()) <= {"denoiser", "loo", "score"}
+        assert ("score" in cls.views.values()) == (cls.score_graph is not None)
         assert cls.default_output in cls.network_outputs and set(cls.network_outputs) <= set(cls.predictions)
         assert cls.temperature_views and all(v in cls.views for v in cls.temperature_views)
         assert "ancestral" in cls.kernels and p.elbo == cls.objectives[0]
-        with pytest.raises(ValueError, match=f"prediction must be one of .* for {p.label}, got 'score'"):
-            p.view("score")
+        with pytest.raises(ValueError, match=f"prediction must be one of .* for {p.label}, got 'x1'"):
+            p.view("x1")
+    with pytest.raises(ValueError, match="prediction must be one of .* for AUDM, got 'score'"):
+        AbsorbingUniformDiffusion(4).view("score")
     # what a network declares by default: the LOO for UDM
     assert UniformDiffusion(4).default_prediction == "loo"
     assert MaskedDiffusion(4).default_prediction == "denoiser"

@@ -67,7 +67,7 @@ def test_every_kernel_keeps_the_state_kind_and_every_objective_trains(name):
     p = _proc(name, 1e-3)
     model = exact.model(LAW, p)
     for sampler, kernel in p.kernels.items():
-        assert kernel.consumes in ("denoiser", "loo")
+        assert kernel.consumes in ("denoiser", "loo", "score")
         x = ddlm.sample(model, p, 8, 2, 4, sampler=sampler, generator=torch.Generator().manual_seed(0))
         assert x.shape == (8, 2) and int(x.max()) < 3 and int(x.min()) >= 0
     net = DiffusionModel.build(name, 3, 4, hidden=16, blocks=1, heads=2)

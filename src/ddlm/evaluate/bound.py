@@ -1,7 +1,8 @@
 """The NLL bound of a run on held-out text (MATH.md section 6): ``ddlm eval``.
 
 The estimator is the training loop's own ``ddlm.bound.validation_bound``: for a diffusion model,
-the Monte-Carlo ELBO of the process (``mdm_elbo``, ``udm_elbo`` or ``audm_elbo``) with times
+the Monte-Carlo ELBO of the process (``mdm_elbo``, ``udm_elbo`` or ``audm_elbo``; for a network that
+outputs the concrete score, SEDD's score entropy ``score_entropy``, docs/maths.md §10) with times
 antithetic and stratified over each batch, t = t_min + (1 - t_min) ((U + j/B) mod 1), token-weighted;
 for the autoregressive baseline, its exact NLL per predicted token. Here it is called one batch at a
 time, batch ``b`` with the seed ``batch_seed(seed, b)``, so that a progress bar can follow and every
@@ -42,7 +43,7 @@ class CallableModel(nn.Module):
     Args:
         fn: the callable.
         process: its process.
-        output: what it predicts ("denoiser", "loo", "posterior").
+        output: what it predicts ("denoiser", "loo", "score", "posterior").
         device: where its inputs go.
     """
 

@@ -299,8 +299,8 @@ def trajectory(model, process, num_samples: int, length: int, nfe: int, *, predi
 
     _check_udm(process)
     prediction = _output_of(model, prediction)
-    if prediction not in ("loo", "denoiser"):
-        raise ValueError(f"prediction must be 'loo' or 'denoiser' for ddlm.sample, got {prediction!r}")
+    if prediction not in process.predictions:
+        raise ValueError(f"prediction must be one of {process.predictions} for ddlm.sample, got {prediction!r}")
     _check_eval_mode(model)
     rec = _Recorder(model)
     sample(rec, process, num_samples, length, nfe, prediction=prediction, sampler=sampler, corrector=corrector,

@@ -82,8 +82,8 @@ def plot_probe(results: list[dict] | dict[str, list[dict]], path: str | Path) ->
 
 def _load_udm_run(path: str, device: str = "cpu", weights: str = "ema"):
     """(model, process, run_info) of a run folder, checkpoint folder or released checkpoint; ValueError
-    unless it is UDM. A score model (SEDD) is probed through its LOO view (``ddlm.pretrained.for_process``)."""
-    from ..pretrained import for_process, is_pretrained
+    unless it is UDM."""
+    from ..pretrained import is_pretrained
     from ..runs import load, model_from_checkpoint, open_checkpoint
     from .results import _info, resolve_device, run_info
 
@@ -99,7 +99,7 @@ def _load_udm_run(path: str, device: str = "cpu", weights: str = "ema"):
         info = _info(path, ckpt.path, ckpt.config, ckpt.step)
         model, process, _ = model_from_checkpoint(ckpt, ema=weights == "ema")
     _check_udm(process, f"the process of run {path!r}")
-    return for_process(model, process).to(resolve_device(device)).eval(), process, info
+    return model.to(resolve_device(device)).eval(), process, info
 
 
 def _default_out(runs: list[str]) -> Path:

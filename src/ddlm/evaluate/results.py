@@ -43,8 +43,8 @@ class LoadedRun:
     """A run (or checkpoint folder, or imported released checkpoint) loaded for evaluation.
 
     Attributes:
-        model: the model in eval mode on ``device`` (a ``DiffusionModel``, an ``ARTransformer``, or an
-            imported model, seen through ``ddlm.pretrained.for_process``).
+        model: the model in eval mode on ``device`` (a ``DiffusionModel``, an ``ARTransformer``, or a
+            ``ddlm.pretrained.ImportedModel``).
         process: the model's process, or None for an autoregressive run.
         tokenizer: the run's tokenizer.
         config: the run's resolved ``TrainConfig``; None for an imported checkpoint.
@@ -167,7 +167,7 @@ def load_run(path: str | os.PathLike, device: str | torch.device | None = "cpu",
     """Load a run's model (EMA weights unless ``weights="raw"``), process, tokenizer and config for
     evaluation (nothing is unpickled; only the checkpoint's config, tokenizer and weights are read,
     never the corpus), or a released checkpoint (``ddlm.pretrained``; ``tokenizer`` replaces or
-    supplies its tokenizer; a score model is seen through ``ddlm.pretrained.for_process``).
+    supplies its tokenizer).
 
     Raises:
         FileNotFoundError: missing run folder or no checkpoint in it (the path is named).
@@ -177,7 +177,7 @@ def load_run(path: str | os.PathLike, device: str | torch.device | None = "cpu",
             given for a ddlm run.
     """
     from ..config import saved_config
-    from ..pretrained import for_process, is_pretrained
+    from ..pretrained import is_pretrained
     from ..runs import load, model_from_checkpoint, open_checkpoint, weights_choice
 
     weights = weights_choice(weights)
@@ -188,8 +188,7 @@ def load_run(path: str | os.PathLike, device: str | torch.device | None = "cpu",
                              f"(its family uses {model.conventions['tokenizer']['family_tokenizer']!r}); "
                              "pass --tokenizer gpt2 or --tokenizer FILE.json")
         info = dict(imported_info(path, model.conventions), weights=weights)
-        model = for_process(model, process).to(resolve_device(device)).eval()
-        return LoadedRun(model, process, tok, None, info)
+        return LoadedRun(model.to(resolve_device(device)).eval(), process, tok, None, info)
     if tokenizer is not None:
         raise ValueError(f"tokenizer= and --tokenizer apply to imported checkpoints; {str(path)!r} is a ddlm run, "
                          "which carries its own tokenizer")

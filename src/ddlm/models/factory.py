@@ -22,4 +22,5 @@ def build_model(cfg: TrainConfig, vocab_size: int, start_id: int | None = None):
     return DiffusionModel.build(cfg.process, vocab_size, cfg.data.block_size, preset=cfg.model.preset,
                                 output=cfg.model.output, schedule=cfg.schedule, eps=cfg.eps,
                                 time_conditioning=cfg.model.time_conditioning, dropout=cfg.model.dropout,
-                                backbone=cfg.model.backbone, process_options=cfg.process_options(), **overrides)
+                                backbone=cfg.model.backbone, process_options=cfg.process_options(),
+                                score_scaling=cfg.model.score_scaling, **overrides)

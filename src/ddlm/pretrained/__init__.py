@@ -18,13 +18,13 @@ from pathlib import Path
 import torch
 
 from .formats import PretrainedFormatError, detect_format, read_source
-from .model import ImportedModel, ScoreView, for_process
+from .model import ImportedModel
 from .resolve import Spec, resolve
 from .safe_unpickle import CheckpointFormatError, UnsafeCheckpointError
 
 __all__ = [
-    "CheckpointFormatError", "ImportedModel", "PretrainedFormatError", "ScoreView", "SkippedObjectsWarning",
-    "UnsafeCheckpointError", "bound_convention", "for_process", "is_pretrained", "load_pretrained",
+    "CheckpointFormatError", "ImportedModel", "PretrainedFormatError", "SkippedObjectsWarning",
+    "UnsafeCheckpointError", "bound_convention", "is_pretrained", "load_pretrained",
 ]
 
 WEIGHTS = ("ema", "raw")
@@ -201,20 +201,19 @@ def _conventions(src, spec: Spec, which: str, tok_note: str) -> dict:
 
 def bound_convention(model, process, t_min: float) -> dict:
     """How ``ddlm eval``'s bound of an imported model relates to its family's own (the record's
-    ``bound_convention``): the process ELBO ddlm computes, its K, schedule and times, and any
-    difference from what the family's code reports."""
+    ``bound_convention``): the objective ddlm computes (``process.bound_objective``), its K, schedule and
+    times, and any difference from what the family's code reports."""
     conv = model.conventions
+    objective = process.bound_objective(model.prediction)
     note = "the family's own validation NLL bound (val/nll): the same ELBO of the same process"
     if conv["prediction"] == "score":
-        note = ("SEDD reports the diffusion-weighted denoising score entropy of its raw scores; this is the process "
-                f"ELBO of the scores converted to the {model.prediction} (ddlm.pretrained.ScoreView), which normalises "
-                "away each position's free score scale (the two numbers can differ); the score-entropy bound itself "
-                "needs 'score' as a prediction of ddlm's processes")
+        note = ("SEDD's own bound: the diffusion-weighted denoising score entropy of its log-scores (ddlm's "
+                f"{objective}, docs/maths.md §10), as SEDD evaluates it")
     elif conv["rows"] > conv["process_vocab_size"] and conv["process"] != "mdm":
         note += (f"; the network's extra row {conv['rows'] - 1} is dropped and the prediction renormalised over the "
                  f"K = {conv['process_vocab_size']} tokens (the family's code keeps it; equal when the row has "
                  "no mass)")
-    return {"family": conv["family"], "objective": process.elbo, "process": process.label,
+    return {"family": conv["family"], "objective": objective, "process": process.label,
             "process_vocab_size": process.vocab_size, "schedule": repr(process.schedule), "t_range": [t_min, 1.0],
             "prediction_scored": model.prediction,
             "units": "nats per token over every position of each block (BOS and EOS included)", "note": note}

@@ -12,10 +12,10 @@ Three outputs, from the closest to the file to the one ddlm's samplers read:
   data tokens and renormalised, wherever the process reads it) or, for SEDD, the log-score restricted
   to the K tokens ("score").
 
-SEDD declares "score". Until ddlm's processes accept that prediction, :func:`for_process` (used by
-``ddlm sample``/``eval``/``frontier``/``probe``) wraps a score model in :class:`ScoreView`, which
-converts it with ``ddlm.conversions.score_to_loo`` (uniform) or by normalising the scores of a masked
-position (absorbing: there the score is alpha/(1 - alpha) times the denoiser).
+SEDD declares "score": its forward returns the log-score exactly as SEDD computes it (already scaled
+by the noise level on the absorbing graph), which ddlm's processes consume like the output of a ddlm
+score network (``process.convert_view`` for the samplers, the score entropy for the bound; docs/maths.md
+§10).
 """
 
 from __future__ import annotations
@@ -25,7 +25,7 @@ import contextlib
 import torch
 from torch import Tensor, nn
 
-from .families import NEG_INFINITY, postprocess, sigma_of
+from .families import postprocess, sigma_of
 
 
 class ImportedModel(nn.Module):
@@ -102,50 +102,3 @@ class ImportedModel(nn.Module):
             return self.family_output(xt, t, noise)[..., :k]
         raw = self.raw(xt, t, noise)
         return raw if raw.shape[-1] == k else raw[..., :k]
-
-
-class ScoreView(nn.Module):
-    """A score model seen by ddlm's samplers as the LOO (uniform) or the denoiser (absorbing).
-
-    Args:
-        model: an :class:`ImportedModel` declaring "score".
-        target: "loo" (uniform process: ``ddlm.conversions.score_to_loo``) or "denoiser" (masked
-            process: at a masked position the scores of the K tokens, normalised; unmasked positions
-            are carried over).
-    """
-
-    def __init__(self, model: ImportedModel, target: str):
-        super().__init__()
-        if target not in ("loo", "denoiser"):
-            raise ValueError(f"target must be 'loo' or 'denoiser', got {target!r}")
-        self.model, self.target = model, target
-
-    process = property(lambda self: self.model.process)
-    net = property(lambda self: self.model.net)
-    conventions = property(lambda self: self.model.conventions)
-    time_conditioned = property(lambda self: self.model.time_conditioned)
-    prediction = property(lambda self: self.target)
-    output = property(lambda self: self.target)
-
-    def forward(self, xt: Tensor, t, noise: Tensor | None = None) -> Tensor:
-        from ..conversions import score_to_loo
-
-        log_score = self.model(xt, t, noise).double()
-        k = log_score.shape[-1]
-        if self.target == "loo":
-            t = torch.as_tensor(t, device=xt.device)
-            alpha = self.model.process.alpha(t.double().expand(xt.shape[0]) if t.dim() == 0 else t.double())
-            return score_to_loo(log_score, xt, alpha.to(xt.device).unsqueeze(-1)).float()
-        logd = torch.log_softmax(log_score, dim=-1)
-        frozen = torch.full_like(logd, NEG_INFINITY).scatter_(-1, xt.clamp(max=k - 1).unsqueeze(-1), 0.0)
-        return torch.where((xt == k).unsqueeze(-1), logd, frozen).float()
-
-
-def for_process(model, process):
-    """``model`` itself when ``process`` knows its prediction, else (a score model) its
-    :class:`ScoreView`: the LOO when the process has a LOO view, the denoiser otherwise."""
-    prediction = getattr(model, "prediction", None)
-    if process is None or prediction in process.views or prediction != "score":
-        return model
-    target = "loo" if process.views.get("loo") == "loo" else "denoiser"
-    return ScoreView(model, target)

@@ -4,7 +4,10 @@ A process is one class. It owns
 
 - its prior and its corruption, both returning a ``State`` (one state type for every process);
 - the predictions a network for it may declare (``predictions``), the default one, and the view
-  ("denoiser" or "loo") each of them is for the sampling kernels (``view``);
+  ("denoiser", "loo" or "score") each of them is for the sampling kernels (``view``), with the exact
+  conversions between views that involve the concrete score (``convert_view``);
+- the SEDD graph its corruption is (``score_graph``: "uniform", "absorbing" or None), which the
+  score-entropy objective and the score kernels read (docs/maths.md §10);
 - the training objectives that apply to it (``objectives``, names of ``ddlm.losses.OBJECTIVES``);
 - its reverse kernels (``kernels``, filled by ``ddlm.sampling.registry.register_kernel``);
 - what ``ddlm.exact`` needs to enumerate it: the per-token likelihood, the set of noisy states and
@@ -83,7 +86,7 @@ class Process:
     name: ClassVar[str] = ""
     #: predictions a network may declare (``model.prediction``), the first being the default
     predictions: ClassVar[tuple[str, ...]] = ()
-    #: the kernels' view of each prediction: "denoiser" or "loo"
+    #: the kernels' view of each prediction: "denoiser", "loo" or "score"
     views: ClassVar[dict[str, str]] = {}
     #: what ddlm's own networks for this process may be trained to output (``model.output``)
     network_outputs: ClassVar[tuple[str, ...]] = ()
@@ -101,6 +104,14 @@ class Process:
     kernels: ClassVar[dict] = {}
     #: number of discrete time steps T (D3PM), None for a continuous-time process
     steps: int | None = None
+    #: the graph of the concrete score (SEDD, docs/maths.md §10): "uniform", "absorbing", or None when
+    #: the process has no score view
+    score_graph: ClassVar[str | None] = None
+    #: the objective whose integral is the NLL bound of a network that outputs a given prediction,
+    #: where it is not the process's ELBO (``objectives[0]``): e.g. {"score": "score_entropy"}
+    bound_objectives: ClassVar[dict[str, str]] = {}
+    #: network-side scalings of a score output (``model.score_scaling``), the first being "none"
+    score_scalings: ClassVar[tuple[str, ...]] = ("none",)
 
     def __init__(self, vocab_size: int, schedule=None):
         self.vocab_size = check_vocab_size("vocab_size", vocab_size)
@@ -128,8 +139,14 @@ class Process:
         """The objective whose integral is this process's NLL bound."""
         return self.objectives[0]
 
+    def bound_objective(self, prediction: str) -> str:
+        """The objective whose integral is the NLL bound of a network that outputs ``prediction``: the
+        process's ELBO, or for a score network the score entropy (``bound_objectives``)."""
+        self.view(prediction)
+        return self.bound_objectives.get(prediction, self.elbo)
+
     def view(self, prediction: str) -> str:
-        """The kernels' view ("denoiser" or "loo") of a declared prediction; ValueError if unknown."""
+        """The kernels' view ("denoiser", "loo" or "score") of a declared prediction; ValueError if unknown."""
         if prediction not in self.views:
             raise ValueError(f"prediction must be one of {self.predictions} for {self.label}, got {prediction!r}")
         return self.views[prediction]
@@ -216,9 +233,35 @@ class Process:
         if objective not in self.objectives:
             raise ValueError(f"objective must be one of {self.objectives} for {self.label}, got {objective!r}")
         return losses.compute(objective, logits, output=prediction, x0=x0, xt=state.xt, alpha=alpha,
-                              dalpha=dalpha, noise=state.noise)
+                              dalpha=dalpha, noise=state.noise, process=self)
 
-    def convert_view(self, pred, source: str, target: str, alpha: float):
+    # ---- the concrete score (docs/maths.md §10) -------------------------------------------------------
+    def convert_view(self, logits: Tensor, xt: Tensor, alpha, source: str, target: str) -> Tensor:
+        """Exact conversion of a network output between two views of this process when one of them is
+        the concrete score, materialised as (..., L, K) log-probabilities (or log-scores for the target
+        "score"). Processes with a score view override ``_convert_score``.
+
+        Raises:
+            ValueError: a view the process does not have, or a process without a score view.
+        """
+        for name, value in (("source", source), ("target", target)):
+            if value not in set(self.views.values()):
+                raise ValueError(f"{name} must be one of {sorted(set(self.views.values()))} for {self.label}, "
+                                 f"got {value!r}")
+        if source == target:
+            return logits if source == "score" else torch.log_softmax(logits, dim=-1)
+        return self._convert_score(logits, xt, alpha, source, target)
+
+    def _convert_score(self, logits: Tensor, xt: Tensor, alpha, source: str, target: str) -> Tensor:
+        raise ValueError(f"{self.label} has no conversion from {source!r} to {target!r}")
+
+    def score_log_scale(self, alpha: Tensor) -> Tensor:
+        """The log-offset added to a score network's output under ``score_scaling="noise_level"``
+        (float64, alpha's shape); only processes listing that scaling in ``score_scalings`` define it."""
+        raise ValueError(f"score_scaling 'noise_level' is not defined for {self.label} "
+                         f"(score_scalings = {self.score_scalings})")
+
+    def convert_prediction(self, pred, source: str, target: str, alpha: float):
         """Sampling: the ``target`` view ("denoiser" or "loo") of a lazy ``Prediction`` in view
         ``source`` at alpha; by default the UDM self-evidence shift at the current token (§3)."""
         return pred.convert(source, target, alpha)
@@ -239,10 +282,14 @@ class Process:
     def exact_predictor(self, law, prediction: str):
         """The exact ``prediction`` of ``law`` as ``f(xt, alpha, noise=None) -> logp (..., L, K)``: by
         default the posterior of x_0^i given the whole state (view "denoiser") or given x_t^{-i}
-        (view "loo"), from ``token_loglik`` (``ddlm.exact.posterior``)."""
+        (view "loo"), from ``token_loglik`` (``ddlm.exact.posterior``), and the concrete score (view
+        "score", ``ddlm.exact.score``)."""
         from .. import exact
 
-        loo = self.view(prediction) == "loo"
+        view = self.view(prediction)
+        if view == "score":  # log p_t(x^{i<-y}) - log p_t(x) from the exact marginals
+            return lambda x, a, u=None: exact.score(law, x, a, self)
+        loo = view == "loo"
         return lambda x, a, u=None: exact.posterior(law, self, x, a, u, leave_one_out=loo)
 
     def __repr__(self) -> str:

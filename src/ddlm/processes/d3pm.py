@@ -366,7 +366,7 @@ class D3PM(Process):
             out = torch.log_softmax(torch.where(lik > float("-inf"), flat - lik, none), -1)
         return out.reshape(logp.shape)
 
-    def convert_view(self, pred, source: str, target: str, alpha: float):
+    def convert_prediction(self, pred, source: str, target: str, alpha: float):
         """Sampling's view conversion: the uniform family's is the UDM one at alpha = alphabar; at the
         masked positions of the absorbing family the two views coincide (the kernel reads no other
         position); dense Q converts exactly, materialising the prediction."""

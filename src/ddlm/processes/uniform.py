@@ -1,8 +1,9 @@
 """Uniform diffusion, UDLM (docs/maths.md §2, §3).
 
 q_t(x_t | x_0) = alpha_t 1[x_t = x_0] + (1 - alpha_t)/K. A network may predict the denoiser
-p(x_0^i | x_t) or the leave-one-out posterior p(x_0^i | x_t^{-i}) (the two views, converted
-exactly by ``ddlm.conversions``); ddlm's own networks predict the LOO by default.
+p(x_0^i | x_t), the leave-one-out posterior p(x_0^i | x_t^{-i}) or the concrete score
+p_t(x^{i<-y}) / p_t(x) (SEDD's uniform graph, docs/maths.md §10): the three views, converted exactly
+by ``ddlm.conversions``; ddlm's own networks predict the LOO by default.
 """
 
 from __future__ import annotations
@@ -18,12 +19,14 @@ class UniformDiffusion(Process):
     """Uniform diffusion: a token is replaced by a uniform draw with probability 1 - alpha_t."""
 
     name = "udm"
-    predictions = ("loo", "denoiser")
-    views = {"loo": "loo", "denoiser": "denoiser"}
-    network_outputs = ("loo", "denoiser")
+    predictions = ("loo", "denoiser", "score")
+    views = {"loo": "loo", "denoiser": "denoiser", "score": "score"}
+    network_outputs = ("loo", "denoiser", "score")
     default_output = "loo"
-    objectives = ("udm_elbo", "cross_entropy", "max_coupling_elbo")
+    objectives = ("udm_elbo", "cross_entropy", "max_coupling_elbo", "score_entropy")
     temperature_views = ("loo", "denoiser")
+    score_graph = "uniform"
+    bound_objectives = {"score": "score_entropy"}
 
     def prior(self, shape, generator=None, device=None) -> State:
         """IID uniform tokens."""
@@ -48,9 +51,8 @@ class UniformDiffusion(Process):
 
         return State(all_sequences(self.vocab_size, length))
 
-    def exact_predictor(self, law, prediction: str):
-        from .. import exact
+    def _convert_score(self, logits, xt, alpha, source, target):
+        """Score <-> LOO/denoiser by ``ddlm.conversions`` (docs/maths.md §3)."""
+        from .. import conversions
 
-        if prediction == "score":  # the third view, for the oracle only (networks declare loo or denoiser)
-            return lambda x, a, u=None: exact.score(law, x, a)
-        return super().exact_predictor(law, prediction)
+        return conversions.convert(logits, xt, alpha, source, target)

@@ -16,7 +16,7 @@ from .._checks import check_tokens
 from ..processes import REGISTRY, State
 from . import kernels as _kernels  # noqa: F401  (registers the built-in samplers)
 from .options import check_options, check_process
-from .prediction import Prediction
+from .prediction import Prediction, Score
 from .registry import Step
 from .remasking import RemaskingSchedule
 
@@ -118,11 +118,29 @@ class _Model:
         return logp
 
 
-def _view(logits, x, at, have, want, temperature, temperature_on, top_p, process=None) -> Prediction:
+def _view(logits, x, at, have, want, temperature, temperature_on, top_p, process=None):
     """The view a kernel consumes, from the model's logits: temperature on the chosen view, then
-    conversion to the consumed one (``process.convert_view``; the UDM conversion when no process is
-    given), then top-p (which materialises the full distribution)."""
-    convert = process.convert_view if process is not None else (lambda p, a, b, alpha: p.convert(a, b, alpha))
+    conversion to the consumed one, then top-p (which materialises the full distribution).
+
+    Denoiser <-> LOO is a per-position offset of the logits (lazy ``Prediction``), converted by
+    ``process.convert_prediction`` (the UDM self-evidence shift when no process is given; D3PM's own
+    for discrete time). A conversion from or to the concrete score is not, in general (docs/maths.md
+    §3, §10): it goes through the process's exact ``convert_view`` and materialises a (B, L, K) tensor
+    once per step, which is accepted for score networks and score kernels (``process`` is then
+    required). A kernel that consumes the score gets a ``Score``.
+    """
+    if have == "score" and (want != "score" or temperature != 1.0):
+        target = temperature_on if temperature != 1.0 else want
+        logits, have = process.convert_view(logits, x, at, "score", target), target
+    if want == "score":
+        if temperature != 1.0:
+            logits = Prediction(logits, x).convert(have, temperature_on, at).temper(temperature).log_probs()
+            have = temperature_on
+        if have != "score":
+            logits = process.convert_view(logits, x, at, have, "score")
+        return Score(logits, x)
+    convert = (process.convert_prediction if process is not None
+               else (lambda p, a, b, alpha: p.convert(a, b, alpha)))
     pred = Prediction(logits, x)
     if temperature != 1.0:
         pred = convert(pred, have, temperature_on, at).temper(temperature)
@@ -177,12 +195,14 @@ def sample(
         sampler: a sampler registered for the process (``ddlm.sampling.registry.samplers(process)``):
             MDM "ancestral" | "remdm" | "confidence"; UDM "ancestral" (plug-in bridge fed the
             LOO) | "x0" (D3PM form with the denoiser) | "max_coupling" | "confidence" |
-            "bridge_raw_denoiser" (a deliberately wrong ablation); AUDM "ancestral" (carry-over) |
-            "reaudm" | "confidence".
+            "bridge_raw_denoiser" (a deliberately wrong ablation) | "tau_leaping"; AUDM "ancestral"
+            (carry-over) | "reaudm" | "confidence"; MDM and UDM also "sedd_euler" | "sedd_tweedie"
+            (SEDD's samplers, fed the concrete score).
         corrector: a ``GibbsCorrector`` (UDM), or any corrector step object.
         temperature: p^(1/T) on the view given by ``temperature_on`` (one of
             ``process.temperature_views``; default the first: the LOO for UDM, the denoiser otherwise).
-        top_p: nucleus filtering of the prediction the kernel consumes.
+        top_p: nucleus filtering of the prediction the kernel consumes (a distribution: not for the
+            samplers that consume the score).
         prompt, prompt_mask: (num_samples, length); where the mask is True the token is fixed to the
             prompt's for the whole trajectory (AUDM: marked certainly clean by its noise token).
         time_conditioned: False for a model that ignores t (MDM): rows whose input did not change
@@ -247,8 +267,8 @@ def sample(
         at, as_ = alphas[j], alphas[j + 1]
         sigma = remasking.sigma(ts[j].item(), at, as_) if remasking is not None else 0.0
         step = Step(t=ts[j].item(), alpha_t=at, alpha_s=as_, free=free, sigma=sigma, process=process)
-        view = _view(predict(state, t_model[j]), state.xt, at, have, kernel.consumes, temperature, t_view, top_p,
-                     process)
+        logits = predict(state, t_model[j])
+        view = _view(logits, state.xt, at, have, kernel.consumes, temperature, t_view, top_p, process)
         state = kernel.fn(state, view, step, generator)
         if prompt is not None:
             state = process.fix(state, prompt, prompt_mask)

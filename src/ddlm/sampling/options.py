@@ -55,6 +55,9 @@ def check_options(process, *, sampler: str, corrector=None, temperature: float =
                          f"got {temperature_on!r}")
     if isinstance(top_p, bool) or not (isinstance(top_p, (int, float)) and 0.0 < top_p <= 1.0):
         raise ValueError(f"top_p must lie in (0, 1], got {top_p!r}")
+    if kernel.consumes == "score" and top_p != 1.0:
+        raise ValueError(f"top_p must be 1 for sampler {sampler!r}, which consumes the concrete score (not a "
+                         f"distribution to truncate), got {top_p!r}")
     if kernel.greedy and (temperature != 1.0 or top_p != 1.0):
         raise ValueError(f"sampler {sampler!r} is greedy (argmax): temperature and top_p must be 1")
     if remasking is not None:

@@ -163,6 +163,46 @@ class Prediction:
         return out
 
 
+class Score:
+    """The concrete score a kernel consumes (SEDD's kernels, docs/maths.md §10), evaluated lazily.
+
+    ``log_score`` (B, L, K) holds log s_i(y) = log p_t(x^{i<-y}) - log p_t(x) for the K data tokens (never
+    copied). At a position holding a data token the value at y = x^i is ignored: log s_i(x^i) = 0 by
+    definition. At a position holding another id (the MDM mask, id K) every column is a ratio from that
+    state to a clean token and all K count. One chunked pass over the vocabulary (in the score's dtype,
+    results in float64) gives the masses below; only positions that draw materialise their row, in float64.
+    """
+
+    def __init__(self, log_score: Tensor, x: Tensor):
+        self.log_score, self.x, self.k = log_score, x, log_score.shape[-1]
+        self.data = x < self.k  # positions holding a data token (their own column is ignored)
+        own = log_score.gather(-1, x.clamp(max=self.k - 1).unsqueeze(-1)).squeeze(-1).double()
+        self._p = Prediction(log_score, x, torch.where(self.data, -own, torch.zeros_like(own)))
+
+    def log_total(self) -> Tensor:
+        """log sum_y s_i(y) over the K data tokens (including s_i(x^i) = 1 at a data token), float64 (B, L)."""
+        return self._p.log_z()
+
+    def log_jump(self) -> Tensor:
+        """log sum_{y != x^i} s_i(y): the total mass of the moves away from the current state (B, L)."""
+        return torch.where(self.data, self._p._base()[0], self.log_total())
+
+    def log_at(self, tokens: Tensor) -> Tensor:
+        """log s_i(tokens) per position, float64 (B, L) (0 where ``tokens`` is the current token)."""
+        return self._p.log_prob_at(tokens) + self.log_total()
+
+    def rows(self, idx) -> Tensor:
+        """Float64 log-scores of the positions ``idx`` (a tuple from ``nonzero``): (M, K), 0 at x^i."""
+        return self._p.rows(idx)
+
+    def draw(self, where: Tensor, generator) -> Tensor:
+        """Exact draws proportional to s_i(y) over y != x^i at the positions ``where`` (B, L); 0 elsewhere."""
+        out = self._p.draw(where & self.data, generator, exclude_current=True)
+        if bool((where & ~self.data).any()):
+            out = torch.where(self.data, out, self._p.draw(where & ~self.data, generator))
+        return out
+
+
 def categorical(logp: Tensor, generator) -> Tensor:
     """One exact draw per row of unnormalised log-probabilities ``logp`` (M, K), by float64 inverse
     CDF; returns (M,) int64."""

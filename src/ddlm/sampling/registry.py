@@ -5,11 +5,12 @@ A registered kernel has one signature for every process and sampler::
     fn(state: State, pred: Prediction, step: Step, generator) -> State
 
 ``pred`` is the network's prediction in the view the kernel declares it consumes (``consumes``:
-"denoiser" or "loo"; the loop converts, tempers and filters it first), ``step`` carries the times,
-alphas, the positions free to change (not fixed by a prompt), the remasking probability of the
-step and the process being sampled. ``ddlm.sample``, the command line, frontiers and the probe list
-samplers from this registry, so registering a kernel is all it takes to make it available
-everywhere (docs/extending.md).
+"denoiser" or "loo", a lazy ``Prediction``; or "score", a ``Score``, the concrete score of SEDD's
+kernels; the loop converts, tempers and filters it first), ``step`` carries the times, alphas, the
+positions free to change (not fixed by a prompt), the remasking probability of the step and the
+process being sampled. ``ddlm.sample``, the command line, frontiers and the probe list samplers from
+this registry, so registering a kernel is all it takes to make it available everywhere
+(docs/extending.md).
 """
 
 from __future__ import annotations
@@ -18,6 +19,9 @@ from collections.abc import Callable
 from dataclasses import dataclass
 
 from torch import Tensor
+
+#: the views a kernel may consume
+CONSUMES = ("denoiser", "loo", "score")
 
 
 @dataclass(frozen=True)
@@ -38,7 +42,7 @@ class Kernel:
 
     name: str
     fn: Callable
-    consumes: str  # "denoiser" or "loo"
+    consumes: str  # "denoiser", "loo" or "score"
     greedy: bool = False  # deterministic argmax: temperature and top-p do not apply
     remasking: bool = False  # takes a ``RemaskingSchedule`` (a default one when none is given)
     summary: str = ""
@@ -46,8 +50,8 @@ class Kernel:
 
 def register_kernel(process_cls, name: str, *, consumes: str, greedy: bool = False, remasking: bool = False):
     """Decorator: register ``fn`` as sampler ``name`` of ``process_cls`` (a ``Process`` subclass)."""
-    if consumes not in ("denoiser", "loo"):
-        raise ValueError(f"consumes must be 'denoiser' or 'loo', got {consumes!r}")
+    if consumes not in CONSUMES:
+        raise ValueError(f"consumes must be one of {CONSUMES}, got {consumes!r}")
 
     def deco(fn):
         if name in process_cls.kernels:
