@@ -111,7 +111,8 @@ def export_hf(run: str | os.PathLike, out: str | os.PathLike, *, dtype: str = "f
         "time_conditioning": net.config.time_conditioning, "dropout": net.config.dropout, "dtype": dtype,
         "ddlm": {
             "format_version": 1, "ddlm_version": __version__, "process": cfg.process, "process_vocab_size": k,
-            "prediction": model.prediction, "mask_id": k if process.extra_input_ids else None,
+            "prediction": model.prediction, "score_scaling": model.score_scaling,
+            "mask_id": k if process.extra_input_ids else None,
             "special_rows": special, "schedule": {"name": cfg.schedule, "eps": cfg.eps}, "t_min": cfg.t_min,
             "conditioning": "sigma = -log(alpha_t) of the schedule (alpha in float64, then float32); zeros when "
                             "time_conditioning is false",

@@ -58,8 +58,9 @@ class ImportedModel(nn.Module):
 
     @property
     def time_conditioned(self) -> bool:
-        """False when the family feeds sigma = 0 (the samplers may then reuse predictions)."""
-        return bool(self.spec.time_conditioning)
+        """False when the output does not depend on t (the family feeds sigma = 0 and no noise-level
+        scaling applies): the samplers may then reuse predictions."""
+        return bool(self.spec.time_conditioning) or self.spec.score_scaling != "none"
 
     def sigma(self, t: Tensor, batch: int | None = None) -> Tensor:
         """The family's conditioning scalar (B,) at diffusion time t (float or (B,))."""
@@ -98,7 +99,11 @@ class ImportedModel(nn.Module):
         positions) are left to ddlm's kernels, which carry them over themselves, as for ddlm's own
         networks. SEDD: its log-score (scaled, 0 at x_t) over the K tokens."""
         k = self.process.vocab_size
-        if self.prediction == "score":
+        if self.prediction == "score" and self.spec.family.name != "ddlm":
             return self.family_output(xt, t, noise)[..., :k]
         raw = self.raw(xt, t, noise)
+        if self.spec.score_scaling == "noise_level":  # ddlm's export of a scaled score network, as DiffusionModel
+            alpha = self.process.alpha(torch.as_tensor(t, device=xt.device).to(torch.float64)).clamp_min(1e-30)
+            alpha = alpha.expand(xt.shape[0]) if alpha.dim() == 0 else alpha
+            return raw + self.process.score_log_scale(alpha).to(raw.dtype)[:, None, None]
         return raw if raw.shape[-1] == k else raw[..., :k]

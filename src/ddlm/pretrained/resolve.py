@@ -35,6 +35,7 @@ class Spec:
     length: int
     noise_fusion: str | None = None
     scale_by_sigma: bool = False
+    score_scaling: str = "none"  # ddlm's own exports: DiffusionModel's score_scaling
     mask_id: int | None = None
     schedule: dict = field(default_factory=lambda: {"name": "linear", "eps": 1e-3})
     tokenizer_name: str | None = None
@@ -216,6 +217,6 @@ def _resolve_ddlm(src: Source, family: Family) -> Spec:
                 cond_dim=_int(cfg.get("cond_dim"), "cond_dim", where), freq_dim=_int(cfg.get("freq_dim", 256),
                 "freq_dim", where), length=_int(cfg.get("model_length"), "model_length", where),
                 noise_fusion=meta.get("noise_fusion"), schedule=dict(schedule),
-                tokenizer_name=meta.get("tokenizer"))
+                tokenizer_name=meta.get("tokenizer"), score_scaling=str(meta.get("score_scaling", "none")))
     spec.special_rows = {int(k): v for k, v in (meta.get("special_rows") or {}).items()}
     return spec
