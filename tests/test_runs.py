@@ -134,6 +134,18 @@ def test_export_writes_a_small_loadable_checkpoint(tmp_path):
         export(tmp_path / "e", tmp_path / "x", dtype="int8")
 
 
+def test_weights_choice_of_load():
+    from ddlm.runs import weights_choice
+
+    assert weights_choice() == "ema" and weights_choice("raw") == "raw" and weights_choice(None, False) == "raw"
+    assert weights_choice(False) == "raw" and weights_choice(True) == "ema"  # the old positional ema
+    assert weights_choice("ema", True) == "ema"
+    with pytest.raises(ValueError, match="ema=False contradicts weights='ema'"):
+        weights_choice("ema", False)
+    with pytest.raises(ValueError, match="weights must be 'ema' or 'raw', got 'best'"):
+        weights_choice("best")
+
+
 # ---- one policy for a damaged latest checkpoint (docs/reliability.md) -------------------------------
 
 def _truncate(path):

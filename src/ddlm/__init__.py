@@ -35,11 +35,17 @@ def __dir__() -> list[str]:
     return sorted(set(globals()) | set(__all__))
 
 
-def load(path, ema: bool = True):
-    """Load a training run (or one checkpoint folder): returns (model, process, tokenizer)."""
+def load(path, weights=None, *, ema=None, tokenizer=None, dtype="float32"):
+    """Load a training run, one checkpoint folder, or a released checkpoint (a Hugging Face style
+    folder, a Lightning ``.ckpt``, a SEDD ``checkpoint.pth``): returns (model, process, tokenizer).
+
+    ``weights`` is "ema" (the default when neither it nor ``ema`` is given) or "raw"; ``ema=True``/
+    ``False`` is the older spelling of the same choice. See ``ddlm.runs.load`` and
+    ``ddlm.pretrained.load_pretrained`` (docs/pretrained.md)."""
     from .runs import load as _load
 
-    return _load(path, ema=ema)
+    return _load(path, weights, ema=ema, tokenizer=tokenizer, dtype=dtype)
+
 
 
 __all__ = [

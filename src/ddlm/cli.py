@@ -52,10 +52,16 @@ def _demo(args) -> int:
 
 
 def _export(args) -> int:
-    from .runs import export
+    if args.format == "hf":
+        from .pretrained.export_hf import export_hf
 
-    path = export(args.run, args.out, description=args.description, train_minutes=args.train_minutes,
-                  dtype=args.dtype)
+        path = export_hf(args.run, args.out, dtype=args.dtype, description=args.description,
+                         train_minutes=args.train_minutes)
+    else:
+        from .runs import export
+
+        path = export(args.run, args.out, description=args.description, train_minutes=args.train_minutes,
+                      dtype=args.dtype)
     print(f"exported {path}")
     return 0
 
@@ -108,6 +114,10 @@ def _builtin_commands(sub) -> None:
     p.add_argument("--train-minutes", type=float, default=None, help="record the training time (if the run did not)")
     p.add_argument("--dtype", default="float32", choices=("float32", "float16", "bfloat16"),
                    help="storage type of the weights (half precision halves the size; loaded as float32)")
+    p.add_argument("--format", default="ddlm", choices=("ddlm", "hf"),
+                   help="ddlm: a ddlm checkpoint folder (default); hf: a Hugging Face style folder in the layout of "
+                        "the released MDLM-family checkpoints, with a config.json stating its conventions "
+                        "(docs/pretrained.md)")
     p.set_defaults(func=_export)
     p = sub.add_parser("train", help="train a model from a YAML config (resumes the run if it has checkpoints)",
                        description="Train (or resume) a run. Every config key, its type, default and meaning: "

@@ -298,19 +298,51 @@ def model_from_checkpoint(ckpt: Checkpoint, ema: bool = True):
     return model.eval(), getattr(model, "process", None), tokenizer
 
 
-def load(path: str | os.PathLike, ema: bool = True):
-    """Load a run folder (or one checkpoint folder): returns (model, process, tokenizer).
+def weights_choice(weights=None, ema: bool | None = None) -> str:
+    """"ema" or "raw" from ``load``'s arguments: ``weights`` (``load(path, False)``, the old positional
+    ``ema``, still means raw) or the older keyword ``ema``; EMA when neither is given; both given must agree."""
+    if isinstance(weights, bool):
+        weights = "ema" if weights else "raw"
+    if weights is not None and weights not in ("ema", "raw"):
+        raise ValueError(f"weights must be 'ema' or 'raw', got {weights!r}")
+    if ema is not None and not isinstance(ema, bool):
+        raise ValueError(f"ema must be True or False, got {ema!r}")
+    from_ema = None if ema is None else ("ema" if ema else "raw")
+    if weights is not None and from_ema is not None and weights != from_ema:
+        raise ValueError(f"ema={ema} contradicts weights={weights!r}; give one of them")
+    return weights or from_ema or "ema"
 
-    The model is a ``DiffusionModel`` in eval mode with the EMA weights (``ema=False`` for the raw
-    ones); for an autoregressive run it is the ``ARTransformer`` and the process is None. Nothing is
-    unpickled, only the files a model needs are read (never the corpus or the optimizer state).
+
+def load(path: str | os.PathLike, weights: str | None = None, *, ema: bool | None = None, tokenizer=None,
+         dtype: str = "float32"):
+    """Load a run folder, one checkpoint folder, or a released checkpoint: returns (model, process, tokenizer).
+
+    ``weights`` is "ema" (the default) or "raw"; ``ema=True``/``False`` is the older spelling of the same
+    choice. A ddlm run gives a ``DiffusionModel`` in eval mode with the chosen weights; for an
+    autoregressive run it is the ``ARTransformer`` and the process is None. Nothing is unpickled, only
+    the files a model needs are read (never the corpus or the optimizer state). A Hugging Face style
+    folder, a Lightning ``.ckpt`` file or a SEDD ``checkpoint.pth`` is imported by
+    ``ddlm.pretrained.load_pretrained`` (``tokenizer`` and ``dtype`` apply to those only; a file holding
+    one set of weights ignores ``weights``).
 
     Raises:
         FileNotFoundError: no such folder, or no checkpoint in it (see :func:`resolve_checkpoint`).
         ddlm.checkpoint.CheckpointError: a damaged checkpoint (the file and the way out are named),
             weights that do not fit the config's architecture, or weights that are not finite.
+        ValueError: ``tokenizer`` or ``dtype`` given for a ddlm run (it carries its own tokenizer and
+            computes in float32); errors of ``load_pretrained`` for released checkpoints.
     """
-    return model_from_checkpoint(open_checkpoint(path, weights_only=True), ema=ema)
+    from .pretrained import is_pretrained, load_pretrained
+
+    weights = weights_choice(weights, ema)
+    if is_pretrained(path):
+        return load_pretrained(path, weights, tokenizer=tokenizer, dtype=dtype)
+    if tokenizer is not None or dtype != "float32":
+        raise ValueError(f"tokenizer= and dtype= apply to imported checkpoints; {str(path)!r} is a ddlm run, which "
+                         "carries its own tokenizer and computes in float32")
+    return model_from_checkpoint(open_checkpoint(path, weights_only=True), ema=weights == "ema")
+
+
 
 
 EXPORT_DTYPES = {"float32": torch.float32, "float16": torch.float16, "bfloat16": torch.bfloat16}

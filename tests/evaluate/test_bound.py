@@ -178,3 +178,64 @@ def test_eval_command_writes_a_record_that_remakes_the_number(tmp_path, capsys):
         run_cli(parser, ["eval", run, "--out", out])
     assert run_cli(parser, ["eval", run, "--batches", "2", "--out", out, "--overwrite", "--no-progress"]) == 0
     assert json.loads(out.read_text())["num_batches"] == 2
+
+
+# ---- released checkpoints (tests/fixtures/pretrained) -------------------------------------------
+
+@pytest.mark.filterwarnings("ignore::ddlm.pretrained.SkippedObjectsWarning")
+def test_eval_of_a_released_checkpoint_is_the_family_bound(tmp_path):
+    """MDLM's own loss per token is -log p_SUBS(x0) dsigma/expm1(sigma) = -log p(x0) (1 - eps)/(1 - alpha_t)
+    on masked tokens: ddlm's bound of the imported model is that, on the same draws."""
+    from _pretrained import CORPUS, MDLM
+
+    from ddlm.bound import corrupt, stratified_times, token_losses
+    from ddlm.evaluate.results import load_run
+
+    run = load_run(MDLM)
+    blocks, _ = bound.corpus_blocks(CORPUS, run.tokenizer, run.block_size)
+    x0 = blocks[:8]
+    g = torch.Generator().manual_seed(0)
+    t = stratified_times(0.3, torch.arange(8), 8, run.t_min)
+    xt, _ = corrupt(run.process, x0, t, g)
+    with torch.no_grad():
+        ours = token_losses(run.model, run.process.elbo, x0, xt, None, t)
+        subs = run.model.family_output(xt, t)  # MDLM's own forward (all 38 rows)
+    alpha = 1 - (1 - 1e-3) * t.double()
+    mdlm = -subs.double().gather(-1, x0[..., None]).squeeze(-1) * ((1 - 1e-3) / (1 - alpha))[:, None]
+    mdlm = torch.where(xt == 37, mdlm, torch.zeros_like(mdlm))
+    torch.testing.assert_close(ours.double(), mdlm, atol=1e-4, rtol=1e-5)
+    assert (xt == 37).any() and ours.sum() > 0
+    # the command: --data is required, the record states the convention
+    parser = cli(bound)
+    with pytest.raises(ValueError, match="pass --data PATH"):
+        run_cli(parser, ["eval", MDLM, "--no-progress"])
+    out = tmp_path / "b.json"
+    assert run_cli(parser, ["eval", MDLM, "--data", CORPUS, "--batch-size", "4", "--out", out, "--no-progress"]) == 0
+    rec = json.loads(out.read_text())
+    conv = rec["bound_convention"]
+    assert conv["objective"] == "mdm_elbo" and conv["process_vocab_size"] == 37 and conv["t_range"] == [1e-3, 1.0]
+    assert rec["t_min"] == 1e-3 and rec["run"]["imported"]["family"] == "mdlm" and rec["batch_size"] == 4
+    direct = model_bound(run.model, blocks, batch_size=4, seed=0, t_min=1e-3, tokenizer=run.tokenizer)
+    assert rec["nats_per_token"] == pytest.approx(direct["nats_per_token"], rel=1e-12)
+
+
+@pytest.mark.filterwarnings("ignore::ddlm.pretrained.SkippedObjectsWarning")
+def test_eval_of_uniform_audm_and_score_checkpoints(tmp_path):
+    from _pretrained import AUDM, CORPUS, GPT2_LIKE, GPT2_LIKE_37, SEDD_UNIFORM, UDM_LOO
+
+    parser = cli(bound)
+    for path, tok, objective, scored in ((UDM_LOO, GPT2_LIKE, "udm_elbo", "loo"),
+                                         (AUDM, GPT2_LIKE, "audm_elbo", "posterior"),
+                                         (SEDD_UNIFORM, GPT2_LIKE_37, "score_entropy", "score")):
+        out = tmp_path / f"{path.parent.name}.json"
+        assert run_cli(parser, ["eval", path, "--data", CORPUS, "--tokenizer", tok, "--batches", "2", "--out", out,
+                                "--no-progress"]) == 0
+        rec = json.loads(out.read_text())
+        conv = rec["bound_convention"]
+        assert conv["objective"] == objective and conv["prediction_scored"] == scored
+        assert conv["process_vocab_size"] == 37
+        assert math.isfinite(rec["nats_per_token"]) and rec["nats_per_token"] > 0
+        if path == SEDD_UNIFORM:
+            assert "score entropy" in conv["note"]
+        if path == UDM_LOO:
+            assert "extra row 37 is dropped" in conv["note"]

@@ -187,3 +187,17 @@ def test_table_has_one_line_per_point():
     assert table[1].split() == ["demo-mdm", "ancestral", "64", "0.8", "1", "123.46", "x1.010", "4.200", "-", "12",
                                 "smollm2"]
     assert table[2].split()[2] == "-" and "0.500" in table[2]
+
+
+@pytest.mark.filterwarnings("ignore::ddlm.pretrained.SkippedObjectsWarning")
+def test_frontier_of_a_released_checkpoint(tmp_path):
+    from _pretrained import GPT2_LIKE, UDM_LOO
+
+    run = load_run(UDM_LOO, tokenizer=GPT2_LIKE)
+    judge = LetterJudge()
+    points = F.grid([None], [4], [0.8, 1.0], [1.0], SamplerSettings(seed=1, temperature_on="loo"))
+    rows = F.sweep([run], points, judge, tmp_path, num_samples=3, batch_size=3, progress=False, log=lambda *_: None)
+    assert len(rows) == 2 and {r["temperature"] for r in rows} == {"0.8", "1.0"}
+    assert all(r["process"] == "udm" and r["checkpoint"] == str(UDM_LOO) and r["label"] == "last.ckpt" for r in rows)
+    with pytest.raises(ValueError, match="pass --data PATH"):
+        F.held_out_texts(run, 2, 16)  # MAUVE's held-out text needs a validation split

@@ -173,3 +173,37 @@ def test_result_files_are_atomic_and_never_clobbered(tmp_path):
     write_jsonl(tmp_path / "r.jsonl", [{"i": 0}, {"i": 1}])
     assert (tmp_path / "r.jsonl").read_text() == '{"i": 0}\n{"i": 1}\n'
     assert sorted(p.name for p in tmp_path.iterdir()) == ["r.json", "r.jsonl"]  # no temporary file left
+
+
+# ---- released checkpoints (tests/fixtures/pretrained) -------------------------------------------
+
+@pytest.mark.filterwarnings("ignore::ddlm.pretrained.SkippedObjectsWarning")
+def test_sample_command_on_released_checkpoints(tmp_path, capsys):
+    from _pretrained import AUDM, GPT2_LIKE, MDLM
+
+    parser = cli(generate)
+    out = tmp_path / "mdlm.jsonl"
+    assert run_cli(parser, ["sample", MDLM, "--num-samples", "2", "--nfe", "6", "--seed", "3", "--infill",
+                            "t1 [[4]] t2", "--out", out, "--no-progress"]) == 0
+    recs = [json.loads(line) for line in out.read_text().splitlines()]
+    assert len(recs) == 2 and all(r["ids"][1] == 1 and r["ids"][6] == 2 for r in recs)
+    settings = recs[0]["settings"]
+    assert settings["process"] == "mdm" and settings["run"]["imported"]["family"] == "mdlm"
+    assert settings["run"]["weights"] == "ema" and settings["run"]["config"] is None
+    # --weights raw samples the raw weights (the fixtures' raw and EMA weights are far apart)
+    raw = tmp_path / "raw.jsonl"
+    assert run_cli(parser, ["sample", MDLM, "--num-samples", "2", "--nfe", "6", "--seed", "3", "--weights", "raw",
+                            "--out", raw, "--no-progress"]) == 0
+    ema = tmp_path / "ema.jsonl"
+    assert run_cli(parser, ["sample", MDLM, "--num-samples", "2", "--nfe", "6", "--seed", "3", "--out", ema,
+                            "--no-progress"]) == 0
+    ids = [[json.loads(line)["ids"] for line in f.read_text().splitlines()] for f in (raw, ema)]
+    assert ids[0] != ids[1]
+    assert json.loads(raw.read_text().splitlines()[0])["settings"]["run"]["imported"]["weights"] == "raw"
+    # the paper's AUDM model needs a tokenizer (its checkpoint carries none); prompts stay fixed
+    with pytest.raises(ValueError, match="--tokenizer"):
+        run_cli(parser, ["sample", AUDM, "--no-progress"])
+    assert run_cli(parser, ["sample", AUDM, "--tokenizer", GPT2_LIKE, "--num-samples", "2", "--nfe", "4",
+                            "--prompt", "t7 t8", "--sampler", "reaudm", "--no-progress"]) == 0
+    printed = capsys.readouterr().out
+    assert printed.count("--- sample") == 8 and "t7 t8" in printed

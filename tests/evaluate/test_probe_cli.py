@@ -90,3 +90,23 @@ def test_command_end_to_end(tmp_path, capsys):
     with pytest.raises(ValueError, match=f"run '{mdm}' has process MDM.*UDM\\) only"):
         args.func(args)
     assert not (tmp_path / "o3").exists()
+
+
+@pytest.mark.filterwarnings("ignore::ddlm.pretrained.SkippedObjectsWarning")
+def test_probe_of_released_uniform_checkpoints(tmp_path):
+    from _pretrained import MDLM, SEDD_UNIFORM, UDM_LOO
+
+    out = tmp_path / "out"
+    argv = ["probe", str(UDM_LOO), str(SEDD_UNIFORM), "--nfe", "3", "--num-samples", "2", "--positions", "2",
+            "--out", str(out), "--no-progress", "--weights", "raw"]
+    args = _parser().parse_args(argv)
+    assert args.func(args) == 0
+    rec = json.loads((out / "probe.json").read_text())
+    loo, sedd = rec["runs"]
+    assert loo["weights"] == sedd["weights"] == "raw" and loo["run_info"]["imported"]["weights"] == "raw"
+    assert loo["settings"]["output"] == "loo" and sedd["settings"]["output"] == "score"  # the probe converts
+    assert loo["settings"]["length"] == 16 and loo["mean_tv"] > 0 and sedd["mean_tv"] > 0
+    # a masked-diffusion checkpoint is refused before its weights are read
+    args = _parser().parse_args(["probe", str(MDLM), "--out", str(tmp_path / "x"), "--no-progress"])
+    with pytest.raises(ValueError, match="has process MDM"):
+        args.func(args)

@@ -172,6 +172,9 @@ def run_blocks(run, data: str | os.PathLike | None) -> tuple[Tensor, dict]:
 
     cfg = run.config
     vocab = run.tokenizer.vocab_size
+    if data is None and run.imported:
+        raise ValueError(f"{run.info['run']!r} is an imported checkpoint: ddlm has no validation split for it; pass "
+                         "--data PATH (a text file, a folder of .txt files or a .jsonl corpus)")
     if data is None:
         try:
             _, train, val = prepare_data(cfg, run.tokenizer)
@@ -181,18 +184,19 @@ def run_blocks(run, data: str | os.PathLike | None) -> tuple[Tensor, dict]:
         return val, {"source": "validation split", "corpus": cfg.data.corpus, "val_fraction": cfg.data.val_fraction,
                      "split_seed": cfg.seed, "unigram_entropy": unigram_entropy(train, vocab),
                      "unigram_entropy_of": "training split"}
-    blocks, docs = corpus_blocks(data, run.tokenizer, cfg.data.block_size)
+    blocks, docs = corpus_blocks(data, run.tokenizer, run.block_size)
     return blocks, {"source": "corpus", "corpus": str(data), "documents": docs,
                     "unigram_entropy": unigram_entropy(blocks, vocab), "unigram_entropy_of": "evaluated corpus"}
 
 
 def nll_bound(run_or_path, data: str | os.PathLike | None = None, *, num_batches: int | None = None,
               passes: int | None = None, batch_size: int | None = None, seed: int = 0, device: str | None = "cpu",
-              progress: bool = False) -> dict:
+              progress: bool = False, weights: str = "ema", tokenizer=None) -> dict:
     """NLL bound of a run's EMA model on its validation split (default) or on a corpus.
 
     Args:
-        run_or_path: a run folder, a checkpoint folder, or a ``LoadedRun``.
+        run_or_path: a run folder, a checkpoint folder, an imported checkpoint (``ddlm.pretrained``), or a
+            ``LoadedRun``.
         data: None (the run's validation split, the same split as training, rebuilt from its config),
             or a text file / folder / JSONL corpus tokenized with the run's tokenizer.
         num_batches: batches to average (default: every block once, see :func:`model_bound`).
@@ -202,17 +206,20 @@ def nll_bound(run_or_path, data: str | os.PathLike | None = None, *, num_batches
         seed: seed of the Monte-Carlo draws.
         device: where the model runs.
         progress: progress bar.
+        weights, tokenizer: as for :func:`ddlm.evaluate.results.load_run`.
 
     Returns:
         The :func:`model_bound` record plus ``run`` (:func:`ddlm.evaluate.results.run_info`) and
-        ``data`` (what was evaluated).
+        ``data`` (what was evaluated); for an imported checkpoint also ``bound_convention`` (the
+        family's bound: process, K, schedule, times; ``ddlm.pretrained.bound_convention``).
     """
     from .results import LoadedRun, load_run
 
-    run = run_or_path if isinstance(run_or_path, LoadedRun) else load_run(run_or_path, device=device)
+    run = run_or_path if isinstance(run_or_path, LoadedRun) else load_run(run_or_path, device=device,
+                                                                           weights=weights, tokenizer=tokenizer)
     blocks, described = run_blocks(run, data)
     if batch_size is None:
-        batch_size = max(1, run.config.batch_size // run.config.grad_accum)
+        batch_size = run.eval_batch_size
     if passes is not None:
         if num_batches is not None:
             raise ValueError("give num_batches or passes, not both")
@@ -220,8 +227,13 @@ def nll_bound(run_or_path, data: str | os.PathLike | None = None, *, num_batches
             raise ValueError(f"passes must be an integer >= 1, got {passes!r}")
         num_batches = max(2, passes * math.ceil(blocks.shape[0] / batch_size))
     result = model_bound(run.model, blocks, batch_size=batch_size, num_batches=num_batches, seed=seed,
-                         t_min=run.config.t_min, tokenizer=run.tokenizer, progress=progress)
-    return {"command": "eval", "run": run.info, "data": described, "passes": passes, **result}
+                         t_min=run.t_min, tokenizer=run.tokenizer, progress=progress)
+    record = {"command": "eval", "run": run.info, "data": described, "passes": passes, **result}
+    if run.imported:
+        from ..pretrained import bound_convention
+
+        record["bound_convention"] = bound_convention(run.model, run.process, run.t_min)
+    return record
 
 
 def format_bound(r: dict) -> str:
@@ -259,7 +271,8 @@ def _handler(args) -> int:
     if args.passes is not None and args.batches is not None:
         raise ValueError("give --batches or --passes, not both")
     result = nll_bound(args.run, args.data, num_batches=args.batches, passes=args.passes, batch_size=args.batch_size,
-                       seed=args.seed, device=args.device, progress=not args.no_progress)
+                       seed=args.seed, device=args.device, progress=not args.no_progress, weights=args.weights,
+                       tokenizer=args.tokenizer)
     print(format_bound(result))
     write_out(args.out, result, overwrite=args.overwrite)
     return 0
@@ -267,13 +280,17 @@ def _handler(args) -> int:
 
 def add_command(subparsers) -> None:
     """Register ``ddlm eval``."""
+    from .results import add_model_options
+
     p = subparsers.add_parser(
         "eval", help="NLL bound of a run (nats/token, bits/token, bits/char, perplexity) on held-out text",
         description="Monte-Carlo NLL bound (ELBO, antithetic times) of a run's EMA model on its validation "
                     "split or on a corpus; the exact NLL for an autoregressive run.")
-    p.add_argument("run", help="run folder (its latest checkpoint) or checkpoint folder")
+    p.add_argument("run", help="run folder (its latest checkpoint), checkpoint folder, or released checkpoint (a "
+                               "Hugging Face style folder, a Lightning .ckpt, a SEDD checkpoint.pth)")
     p.add_argument("--data", default=None,
-                   help="text file, folder of .txt files or .jsonl corpus (default: the run's validation split)")
+                   help="text file, folder of .txt files or .jsonl corpus (default: the run's validation split; "
+                        "required for a released checkpoint)")
     p.add_argument("--batches", type=int, default=None, help="batches to average (default: every block once)")
     p.add_argument("--passes", type=int, default=None,
                    help="score every block this many times with fresh Monte-Carlo draws (default 1); the ELBO's "
@@ -284,4 +301,5 @@ def add_command(subparsers) -> None:
     p.add_argument("--out", default=None, help="write the result as JSON here")
     p.add_argument("--overwrite", action="store_true", help="replace an existing --out file")
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
+    add_model_options(p)
     p.set_defaults(func=_handler)

@@ -298,7 +298,7 @@ def _handler(args) -> int:
     from .judge_loading import load_judge
 
     judge = load_judge(args.judge, device=args.device or "cpu", progress=not args.no_progress)
-    runs = [load_run(r, device=args.device or "cpu") for r in args.runs]
+    runs = [load_run(r, device=args.device or "cpu", tokenizer=args.tokenizer) for r in args.runs]
     for run in runs:  # fail before any sampling if an option does not apply to a run
         from .options import check_applicable
 
@@ -321,7 +321,8 @@ def add_command(subparsers) -> None:
     p = subparsers.add_parser(
         "frontier", help="generative frontier sweep: gen-PPL under a judge against sample entropy (CSV + PNG)",
         description=__doc__.split("\n\n")[0] + " Resumable: points already in OUT/frontier.csv are skipped.")
-    p.add_argument("runs", nargs="*", help="run folders or checkpoint folders (several are overlaid)")
+    p.add_argument("runs", nargs="*", help="run folders, checkpoint folders or released checkpoints (several are "
+                                           "overlaid)")
     p.add_argument("--out", required=True, help="output folder (frontier.csv, samples/, frontier.png)")
     p.add_argument("--labels", nargs="+", default=None, help="curve label per run (default: folder names)")
     p.add_argument("--sampler", nargs="+", default=None, help="samplers to sweep (default: the process's ancestral)")
@@ -349,5 +350,8 @@ def add_command(subparsers) -> None:
     p.add_argument("--mauve", action="store_true",
                    help="also MAUVE against as many held-out validation blocks, on the judge's features")
     p.add_argument("--plot-only", action="store_true", help="only redraw OUT/frontier.png from the CSV")
+    from .results import add_model_options
+
+    add_model_options(p, weights=False)  # EMA weights: a point's key (its CSV row) does not record the weights
     p.add_argument("--no-progress", action="store_true")
     p.set_defaults(func=_handler)

@@ -159,7 +159,7 @@ def _handler(args) -> int:
 
     check_out(args.out, args.overwrite)
     settings = settings_from_args(args)
-    run = load_run(args.run, device=args.device)
+    run = load_run(args.run, device=args.device, weights=args.weights, tokenizer=args.tokenizer)
     if run.autoregressive:
         check_ar_args(args)
     prompts = _read_prompt_file(args.prompt_file) if args.prompt_file is not None else args.prompt
@@ -178,12 +178,16 @@ def _handler(args) -> int:
 
 def add_command(subparsers) -> None:
     """Register ``ddlm sample``."""
+    from .results import add_model_options
+
     p = subparsers.add_parser(
         "sample", help="draw samples from a run (unconditional, prefix prompts, infilling) and print them",
         description="Draw samples from a run's EMA model with any sampler; prompts are held fixed at the start "
                     "of the sequence; infill templates fix text around [[N]] gaps of N free tokens.")
-    p.add_argument("run", help="run folder (its latest checkpoint) or checkpoint folder")
+    p.add_argument("run", help="run folder (its latest checkpoint), checkpoint folder, or released checkpoint (a "
+                               "Hugging Face style folder, a Lightning .ckpt, a SEDD checkpoint.pth)")
     add_sampler_options(p)
+    add_model_options(p)
     p.add_argument("--num-samples", type=int, default=4, help="samples per prompt (default 4)")
     p.add_argument("--length", type=int, default=None, help="tokens per sample (default: the run's block size)")
     cond = p.add_mutually_exclusive_group()

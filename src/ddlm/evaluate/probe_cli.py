@@ -80,18 +80,24 @@ def plot_probe(results: list[dict] | dict[str, list[dict]], path: str | Path) ->
 
 # ---- command line ------------------------------------------------------------------------------
 
-def _load_udm_run(path: str, device: str = "cpu"):
-    """(model, process, run_info) of a run folder or checkpoint folder; ValueError unless it is UDM."""
-    from ..runs import model_from_checkpoint, open_checkpoint
+def _load_udm_run(path: str, device: str = "cpu", weights: str = "ema"):
+    """(model, process, run_info) of a run folder, checkpoint folder or released checkpoint; ValueError
+    unless it is UDM."""
+    from ..pretrained import is_pretrained
+    from ..runs import load, model_from_checkpoint, open_checkpoint
     from .results import _info, resolve_device, run_info
 
     info = run_info(path)  # FileNotFoundError / ValueError naming the path
     cls = REGISTRY.get(info["process"])
     if cls is None or not issubclass(cls, UniformDiffusion):  # refuse before loading the weights
         raise ValueError(f"run {path!r} has process {info['process'].upper()}; {_WHY_UDM}")
-    ckpt = open_checkpoint(path, weights_only=True)  # verified; a damaged latest names the way out
-    info = _info(path, ckpt.path, ckpt.config, ckpt.step)
-    model, process, _ = model_from_checkpoint(ckpt, ema=True)
+    if is_pretrained(path):
+        model, process, _ = load(path, weights)
+        info = dict(info, imported=model.conventions)
+    else:
+        ckpt = open_checkpoint(path, weights_only=True)  # verified; a damaged latest names the way out
+        info = _info(path, ckpt.path, ckpt.config, ckpt.step)
+        model, process, _ = model_from_checkpoint(ckpt, ema=weights == "ema")
     _check_udm(process, f"the process of run {path!r}")
     return model.to(resolve_device(device)).eval(), process, info
 
@@ -120,14 +126,15 @@ def _command(args) -> int:
     from .._io import check_writable
 
     check_writable(out, "--out folder")
-    loaded = [(run, *_load_udm_run(run, args.device)) for run in args.runs]  # every run is checked before any is probed
+    # every run is checked before any is probed
+    loaded = [(run, *_load_udm_run(run, args.device, args.weights)) for run in args.runs]
     records = []
     for run, model, process, info in loaded:
         length = args.length if args.length is not None else model.net.config.max_len
         rec = probe(model, process, num_samples=args.num_samples, length=length, nfe=args.nfe,
                     positions_per_sequence=args.positions, sampler=args.sampler, batch_size=args.batch_size,
                     seed=args.seed, device=next(model.parameters()).device, progress=not args.no_progress)
-        records.append({"run": run, "checkpoint": info["checkpoint"], "step": info["step"], "weights": "ema",
+        records.append({"run": run, "checkpoint": info["checkpoint"], "step": info["step"], "weights": args.weights,
                         "run_info": info, **rec})
         print(f"{run} (step {info['step']}): mean TV {rec['mean_tv']:.4g}, max TV {rec['max_tv']:.4g} "
               f"over {len(rec['states'])} states")
@@ -149,7 +156,8 @@ def add_command(subparsers) -> None:
         description="For each UDM run: sample a trajectory, then at every state it visits change one token at "
                     "P positions per sequence and measure the TV change of the model's LOO there (0 for an exact "
                     "LOO). Writes OUT/probe.json (settings, checkpoint, per-state results) and OUT/probe.png.")
-    p.add_argument("runs", nargs="+", metavar="RUN", help="UDM run folder(s) or checkpoint folder(s) (EMA weights)")
+    p.add_argument("runs", nargs="+", metavar="RUN",
+                   help="UDM run folder(s), checkpoint folder(s) or released UDM checkpoint(s)")
     p.add_argument("--nfe", type=int, default=64, help="forward passes of the sampled trajectory (default 64)")
     p.add_argument("--num-samples", type=int, default=16, help="sequences sampled per run (default 16)")
     p.add_argument("--positions", type=int, default=8, help="perturbed positions per sequence and state (default 8)")
@@ -163,4 +171,6 @@ def add_command(subparsers) -> None:
     p.add_argument("--overwrite", action="store_true", help="replace an existing OUT/probe.json")
     p.add_argument("--device", default="cpu", help="cpu, cuda or auto (default cpu)")
     p.add_argument("--no-progress", action="store_true", help="no progress bars")
+    p.add_argument("--weights", choices=("ema", "raw"), default="ema",
+                   help="EMA (default) or raw weights of a run or of a file that holds both")
     p.set_defaults(func=_command)
