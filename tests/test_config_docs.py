@@ -48,7 +48,8 @@ def test_describe_shows_values_defaults_and_meanings():
     assert "  process = mdm   (str; default mdm; one of ar, audm, d3pm, mdm, udm)" in text
     assert "here mdm_elbo; one of mdm_elbo, cross_entropy, masked_cross_entropy, score_entropy for process mdm" in text
     udm = config_docs.describe_text(None, ["process=udm"])
-    assert "  model.output = null   (str | None; default null; here loo; one of loo, denoiser, score for process udm)" in udm
+    assert ("  model.output = null   (str | None; default null"
+            "; here loo; one of loo, denoiser, score for process udm)") in udm
 
 
 @pytest.mark.parametrize("override,suggestion", [
