@@ -73,6 +73,9 @@ def build_parser() -> argparse.ArgumentParser:
 
     for module in (generate, bound, frontier, probe_cli, sudoku):  # ddlm sample, eval, frontier, probe, sudoku
         module.add_command(sub)
+    from .data import prepare_corpus  # ddlm prepare
+
+    prepare_corpus.add_command(sub)
     return parser
 
 

@@ -26,8 +26,8 @@ from ._io import atomic_write_json
 from .bound import ELBO, ar_token_losses, corrupt, stratified_times, token_losses, validation_bound
 from .checkpoint import capture_rng, load_checkpoint, save_checkpoint
 from .config import TrainConfig, is_autoregressive
-from .data.corpora import unigram_entropy
-from .data.prepare import prepare_data
+from .data.conventions import BlockSet
+from .data.prepare import blocks_entropy, check_data_state, data_state, prepare_data
 from .data.tokenizers import tokenizer_from_dict
 from .models.diffusion import DiffusionModel
 from .models.factory import build_model
@@ -108,6 +108,7 @@ def train(cfg: TrainConfig, resume: bool = True, progress: bool = True, log=prin
     ckpt = load_checkpoint(ckpt_path) if ckpt_path is not None else None
     if ckpt is not None:
         check_resumable(cfg, ckpt.config, ckpt_path)
+        check_data_state(cfg, ckpt.data, ckpt_path)  # a prepared corpus must be the one the checkpoint saw
     tokenizer = tokenizer_from_dict(ckpt.tokenizer) if ckpt else None
     tokenizer, train_blocks, val_blocks = prepare_data(cfg, tokenizer)
 
@@ -148,7 +149,7 @@ def train(cfg: TrainConfig, resume: bool = True, progress: bool = True, log=prin
         _append(metrics_file, {"step": step, "val_nll": nll, "val_nll_se": se, "unigram_entropy": entropy})
         log(f"step {step}: validation bound {nll:.4f} +- {se:.4f} nats/token (unigram entropy {entropy:.4f})")
 
-    entropy = unigram_entropy(train_blocks.flatten().tolist(), tokenizer.vocab_size)
+    entropy = blocks_entropy(train_blocks, tokenizer.vocab_size)
     if ddp.main:
         run.mkdir(parents=True, exist_ok=True)
         atomic_write_json(run / "config.json", cfg.to_dict(), indent=2)
@@ -183,7 +184,10 @@ def train(cfg: TrainConfig, resume: bool = True, progress: bool = True, log=prin
             g = step_generator(cfg.seed, step)
             torch.manual_seed(cfg.seed * 1_000_003 + step * 1_009 + ddp.rank)  # dropout, if any
             u0 = float(torch.rand((), generator=g, dtype=torch.float64))
-            x0_all = train_blocks[_batch_indices(train_blocks.shape[0], step, cfg.batch_size, cfg.seed)]
+            if isinstance(train_blocks, BlockSet):  # a prepared corpus: memory-mapped, arithmetic shuffled order
+                x0_all = train_blocks.batch(step, cfg.batch_size, cfg.seed)
+            else:
+                x0_all = train_blocks[_batch_indices(train_blocks.shape[0], step, cfg.batch_size, cfg.seed)]
             t_all = stratified_times(u0, torch.arange(cfg.batch_size), cfg.batch_size, cfg.t_min)
             ar = is_autoregressive(cfg)
             xt_all, noise_all = (x0_all, None) if ar else corrupt(model.process, x0_all, t_all, g)
@@ -284,7 +288,8 @@ def _save(run: Path, cfg, tokenizer, model: dict, ema: dict, optimizer: dict, sc
     path = run / "checkpoints" / checkpoint_name(step)
     save_checkpoint(path, step=step, config=cfg.to_dict(), tokenizer=tokenizer.to_dict(),
                     model=model, ema=ema, optimizer=optimizer,
-                    scheduler=scheduler.state_dict(), rng=capture_rng(), data={"step": step, "seed": cfg.seed},
+                    scheduler=scheduler.state_dict(), rng=capture_rng(),
+                    data={"step": step, "seed": cfg.seed, **data_state(cfg)},
                     metrics=metrics)
     set_latest(run, path)
     prune_checkpoints(run, cfg.keep_checkpoints)
