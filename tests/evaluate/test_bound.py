@@ -111,7 +111,9 @@ def test_run_bound_on_its_validation_split_and_on_a_corpus(tmp_path):
     corpus = tmp_path / "other.txt"
     corpus.write_text("a lazy dog. " * 30)
     c = nll_bound(run, data=str(corpus), batch_size=4)
-    assert c["data"] == {"source": "corpus", "corpus": str(corpus), "documents": 1}
+    assert c["data"] == {"source": "corpus", "corpus": str(corpus), "documents": 1, "convention": "packed",
+                         "block_size": 16, "split": "none (every document)"}
+    assert r["data"]["convention"] == "packed" and r["data"]["split"].startswith("val_fraction:")
     assert c["blocks"] == (len("a lazy dog. " * 30) + 2) // 16
     # bits per character: total nats over the characters of the scored blocks
     assert c["bits_per_char"] == pytest.approx(c["total_nats"] / c["characters"] / math.log(2))
