@@ -6,7 +6,7 @@ import pytest
 from _corpus import documents
 
 from ddlm.data.encoding import CHECK_TEXT, ChunkEncoder, make_encoder
-from ddlm.data.sources import ReadOptions
+from ddlm.data.sources import Chunk, ReadOptions
 from ddlm.data.tokenizers import BPETokenizer, CharTokenizer
 
 TEXTS = [CHECK_TEXT, "", " ", "\n\n\n", "a  b   c\t\td", "<|endoftext|> is text here", "x" * 3000,
@@ -34,9 +34,8 @@ def test_encoders_give_the_tokenizer_ids():
 def test_chunk_encoder_appends_eos_and_splits_by_hash():
     char = CharTokenizer.from_text("abcdefgh \n")
     enc = ChunkEncoder(char, ReadOptions(), None, 0.5, "<u2")
-    items = [b"abc", b"  ", b"de", b"fgh"]
-    r = enc(items, "text", [("f", i) for i in range(4)])
+    r = enc(Chunk(segments=[("f", 0, "text", "line", b"abc\n  \nde\nfgh")]))
     assert r["tokens"].tolist() == char.encode("abc") + [char.eos_id] + char.encode("de") + [char.eos_id] + \
         char.encode("fgh") + [char.eos_id]
     assert r["lengths"].tolist() == [4, 3, 4] and r["skipped"] == 1 and len(r["val"]) == 3
-    assert r["digest"] != enc(items[::-1], "text", [("f", i) for i in range(4)])["digest"]
+    assert r["digest"] != enc(Chunk(segments=[("f", 0, "text", "line", b"fgh\nde\n  \nabc")]))["digest"]

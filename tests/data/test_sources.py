@@ -9,17 +9,21 @@ import pytest
 from _corpus import documents, write_jsonl, write_paragraphs
 
 from ddlm.data import sources
-from ddlm.data.sources import ReadOptions, Source, SourceError, decode_item
+from ddlm.data.sources import ReadOptions, Source, SourceError, chunk_items, decode_item
 
 
 def _docs(src: Source, position=(0, 0), chunk_bytes=200) -> list[str]:
     out = []
     for chunk in src.chunks(position, chunk_bytes):
-        for item, where in zip(chunk.items, chunk.where, strict=True):
-            text = decode_item(item, chunk.kind, where, src.options)
+        for item, kind, where in chunk_items(chunk, src.options):
+            text = decode_item(item, kind, where, src.options)
             if text is not None:
                 out.append(text)
     return out
+
+
+def _items(src, chunks):
+    return [it for c in chunks for it, _, _ in chunk_items(c, src.options)]
 
 
 def test_every_chunk_position_resumes_exactly(tmp_path):
@@ -29,10 +33,10 @@ def test_every_chunk_position_resumes_exactly(tmp_path):
     src = Source(tmp_path, ReadOptions(unit="paragraph"))
     chunks = list(src.chunks((0, 0), 300))
     assert len(chunks) > 5 and _docs(src) == docs
-    items = [it for c in chunks for it in c.items]
+    items = _items(src, chunks)
     for k, chunk in enumerate(chunks):
-        rest = [it for c in src.chunks(chunk.position, 300) for it in c.items]
-        assert rest == items[sum(len(c.items) for c in chunks[: k + 1]):]
+        rest = _items(src, src.chunks(chunk.position, 300))
+        assert rest == items[len(_items(src, chunks[: k + 1])):]
 
 
 def test_units_of_a_text_file(tmp_path):
@@ -75,10 +79,15 @@ def test_named_errors(tmp_path):
 
 
 def test_a_document_too_large_to_hold_is_refused(tmp_path, monkeypatch):
+    """Reading holds at most a chunk plus one document: a longer document is refused, not loaded."""
     monkeypatch.setattr(sources, "MAX_DOC_BYTES", 10)
-    (tmp_path / "t.txt").write_text("short\n\nthis paragraph is long\n")
+    (tmp_path / "t.txt").write_text("short\n\nthis paragraph\nis long and longer\n\nend\n")
+    with pytest.raises(SourceError, match="a paragraph of more than 10 bytes; use --unit line"):
+        _docs(Source(tmp_path / "t.txt"), chunk_bytes=9)
     with pytest.raises(SourceError, match="a document of more than 10 bytes; use --unit"):
-        _docs(Source(tmp_path / "t.txt"))
+        _docs(Source(tmp_path / "t.txt", ReadOptions(unit="file")))
+    with pytest.raises(SourceError, match="a line of more than 10 bytes"):
+        _docs(Source(tmp_path / "t.txt", ReadOptions(unit="line")), chunk_bytes=4)
 
 
 def test_hub_name_offline_error(monkeypatch):
@@ -124,6 +133,6 @@ def test_parquet_and_arrow_sources(tmp_path):
         src = Source(tmp_path / name)
         assert _docs(src) == docs
         chunks = list(src.chunks((0, 0), 300))
-        assert _docs(src, chunks[1].position) == docs[sum(len(c.items) for c in chunks[:2]):]
+        assert _docs(src, chunks[1].position) == docs[len(_items(src, chunks[:2])):]
     with pytest.raises(SourceError, match="no column 'body'"):
         _docs(Source(tmp_path / "d.parquet", ReadOptions(field="body")))

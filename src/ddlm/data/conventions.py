@@ -131,7 +131,8 @@ class BlockSet:
         convention: one of :data:`CONVENTIONS`.
         block_size: L.
         bos_id, eos_id: special ids (EOS also pads).
-        pad_blocks: (``pad``) the stream's cumulative block counts per document (memory-mapped).
+        pad_blocks: (``pad``) the split's range ``(first, end)`` in the stream's block table ``pad_blocks.bin``
+            (int64 (start, end) token offsets per block, read on demand).
         describe: the record that names this data in results (corpus, convention, split, ...).
         counts: unigram counts of the split's tokens (int64, one per id), or None.
     """
@@ -139,7 +140,7 @@ class BlockSet:
     dtype = torch.long
 
     def __init__(self, stream, docs: tuple[int, int], convention: str, block_size: int, bos_id: int, eos_id: int,
-                 pad_blocks: np.ndarray | None = None, describe: dict | None = None, counts=None):
+                 pad_blocks: tuple[int, int] | None = None, describe: dict | None = None, counts=None):
         if convention not in CONVENTIONS:
             raise ValueError(f"convention is {convention!r}, expected one of {sorted(CONVENTIONS)}")
         self.stream, self.convention, self.block_size = stream, convention, int(block_size)
@@ -153,11 +154,8 @@ class BlockSet:
             self.n = max(0, (length - (self.block_size - 1)) // self.block_size)
         else:
             if pad_blocks is None:
-                raise ValueError("convention 'pad' needs the stream's pad_blocks index")
-            self.pad_blocks = pad_blocks
-            before = 0 if self.first_doc == 0 else int(pad_blocks[self.first_doc - 1])
-            self.block_offset = before
-            self.n = (0 if self.end_doc == 0 else int(pad_blocks[self.end_doc - 1])) - before
+                raise ValueError("convention 'pad' needs the split's range in the stream's block table")
+            self.block_offset, self.n = pad_blocks[0], pad_blocks[1] - pad_blocks[0]
 
     def __len__(self) -> int:
         return self.n
@@ -175,11 +173,8 @@ class BlockSet:
             a = self.start + phase + i * length
             out[:] = self.stream.read(a, a + length)
         else:
-            g = self.block_offset + i
-            d = int(np.searchsorted(self.pad_blocks, g, side="right"))
-            piece = g - (0 if d == 0 else int(self.pad_blocks[d - 1]))
-            s = self.stream.doc_start(d) + piece * (length - 1)
-            tokens = self.stream.read(s, min(int(self.stream.doc_ends[d]), s + length - 1))
+            s, e = self.stream.items("pad_blocks.bin", "<i8", 2 * (self.block_offset + i), 2).tolist()
+            tokens = self.stream.read(s, e)
             out[0], out[1 : 1 + len(tokens)], out[1 + len(tokens) :] = self.bos_id, tokens, self.eos_id
         return out
 

@@ -15,12 +15,13 @@ from __future__ import annotations
 
 import hashlib
 import os
+from functools import lru_cache
 
 import numpy as np
 
 from .conventions import doc_hash_fraction
 from .detokenizers import detokenizer
-from .sources import ReadOptions, decode_item
+from .sources import ReadOptions, chunk_items, decode_item
 
 #: GPT-2's pre-tokenisation pattern (the same in tokenizers' ByteLevel pre-tokenizer)
 GPT2_PATTERN = r"""'(?:[sdmt]|ll|ve|re)| ?\p{L}+| ?\p{N}+| ?[^\s\p{L}\p{N}]+|\s+(?!\S)|\s+"""
@@ -29,8 +30,10 @@ CHECK_TEXT = ("It's 2024: they'll say \"héllo\"  world!\n\n\tTabs,   spaces... 
               "日本語のテキスト 🙂🙃 don't I'd we've you're\r\nend  ")
 
 
+@lru_cache(maxsize=1)
 def _tiktoken_gpt2():
-    """tiktoken's Encoding for GPT-2 from the offline files, or None when tiktoken is not installed."""
+    """tiktoken's Encoding for GPT-2 from the offline files, or None when tiktoken is not installed (built
+    once per process; forked workers inherit it)."""
     try:
         import tiktoken
         from tiktoken.load import data_gym_to_mergeable_bpe_ranks
@@ -79,22 +82,28 @@ class ChunkEncoder:
             self.encode, self.encoder_name = make_encoder(tokenizer)
             self.eos = tokenizer.eos_id
 
-    def texts(self, items, kind, where) -> tuple[list[str], bytes, int]:
-        """(document texts, SHA-256 of the raw items, number of items skipped as empty)."""
+    def texts(self, chunk) -> tuple[list[str], bytes, int]:
+        """(document texts, SHA-256 of the chunk's raw content, number of items skipped as empty)."""
         h, docs, skipped = hashlib.sha256(), [], 0
-        for item, at in zip(items, where, strict=True):
-            raw = item if isinstance(item, bytes) else item.encode("utf-8")
-            h.update(len(raw).to_bytes(8, "little"))
-            h.update(raw)
-            text = decode_item(item, kind, at, self.options)
+        for _, offset, kind, _, data in chunk.segments:
+            h.update(f"{kind}:{offset}:{len(data)};".encode())
+            if kind == "str":
+                for v in data:
+                    raw = v.encode("utf-8")
+                    h.update(len(raw).to_bytes(8, "little"))
+                    h.update(raw)
+            else:
+                h.update(data)
+        for item, kind, where in chunk_items(chunk, self.options):
+            text = decode_item(item, kind, where, self.options)
             if text is None:
                 skipped += 1
                 continue
             docs.append(self.detok(text) if self.detok else text)
         return docs, h.digest(), skipped
 
-    def __call__(self, items, kind, where) -> dict:
-        docs, digest, skipped = self.texts(items, kind, where)
+    def __call__(self, chunk) -> dict:
+        docs, digest, skipped = self.texts(chunk)
         ids = self.encode(docs)
         lengths = np.fromiter((len(x) + 1 for x in ids), dtype=np.int64, count=len(ids))
         flat: list[int] = []
@@ -127,10 +136,10 @@ def encode_chunk(chunk) -> dict:
     """Tokens of a chunk in this worker: every kept document's ids followed by EOS, back to back;
     ``lengths`` per document; ``val`` (rule ``fraction``) whether each document is in validation;
     ``digest`` of the raw items (the source fingerprint chains these); ``skipped`` empty items."""
-    return _WORKER(chunk.items, chunk.kind, chunk.where)
+    return _WORKER(chunk)
 
 
 def scan_chunk(chunk) -> tuple[str, bytes, int]:
     """(the sorted characters of a chunk's documents, digest, skipped): the character tokenizer's scan."""
-    docs, digest, skipped = _WORKER.texts(chunk.items, chunk.kind, chunk.where)
+    docs, digest, skipped = _WORKER.texts(chunk)
     return "".join(sorted(set().union(*map(set, docs)))) if docs else "", digest, skipped

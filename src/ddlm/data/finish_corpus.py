@@ -43,20 +43,30 @@ def _count(stream: Stream, start: int, end: int, vocab: int, piece: int = 1 << 2
     return counts
 
 
-def _pad_index(folder: Path, stream: Stream, block_size: int, piece: int = 1 << 22) -> int:
-    """Write ``pad_blocks.bin`` (cumulative blocks per document) in pieces; returns the total."""
-    tmp, total = folder / (PAD_BLOCKS + ".partial"), 0
+def _pad_table(folder: Path, stream: Stream, block_size: int, marks: set[int], piece: int = 1 << 20) -> dict:
+    """Write ``pad_blocks.bin``, the (start, end) stream offsets of every pad block (a document's
+    tokens, EOS included, in pieces of L - 1), in pieces of documents; returns the number of blocks
+    before each document index in ``marks`` (and before the end)."""
+    tmp, total, before = folder / (PAD_BLOCKS + ".partial"), 0, {}
     with open(tmp, "wb") as f:
         for a in range(0, stream.documents, piece):
-            ends = np.asarray(stream.doc_ends[a : a + piece])
+            ends = stream.doc_ends(a, min(stream.documents, a + piece))
             starts = np.concatenate([[stream.doc_start(a)], ends[:-1]])
-            cum = total + np.cumsum(blocks_per_document(ends - starts, block_size))
-            f.write(cum.astype("<i8").tobytes())
-            total = int(cum[-1]) if len(cum) else total
+            counts = blocks_per_document(ends - starts, block_size)
+            cum = np.cumsum(counts)
+            for d in marks:
+                if a <= d < a + len(ends):
+                    before[d] = total + int(cum[d - a] - counts[d - a])
+            first = np.repeat(cum - counts, counts)  # block index of each block's document's first block
+            block_starts = np.repeat(starts, counts) + (np.arange(len(first)) - first) * (block_size - 1)
+            pairs = np.stack([block_starts, np.minimum(np.repeat(ends, counts), block_starts + block_size - 1)], 1)
+            f.write(pairs.astype("<i8").tobytes())
+            total += int(cum[-1]) if len(cum) else 0
         f.flush()
         os.fsync(f.fileno())
     os.replace(tmp, folder / PAD_BLOCKS)
-    return total
+    before[stream.documents] = total
+    return before
 
 
 def finish(out, state, writers, tok, src, s, split_rule, options, block_size, shard_tokens, dtype) -> dict:
@@ -94,11 +104,11 @@ def finish(out, state, writers, tok, src, s, split_rule, options, block_size, sh
         _save_npy(out / "counts" / f"{name}.npy", _count(stream, *rec["token_range"], vocab))
     if s["convention"] == "pad":
         for n, (info, stream) in streams.items():
-            info["pad_blocks"] = _pad_index(out / n, stream, block_size)
-        for rec in splits.values():
-            pad = np.memmap(out / rec["stream"] / PAD_BLOCKS, dtype="<i8", mode="r")
-            d0, d1 = rec["documents"]
-            rec["blocks"] = int(pad[d1 - 1]) - (int(pad[d0 - 1]) if d0 else 0)
+            mine = [rec for rec in splits.values() if rec["stream"] == n]
+            before = _pad_table(out / n, stream, block_size, {d for rec in mine for d in rec["documents"]})
+            info["pad_blocks"] = before[stream.documents]
+            for rec in mine:
+                rec["block_range"] = [before[rec["documents"][0]], before[rec["documents"][1]]]
     meta = {
         "format": FORMAT, "version": FORMAT_VERSION,
         "tokenizer": tokenizer_identity(tok), "encoder": state.get("encoder"), "dtype": dtype.name,

@@ -133,10 +133,12 @@ class PreparedCorpus:
                                     f"--block-size {block_size}")
         rec = self.meta["splits"][split]
         stream = self.streams[rec["stream"]]
-        pad = None
-        if self.convention == "pad":
-            pad = np.memmap(self.folder / rec["stream"] / PAD_BLOCKS, dtype="<i8", mode="r", shape=(stream.documents,))
-        counts = np.load(self.folder / "counts" / f"{split}.npy", mmap_mode="r")
+        pad = tuple(rec["block_range"]) if self.convention == "pad" else None
+        table = self.folder / rec["stream"] / PAD_BLOCKS
+        if pad is not None and (not table.is_file() or table.stat().st_size != 16 * stream.info["pad_blocks"]):
+            raise PreparedDataError(f"{table}: expected {stream.info['pad_blocks']} blocks of 16 bytes; prepare the "
+                                    "folder again")
+        counts = np.load(self.folder / "counts" / f"{split}.npy")
         tok = self.tokenizer
         out = BlockSet(stream, tuple(rec["documents"]), self.convention, block_size, tok.bos_id, tok.eos_id,
                        pad_blocks=pad, describe=self.describe(split, block_size), counts=counts)

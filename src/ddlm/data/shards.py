@@ -11,14 +11,14 @@ A prepared folder (``ddlm prepare``, ``ddlm.data.prepare_corpus``) holds::
                             is its tokens followed by EOS, documents follow each other and may cross
                             shard boundaries
     <stream>/documents.bin  int64 end offset (in the stream, EOS included) of every document
-    <stream>/pad_blocks.bin (convention "pad") int64 cumulative number of blocks up to each document
+    <stream>/pad_blocks.bin (convention "pad") int64 (start, end) stream offsets of every block's tokens
 
 While a preparation runs, the open shard and the document index are ``*.partial`` files that only
 ever grow; the committed lengths are in ``.progress.json``. A shard gets its final name only once it
 is full and fsynced, so no file under a final name is ever half written, and an interrupted run
 restores the committed state (:meth:`StreamWriter.restore`) and continues to the same bytes.
 
-Reading (:class:`Stream`) memory-maps the shards: nothing is loaded beyond the pages a block touches.
+Reading (:class:`Stream`) copies each asked range with ``pread``: nothing is loaded or mapped beyond it.
 :func:`check_stream` catches truncated, resized or wrong-dtype shards and a bad document index at
 start, with a :class:`PreparedDataError` naming the file, what was expected and what was found.
 """
@@ -193,7 +193,11 @@ class StreamWriter:
 
 
 class Stream:
-    """A finished stream, memory-mapped: ``read(start, end)`` any token range, ``doc_ends``.
+    """A finished stream, read with ``pread``: ``read(start, end)`` any token range, ``doc_start(d)``.
+
+    Nothing is memory-mapped: every read copies just the asked range into a fresh array, so the
+    process's memory does not grow with the part of the corpus it has touched (the kernel's page
+    cache, which is not the process's, keeps the hot pages).
 
     Args:
         folder: the stream's folder.
@@ -205,37 +209,65 @@ class Stream:
     def __init__(self, folder: Path, info: dict, dtype: np.dtype, shard_tokens: int):
         self.folder, self.info, self.dtype, self.shard_tokens = Path(folder), info, np.dtype(dtype), shard_tokens
         self.tokens, self.documents = int(info["tokens"]), int(info["documents"])
-        self._maps: dict[int, np.memmap] = {}
-        self.doc_ends = self._map(self.folder / DOCUMENTS, np.dtype("<i8"), self.documents)
+        self._fds: dict[str, int] = {}
 
-    @staticmethod
-    def _map(path: Path, dtype, count: int) -> np.ndarray:
-        if count == 0:
-            return np.zeros(0, dtype=dtype)
-        return np.memmap(path, dtype=dtype, mode="r", shape=(count,))
-
-    def shard(self, index: int) -> np.ndarray:
-        if index not in self._maps:
-            count = min(self.shard_tokens, self.tokens - index * self.shard_tokens)
-            self._maps[index] = self._map(self.folder / self.info["shards"][index]["name"], self.dtype, count)
-        return self._maps[index]
+    def _pread(self, name: str, offset: int, nbytes: int) -> bytes:
+        if name not in self._fds:
+            self._fds[name] = os.open(self.folder / name, os.O_RDONLY)
+        data = os.pread(self._fds[name], nbytes, offset)
+        if len(data) != nbytes:
+            raise PreparedDataError(f"{self.folder / name}: read {len(data)} of {nbytes} bytes at offset {offset} "
+                                    "(truncated since it was opened?)")
+        return data
 
     def read(self, start: int, end: int) -> np.ndarray:
-        """Tokens ``[start, end)`` of the stream (a view when inside one shard, else a copy)."""
+        """Tokens ``[start, end)`` of the stream, as a new array."""
         if not 0 <= start <= end <= self.tokens:
             raise IndexError(f"token range [{start}, {end}) outside the stream's [0, {self.tokens})")
-        first, last = start // self.shard_tokens, max(start, end - 1) // self.shard_tokens
-        if first == last:
-            off = first * self.shard_tokens
-            return self.shard(first)[start - off : end - off]
-        parts = []
-        for i in range(first, last + 1):
-            off = i * self.shard_tokens
-            parts.append(self.shard(i)[max(start, off) - off : min(end, off + self.shard_tokens) - off])
-        return np.concatenate(parts)
+        item, parts = self.dtype.itemsize, []
+        pos = start
+        while pos < end:
+            i, off = divmod(pos, self.shard_tokens)
+            take = min(end - pos, self.shard_tokens - off)
+            parts.append(self._pread(self.info["shards"][i]["name"], off * item, take * item))
+            pos += take
+        return np.frombuffer(b"".join(parts), dtype=self.dtype)
+
+    def items(self, name: str, dtype, first: int, count: int) -> np.ndarray:
+        """``count`` items of ``dtype`` from item ``first`` of the stream's file ``name`` (e.g. the pad table)."""
+        dtype = np.dtype(dtype)
+        return np.frombuffer(self._pread(name, first * dtype.itemsize, count * dtype.itemsize), dtype=dtype)
+
+    def doc_ends(self, first: int, end: int) -> np.ndarray:
+        """End offsets of documents ``[first, end)`` (int64)."""
+        if not 0 <= first <= end <= self.documents:
+            raise IndexError(f"documents [{first}, {end}) outside the stream's [0, {self.documents})")
+        return np.frombuffer(self._pread(DOCUMENTS, first * 8, (end - first) * 8), dtype="<i8")
 
     def doc_start(self, d: int) -> int:
-        return 0 if d == 0 else int(self.doc_ends[d - 1])
+        return 0 if d == 0 else int(self.doc_ends(d - 1, d)[0])
+
+    def close(self) -> None:
+        for fd in self._fds.values():
+            os.close(fd)
+        self._fds = {}
+
+    def __del__(self):
+        try:
+            self.close()
+        except Exception:
+            pass
+
+    def __getstate__(self):  # file descriptors do not travel to other processes
+        return {**self.__dict__, "_fds": {}}
+
+
+def read_range(path: Path, dtype, first: int, count: int) -> np.ndarray:
+    """``count`` items of ``dtype`` from item ``first`` of a file (a fresh array)."""
+    dtype = np.dtype(dtype)
+    with open(path, "rb") as f:
+        f.seek(first * dtype.itemsize)
+        return np.frombuffer(f.read(count * dtype.itemsize), dtype=dtype)
 
 
 def _size_error(path: Path, expected_tokens: int, dtype: np.dtype, size: int) -> PreparedDataError:
@@ -269,8 +301,9 @@ def check_stream(folder: Path, info: dict, dtype: np.dtype, shard_tokens: int, v
         count = min(shard_tokens, tokens - i * shard_tokens)
         if path.stat().st_size != count * dtype.itemsize:
             raise _size_error(path, count, dtype, path.stat().st_size)
-        data = np.memmap(path, dtype=dtype, mode="r", shape=(count,))
-        for part in (data[:SAMPLE_TOKENS], data[-SAMPLE_TOKENS:]):
+        head = read_range(path, dtype, 0, min(count, SAMPLE_TOKENS))
+        tail = read_range(path, dtype, max(0, count - SAMPLE_TOKENS), min(count, SAMPLE_TOKENS))
+        for part in (head, tail):
             if len(part) and int(part.max()) >= vocab_size:
                 raise PreparedDataError(f"shard {path} holds token id {int(part.max())}, not below the vocabulary "
                                         f"size {vocab_size}: wrong dtype ({dtype.name} recorded) or tokenizer?")
@@ -280,10 +313,11 @@ def check_stream(folder: Path, info: dict, dtype: np.dtype, shard_tokens: int, v
         raise PreparedDataError(f"document index {index}: expected {docs * 8} bytes ({docs} documents), "
                                 f"found {found}; prepare the folder again")
     if docs:
-        ends = np.memmap(index, dtype="<i8", mode="r", shape=(docs,))
-        if int(ends[-1]) != tokens or int(ends[0]) <= 0 or np.any(np.diff(ends[:SAMPLE_TOKENS]) <= 0):
+        ends = read_range(index, "<i8", 0, min(docs, SAMPLE_TOKENS))
+        last = int(read_range(index, "<i8", docs - 1, 1)[0])
+        if last != tokens or int(ends[0]) <= 0 or np.any(np.diff(ends) <= 0):
             raise PreparedDataError(f"document index {index} is corrupt: it must rise to the stream's {tokens} "
-                                    f"tokens, ends at {int(ends[-1])}")
+                                    f"tokens, ends at {last}")
 
 
 def file_sha256(path: Path, chunk: int = 1 << 24) -> str:

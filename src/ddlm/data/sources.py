@@ -57,12 +57,13 @@ class ReadOptions:
 
 @dataclass
 class Chunk:
-    """About ``chunk_bytes`` of documents: ``items`` are document bytes (``kind`` "text"), raw JSON
-    lines ("json") or strings ("str"); ``where[i]`` locates item i for error messages."""
+    """About ``chunk_bytes`` of the source as segments ``(path, offset, kind, unit, data)``: raw bytes of
+    a text or JSONL file from byte ``offset`` (cut at a line boundary, and for paragraphs after a blank
+    line), or a list of strings from row ``offset`` of a tabular source. Workers cut the documents out
+    (:func:`chunk_items`), so the main process never touches single documents. ``position`` is where
+    reading resumes after this chunk."""
 
-    items: list = field(default_factory=list)
-    kind: str = "text"
-    where: list = field(default_factory=list)
+    segments: list = field(default_factory=list)
     position: tuple = (0, 0)
     nbytes: int = 0
 
@@ -201,83 +202,87 @@ class Source:
     # -- reading ----------------------------------------------------------------------------------
     def chunks(self, position=(0, 0), chunk_bytes: int = 1 << 20) -> Iterator[Chunk]:
         """Chunks of about ``chunk_bytes`` from ``position`` (file index, byte offset or row) to the end;
-        a chunk may span files, never item kinds."""
+        a chunk may span files."""
         chunk = Chunk()
-        for item, kind, where, after in self._items(tuple(position)):
-            if chunk.items and kind != chunk.kind:
-                yield chunk
-                chunk = Chunk()
-            chunk.kind = kind
-            chunk.items.append(item)
-            chunk.where.append(where)
-            chunk.nbytes += len(item)
+        for segment, size, after in self._segments(tuple(position), chunk_bytes):
+            chunk.segments.append(segment)
+            chunk.nbytes += size
             chunk.position = after
             if chunk.nbytes >= chunk_bytes:
                 yield chunk
                 chunk = Chunk()
-        if chunk.items:
+        if chunk.segments:
             yield chunk
 
-    def _items(self, position: tuple) -> Iterator[tuple]:
-        """(item, kind, where, position after it) for every item from ``position`` on."""
+    def _segments(self, position: tuple, chunk_bytes: int) -> Iterator[tuple]:
+        """(segment, its size, position after it) from ``position`` on."""
         if self.hub:
-            yield from self._rows(0, None, position[1])
+            yield from self._row_segments(0, None, position[1], chunk_bytes)
             return
         start_file, offset = position
         for i in range(start_file, len(self.files)):
             kind, comp = self.kinds[i]
             start = offset if i == start_file else 0
             if kind in ("parquet", "arrow"):
-                yield from self._rows(i, kind, start)
+                yield from self._row_segments(i, kind, start, chunk_bytes)
             else:
-                yield from self._lines(i, kind, comp, start)
+                yield from self._byte_segments(i, kind, comp, start, chunk_bytes)
 
-    def _lines(self, i: int, kind: str, comp, offset: int) -> Iterator[tuple]:
-        path, unit, keep_end = self.files[i], self.unit_for(kind), self.options.keep_line_end
-        item_kind = "json" if kind == "jsonl" else "text"
-
-        def item(data: bytes, at: int, end: int) -> tuple:
-            if len(data) > MAX_DOC_BYTES:
-                raise SourceError(f"{path}, byte {at}: a document of more than {MAX_DOC_BYTES} bytes; use --unit "
-                                  "paragraph or line to cut it (it would be held in memory whole)")
-            return data, item_kind, (str(path), at), (i, end)
-
+    def _byte_segments(self, i: int, kind: str, comp, offset: int, chunk_bytes: int) -> Iterator[tuple]:
+        """Blocks of a text or JSONL file, each ending at a line boundary (for paragraphs: after a blank
+        line or at the end of the file), so that no document is cut."""
+        path, unit = self.files[i], self.unit_for(kind) if kind == "text" else "jsonl"
         opener = COMPRESSION[comp] if comp else open
         with opener(path, "rb") as f:
             if offset:
                 f.seek(offset)
-            pos = offset
-            if kind == "text" and unit == "file":
+            if unit == "file":
                 data = f.read(MAX_DOC_BYTES + 1)
+                if len(data) > MAX_DOC_BYTES:
+                    raise SourceError(f"{path}: a document of more than {MAX_DOC_BYTES} bytes; use --unit paragraph "
+                                      "or line to cut it (it would be held in memory whole)")
                 if data:
-                    yield item(data, 0, pos + len(data))
+                    yield (str(path), offset, "text", unit, data), len(data), (i, offset + len(data))
                 return
-            para, para_start = [], pos
-            for line in f:
-                at, pos = pos, pos + len(line)
-                if kind == "jsonl":
-                    if line.strip():
-                        yield item(line, at, pos)
-                elif unit == "line":
-                    yield item(line if keep_end else line.rstrip(b"\n").removesuffix(b"\r"), at, pos)
-                elif line.strip():  # paragraph
-                    if not para:
-                        para_start = at
-                    para.append(line)
-                elif para:
-                    yield item(_join_paragraph(para), para_start, pos)
-                    para = []
-            if para:
-                yield item(_join_paragraph(para), para_start, pos)
+            while data := f.read(chunk_bytes):
+                parts = [data]
+                if not data.endswith(b"\n"):
+                    parts.append(f.readline())
+                if unit == "paragraph":  # go on to the end of the paragraph
+                    last = b"".join(parts[-2:]).rsplit(b"\n", 2)
+                    line = last[-2] if len(last) >= 2 else last[0]
+                    extra = 0
+                    while line.strip():
+                        line = f.readline()
+                        if not line:
+                            break
+                        parts.append(line)
+                        extra += len(line)
+                        if extra > MAX_DOC_BYTES:
+                            raise SourceError(f"{path}, byte {offset}: a paragraph of more than {MAX_DOC_BYTES} "
+                                              "bytes; use --unit line to cut it")
+                elif len(parts[-1]) > MAX_DOC_BYTES:
+                    raise SourceError(f"{path}, byte {offset}: a line of more than {MAX_DOC_BYTES} bytes")
+                block = b"".join(parts)
+                yield (str(path), offset, kind, unit, block), len(block), (i, offset + len(block))
+                offset += len(block)
 
-    def _rows(self, i: int, kind: str | None, row: int) -> Iterator[tuple]:
-        name, fld = (self.hub if kind is None else str(self.files[i])), self.options.field
-        for values in self._columns(i, kind, row):
-            for v in values:
+    def _row_segments(self, i: int, kind: str | None, row: int, chunk_bytes: int) -> Iterator[tuple]:
+        name = self.hub if kind is None else str(self.files[i])
+        values, size, first = [], 0, row
+        for batch in self._columns(i, kind, row):
+            for v in batch:
                 if not isinstance(v, str):
-                    raise SourceError(f"{name}, row {row}: field {fld!r} is a {type(v).__name__}, not a string")
+                    raise SourceError(f"{name}, row {row}: field {self.options.field!r} is a {type(v).__name__}, "
+                                      "not a string")
+                values.append(v)
+                size += len(v)
                 row += 1
-                yield v, "str", (name, f"row {row - 1}"), (i, row)
+                if size >= chunk_bytes:
+                    yield (name, first, "str", None, values), size, (i, row)
+                    values, size, first = [], 0, row
+        if values:
+            yield (name, first, "str", None, values), size, (i, row)
 
     def _columns(self, i: int, kind: str | None, skip: int) -> Iterator[list]:
         """Lists of the field's values from row ``skip`` on."""
@@ -312,11 +317,6 @@ class Source:
             seen += n
 
 
-def _join_paragraph(lines: list[bytes]) -> bytes:
-    text = b"".join(lines)
-    return text[:-2] if text.endswith(b"\r\n") else text[:-1] if text.endswith(b"\n") else text
-
-
 def _hub_rows(name: str, split: str, fld: str, skip: int) -> Iterator[list]:
     import datasets
 
@@ -340,6 +340,46 @@ def _hub_rows(name: str, split: str, fld: str, skip: int) -> Iterator[list]:
     except Exception as e:  # datasets raises many kinds of connection errors
         raise SourceError(f"hub dataset {name!r} could not be read ({type(e).__name__}: {e}); this machine may be "
                           "offline: " + _hub_advice(path)) from None
+
+
+def chunk_items(chunk: Chunk, options: ReadOptions) -> Iterator[tuple]:
+    """(item, kind, where) of every document of a chunk: kind "text" (bytes), "json" (a raw JSON line)
+    or "str"; ``where`` = (path, byte offset or "row N") for error messages."""
+    for path, offset, kind, unit, data in chunk.segments:
+        if kind == "str":
+            for j, v in enumerate(data):
+                yield v, "str", (path, f"row {offset + j}")
+            continue
+        if unit == "file":
+            yield data, "text", (path, offset)
+            continue
+        lines = data.split(b"\n")
+        if lines[-1] == b"":  # the block ends with a line break: no line after it
+            lines.pop()
+            ends_with_break = True
+        else:
+            ends_with_break = False
+        at, para, para_at = offset, [], offset
+        last = len(lines) - 1
+        for j, line in enumerate(lines):
+            here, at = at, at + len(line) + 1
+            if kind == "jsonl":
+                if line.strip():
+                    yield line, "json", (path, here)
+            elif unit == "line":
+                if options.keep_line_end:
+                    yield (line + b"\n" if j < last or ends_with_break else line), "text", (path, here)
+                else:
+                    yield line.removesuffix(b"\r"), "text", (path, here)
+            elif line.strip():  # paragraph: runs of non-blank lines, the last line break dropped
+                if not para:
+                    para_at = here
+                para.append(line)
+            elif para:
+                yield b"\n".join(para).removesuffix(b"\r"), "text", (path, para_at)
+                para = []
+        if para:
+            yield b"\n".join(para).removesuffix(b"\r"), "text", (path, para_at)
 
 
 def decode_item(item, kind: str, where, options: ReadOptions) -> str | None:
