@@ -16,6 +16,7 @@ from __future__ import annotations
 import hashlib
 import os
 from functools import lru_cache
+from itertools import chain
 
 import numpy as np
 
@@ -106,12 +107,9 @@ class ChunkEncoder:
         docs, digest, skipped = self.texts(chunk)
         ids = self.encode(docs)
         lengths = np.fromiter((len(x) + 1 for x in ids), dtype=np.int64, count=len(ids))
-        flat: list[int] = []
-        eos = self.eos
-        for x in ids:
-            flat.extend(x)
-            flat.append(eos)
-        tokens = np.array(flat, dtype=self.dtype)
+        eos = (self.eos,)
+        tokens = np.fromiter(chain.from_iterable(chain(x, eos) for x in ids), dtype=self.dtype,
+                             count=int(lengths.sum()))
         val = None
         if self.fraction is not None:
             val = np.fromiter((doc_hash_fraction(d) < self.fraction for d in docs), dtype=bool, count=len(docs))

@@ -2,10 +2,11 @@
 
     ddlm prepare SOURCE --tokenizer gpt2 --out DIR [--workers N] [--split last:100000] [--convention wrap]
 
-The main process reads the source in chunks of about 1 MB (``ddlm.data.sources``), keeps at most
-2 x workers chunks in flight, and appends the workers' results (``ddlm.data.encoding``) in source
-order to append-only streams (``ddlm.data.shards``): memory is bounded by the chunks in flight,
-whatever the corpus size, and the output is byte-identical for any number of workers. With the split
+The main process reads the source in chunks of about 1 MB (``ddlm.data.sources``), tokenizes every
+N-th chunk itself and hands the others to N - 1 forked workers (``ddlm.data.encoding``), keeps at
+most 2N chunks in flight, and appends the results in source order to append-only streams
+(``ddlm.data.shards``): memory is bounded by the chunks in flight, whatever the corpus size, and the
+output is byte-identical for any number of workers. With the split
 rule ``fraction`` the documents go to two streams, ``train`` and ``val``; otherwise one stream
 ``all`` holds every document and the split is a document range of it.
 
@@ -77,29 +78,28 @@ def _build_tokenizer(spec: str):
 
 
 def _pool(workers: int, init_args):
-    """A worker pool (fork where available: nothing is re-imported), or None for one worker in-process."""
+    """The tokenizing processes: this one (always) and ``workers - 1`` forked ones (fork where
+    available: nothing is re-imported); None when this process is the only one."""
+    encoding.init_worker(*init_args)
     if workers == 1:
-        encoding.init_worker(*init_args)
         return None
     ctx = mp.get_context("fork" if "fork" in mp.get_all_start_methods() else "spawn")
-    return ctx.Pool(workers, initializer=encoding.init_worker, initargs=init_args)
+    return ctx.Pool(workers - 1, initializer=encoding.init_worker, initargs=init_args)
 
 
-def _ordered(pool, fn, chunks, depth: int):
-    """(chunk, fn(chunk)) in source order with at most ``depth`` chunks in flight."""
-    if pool is None:
-        for c in chunks:
-            yield c, fn(c)
-        return
+def _ordered(pool, fn, chunks, workers: int):
+    """(chunk, fn(chunk)) in source order. Every ``workers``-th chunk is done here, the others by the
+    pool, with at most 2 x workers chunks in flight (memory bounded by that, not by the corpus)."""
     pending = deque()
-    for c in chunks:
-        pending.append((c, pool.apply_async(fn, (c,))))
-        if len(pending) >= depth:
+    for j, c in enumerate(chunks):
+        local = pool is None or j % workers == 0
+        pending.append((c, None if local else pool.apply_async(fn, (c,))))
+        if len(pending) >= 2 * workers:
             c0, r0 = pending.popleft()
-            yield c0, r0.get()
+            yield c0, fn(c0) if r0 is None else r0.get()
     while pending:
         c0, r0 = pending.popleft()
-        yield c0, r0.get()
+        yield c0, fn(c0) if r0 is None else r0.get()
 
 
 def _char_tokenizer(source: Source, settings: dict, workers: int, progress: bool, chunk_bytes: int):
@@ -113,7 +113,7 @@ def _char_tokenizer(source: Source, settings: dict, workers: int, progress: bool
     try:
         with tqdm(total=source.total_bytes, unit="B", unit_scale=True, desc="characters", disable=not progress) as bar:
             for chunk, (found, _, _) in _ordered(pool, encoding.scan_chunk, source.chunks((0, 0), chunk_bytes),
-                                                 2 * workers):
+                                                 workers):
                 chars.update(found)
                 bar.update(chunk.nbytes)
     finally:
@@ -251,7 +251,7 @@ def _read(src, out, state, writers, tok, s, fraction, dtype, workers, progress, 
                disable=not progress)
     try:
         chunks = src.chunks(tuple(state["position"]), chunk_bytes)
-        for chunk, r in _ordered(pool, encoding.encode_chunk, chunks, 2 * workers):
+        for chunk, r in _ordered(pool, encoding.encode_chunk, chunks, workers):
             if r["val"] is None:
                 writers["all"].append(r["tokens"], r["lengths"])
             else:
