@@ -14,7 +14,7 @@ import torch
 from _corpus import documents, write_jsonl, write_paragraphs
 
 from ddlm.cli import main
-from ddlm.data.conventions import doc_hash_fraction
+from ddlm.data.conventions import in_validation
 from ddlm.data.prepare_corpus import prepare_corpus
 from ddlm.data.prepared import open_prepared
 from ddlm.data.shards import META, PROGRESS, PreparedDataError
@@ -152,8 +152,8 @@ def test_split_rules(tmp_path):
     corpus, tok = open_prepared(tmp_path / "f"), open_prepared(tmp_path / "f").tokenizer
     val = [tok.decode(d[:-1].tolist()) for d in _split_docs(corpus, "val")]
     train = [tok.decode(d[:-1].tolist()) for d in _split_docs(corpus, "train")]
-    assert val == [d for d in docs if doc_hash_fraction(d) < 0.25] and 25 < len(val) < 75
-    assert train == [d for d in docs if doc_hash_fraction(d) >= 0.25]
+    assert val == [d for d in docs if in_validation(d, 0.25)] and 25 < len(val) < 75
+    assert train == [d for d in docs if not in_validation(d, 0.25)]
     assert meta["split"]["name"] == "fraction:0.25"
     meta = _prep(tmp_path / "c.jsonl", tmp_path / "n", split="none")
     assert list(meta["splits"]) == ["all"] and meta["splits"]["all"]["documents"] == [0, 200]

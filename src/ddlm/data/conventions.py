@@ -55,7 +55,7 @@ def parse_split(text: str) -> dict:
     try:
         if rule == "fraction" and 0.0 < float(value) < 1.0:
             return {"rule": "fraction", "fraction": float(value),
-                    "description": f"validation: documents whose BLAKE2b-64 text hash / 2^64 < {float(value)}"}
+                    "description": f"validation: documents whose BLAKE2b-64 text hash < {float(value)} * 2^64"}
         if rule == "last" and value.isdigit() and int(value) >= 1:
             return {"rule": "last", "documents": int(value),
                     "description": f"validation: the last {int(value)} documents in source order"}
@@ -76,8 +76,18 @@ def split_name(split: dict) -> str:
 
 
 def doc_hash_fraction(text: str) -> float:
-    """The document's 64-bit BLAKE2b text hash as a fraction in [0, 1) (the ``fraction`` rule)."""
-    return int.from_bytes(hashlib.blake2b(text.encode("utf-8"), digest_size=8).digest(), "little") / 2.0**64
+    """The document's 64-bit BLAKE2b text hash (little-endian) as a fraction in [0, 1)."""
+    return doc_hash(text) / 2.0**64
+
+
+def doc_hash(text: str) -> int:
+    """The document's 64-bit BLAKE2b hash of its UTF-8 text, little-endian."""
+    return int.from_bytes(hashlib.blake2b(text.encode("utf-8"), digest_size=8).digest(), "little")
+
+
+def in_validation(text: str, fraction: float) -> bool:
+    """The ``fraction`` rule: hash < int(fraction * 2**64) (exact integer comparison)."""
+    return doc_hash(text) < int(fraction * 2**64)
 
 
 def _mix(x: np.ndarray) -> np.ndarray:
@@ -250,4 +260,4 @@ def blocks_in(tokens: int, convention: str, block_size: int) -> int:
 
 
 __all__ = ["CONVENTIONS", "SPLIT_RULES", "BlockSet", "blocks_in", "blocks_per_document", "check_convention",
-           "doc_hash_fraction", "epoch_key", "parse_split", "permute", "split_name"]
+           "doc_hash", "doc_hash_fraction", "epoch_key", "in_validation", "parse_split", "permute", "split_name"]

@@ -14,13 +14,13 @@ uses ``tokenizers``: the ids never depend on which one ran; the metadata records
 from __future__ import annotations
 
 import hashlib
+import json
 import os
 from functools import lru_cache
 from itertools import chain
 
 import numpy as np
 
-from .conventions import doc_hash_fraction
 from .detokenizers import detokenizer
 from .sources import ReadOptions, chunk_items, decode_item
 
@@ -95,13 +95,36 @@ class ChunkEncoder:
                     h.update(raw)
             else:
                 h.update(data)
-        for item, kind, where in chunk_items(chunk, self.options):
-            text = decode_item(item, kind, where, self.options)
-            if text is None:
-                skipped += 1
-                continue
-            docs.append(self.detok(text) if self.detok else text)
+        o = self.options
+        for segment in chunk.segments:
+            found = self._jsonl(segment) if segment[2] == "jsonl" else None
+            if found is None:  # the general path (and the one that names any error)
+                found = [decode_item(item, kind, where, o) for item, kind, where in chunk_items(
+                    type(chunk)(segments=[segment]), o)]
+            for text in found:
+                if text is not None and o.strip:
+                    text = text.strip()
+                if text is None or (not o.keep_empty and not text.strip()):
+                    skipped += 1
+                    continue
+                docs.append(self.detok(text) if self.detok else text)
         return docs, h.digest(), skipped
+
+    def _jsonl(self, segment) -> list | None:
+        """The field of every non-blank line of a JSONL block, or None if any line is not a JSON object
+        with a string in the field (the general path then raises the named error)."""
+        loads, fld = json.loads, self.options.field
+        out = []
+        try:
+            for line in segment[4].split(b"\n"):
+                if line.strip():
+                    text = loads(line.decode("utf-8"))[fld]
+                    if type(text) is not str:
+                        return None
+                    out.append(text)
+        except (ValueError, KeyError, TypeError, IndexError):
+            return None
+        return out
 
     def __call__(self, chunk) -> dict:
         docs, digest, skipped = self.texts(chunk)
@@ -111,8 +134,10 @@ class ChunkEncoder:
         tokens = np.fromiter(chain.from_iterable(chain(x, eos) for x in ids), dtype=self.dtype,
                              count=int(lengths.sum()))
         val = None
-        if self.fraction is not None:
-            val = np.fromiter((doc_hash_fraction(d) < self.fraction for d in docs), dtype=bool, count=len(docs))
+        if self.fraction is not None:  # conventions.in_validation(d, fraction), inlined
+            limit, blake = int(self.fraction * 2**64), hashlib.blake2b
+            val = np.fromiter((int.from_bytes(blake(d.encode("utf-8"), digest_size=8).digest(), "little") < limit
+                               for d in docs), dtype=bool, count=len(docs))
         return {"tokens": tokens, "lengths": lengths, "val": val, "digest": digest, "skipped": skipped,
                 "chars": sum(len(d) for d in docs)}
 
