@@ -32,6 +32,8 @@ EXTERNAL = {
     "probe": ("ddlm.evaluate.probe_cli", "LOO sensitivity probe of uniform-diffusion runs along the sampling "
                                          "trajectory"),
     "sudoku": ("ddlm.evaluate.sudoku", "solve generated test puzzles with a Sudoku run (clues fixed as a prompt)"),
+    "prepare": ("ddlm.data.prepare_corpus", "tokenize a corpus of any size into token shards for training and "
+                                            "evaluation"),
 }
 
 

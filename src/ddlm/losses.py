@@ -140,6 +140,46 @@ def _r_phi(r: Tensor, u: Tensor, log_ratio_th: Tensor) -> Tensor:
     return torch.where(u.abs() < 1.0, r * (torch.expm1(u) - u), log_ratio_th.exp() - r - r * u)
 
 
+def _careful_total(chunk: Tensor, x: Tensor, x0: Tensor, shift: Tensor, a: Tensor) -> Tensor:
+    """The plug-in sum of rows in the log domain, term by term (the path for rows whose scalars leave
+    the fast kernel's safe range, e.g. alpha = 1; ``chunk`` is an upcast copy)."""
+    logr, log_xbar, rho, log_x, log_x0, delta = _plugin_rows(chunk, x, x0, shift, a)
+    # y outside {x, x_0}: R = rho, u = log xbar_th(y) - log X - log rho
+    log_ratio = log_xbar - log_x.unsqueeze(-1)
+    u = log_ratio - torch.log(rho).unsqueeze(-1)
+    bulk = _r_phi(rho.unsqueeze(-1), u, log_ratio)
+    rows = torch.arange(bulk.shape[0], device=bulk.device)
+    bulk[rows, x] = 0.0
+    bulk[rows, x0] = 0.0
+    total = bulk.sum(-1)
+    # y = x_0 != x: R = exp(delta), u = log X0 - log X - delta; when x_0 = x it is the bulk's rho term
+    same = x == x0
+    r0 = torch.where(same, rho, delta.exp())
+    u0 = log_x0 - log_x - torch.where(same, torch.log(rho), delta)
+    at_x0 = _r_phi(r0, u0, log_x0 - log_x)
+    return total + torch.where(same, torch.zeros_like(at_x0), at_x0)
+
+
+def _careful_grad(chunk: Tensor, x: Tensor, x0: Tensor, shift: Tensor, a: Tensor) -> Tensor:
+    """The gradient of :func:`_careful_total` in the logits (see ``_PlugInSum``)."""
+    k = chunk.shape[-1]
+    logr, log_xbar, rho, log_x, log_x0, delta = _plugin_rows(chunk, x, x0, shift, a)
+    rows = torch.arange(logr.shape[0], device=logr.device)
+    n = k * a
+    same = x == x0
+    r_x0 = torch.where(same, rho, delta.exp())  # R(x_0)
+    # sum_{y != x} R(y) = (K - 1) rho, plus R(x_0) - rho when x_0 != x
+    sum_r = (k - 1) * rho + torch.where(same, torch.zeros_like(rho), r_x0 - rho)
+    big_x = log_x.exp()
+    # g(y) = -n R(y) / xbar_th(y), stored in place of log_xbar
+    g = torch.exp(-log_xbar).mul_(-(n * rho).unsqueeze(-1))
+    g[rows, x0] = torch.where(same, g[rows, x0], -n * r_x0 * torch.exp(-log_x0))
+    g[rows, x] = n * (sum_r / big_x - k / big_x**2)
+    r = logr.exp_()
+    mean_g = (r * g).sum(-1, keepdim=True)
+    return r * (g - mean_g)
+
+
 class _PlugInSum(torch.autograd.Function):
     """sum_{y != x} R(y) (e^{u(y)} - 1 - u(y)) per row, with its analytic gradient in the logits.
 
@@ -147,60 +187,44 @@ class _PlugInSum(torch.autograd.Function):
     g(y) = -K alpha R(y) / xbar_th(y) for y != x and g(x) = K alpha (sum_{y != x} R(y) / X - K / X^2),
     up to a term K alpha / X common to every y, which the softmax removes: d/dlogit(j) =
     r(j) (g(j) - sum_y r(y) g(y)). The shift at x is a constant.
+
+    Value and gradient are computed together in the forward pass, chunk by chunk, by
+    ``ddlm._plugin_kernel.plugin_rows`` (about twice a cross-entropy's cost; rows outside its safe
+    range, such as alpha = 1, go through the log-domain :func:`_careful_total` / :func:`_careful_grad`).
+    The gradient is kept for backward, which scales it in place by the incoming gradient: the loss
+    holds one (rows, K) tensor, the gradient itself, and nothing else of that size. Without a
+    gradient to compute (no_grad, evaluation) only the values are made.
     """
 
     @staticmethod
     def forward(ctx, logits, x, x0, shift, a):
-        k = logits.shape[-1]
-        step = max(1, _CHUNK_ELEMENTS // k)
-        out = torch.empty(logits.shape[0], dtype=shift.dtype, device=logits.device)
-        for i in range(0, logits.shape[0], step):
+        from ._plugin_kernel import plugin_rows, workspace
+
+        n_rows, k = logits.shape
+        step = max(1, min(n_rows, _CHUNK_ELEMENTS // k))
+        want = ctx.needs_input_grad[0]
+        out = torch.empty(n_rows, dtype=shift.dtype, device=logits.device)
+        grad = torch.empty_like(logits) if want else None
+        work = workspace(step, k, shift.dtype, logits.device)
+        for i in range(0, n_rows, step):
             sl = slice(i, i + step)
-            logr, log_xbar, rho, log_x, log_x0, delta = _plugin_rows(
-                logits[sl].to(shift.dtype, copy=True), x[sl], x0[sl], shift[sl], a[sl])
-            # y outside {x, x_0}: R = rho, u = log xbar_th(y) - log X - log rho
-            log_ratio = log_xbar - log_x.unsqueeze(-1)
-            u = log_ratio - torch.log(rho).unsqueeze(-1)
-            bulk = _r_phi(rho.unsqueeze(-1), u, log_ratio)
-            rows = torch.arange(bulk.shape[0], device=bulk.device)
-            bulk[rows, x[sl]] = 0.0
-            bulk[rows, x0[sl]] = 0.0
-            total = bulk.sum(-1)
-            # y = x_0 != x: R = exp(delta), u = log X0 - log X - delta; when x_0 = x it is the bulk's rho term
-            same = x[sl] == x0[sl]
-            r0 = torch.where(same, rho, delta.exp())
-            u0 = log_x0 - log_x - torch.where(same, torch.log(rho), delta)
-            at_x0 = _r_phi(r0, u0, log_x0 - log_x)
-            out[sl] = total + torch.where(same, torch.zeros_like(at_x0), at_x0)
-        ctx.save_for_backward(logits, x, x0, shift, a)
+            total, ok = plugin_rows(logits[sl], x[sl], x0[sl], shift[sl], a[sl], work,
+                                    grad[sl] if want else None)
+            out[sl] = total
+            if not bool(ok.all()):
+                bad = i + torch.nonzero(~ok).squeeze(1)
+                args = (logits[bad].to(shift.dtype), x[bad], x0[bad], shift[bad], a[bad])
+                out[bad] = _careful_total(*args)
+                if want:
+                    grad[bad] = _careful_grad(*args).to(grad.dtype)
+        if want:
+            ctx.save_for_backward(grad)
         return out
 
     @staticmethod
     def backward(ctx, grad_out):
-        logits, x, x0, shift, a = ctx.saved_tensors
-        k = logits.shape[-1]
-        step = max(1, _CHUNK_ELEMENTS // k)
-        grad = torch.empty_like(logits)
-        for i in range(0, logits.shape[0], step):
-            sl = slice(i, i + step)
-            xs, x0s = x[sl], x0[sl]
-            logr, log_xbar, rho, log_x, log_x0, delta = _plugin_rows(
-                logits[sl].to(shift.dtype, copy=True), xs, x0s, shift[sl], a[sl])
-            rows = torch.arange(logr.shape[0], device=logr.device)
-            n = k * a[sl]
-            same = xs == x0s
-            r_x0 = torch.where(same, rho, delta.exp())  # R(x_0)
-            # sum_{y != x} R(y) = (K - 1) rho, plus R(x_0) - rho when x_0 != x
-            sum_r = (k - 1) * rho + torch.where(same, torch.zeros_like(rho), r_x0 - rho)
-            big_x = log_x.exp()
-            # g(y) = -n R(y) / xbar_th(y), stored in place of log_xbar
-            g = torch.exp(-log_xbar).mul_(-(n * rho).unsqueeze(-1))
-            g[rows, x0s] = torch.where(same, g[rows, x0s], -n * r_x0 * torch.exp(-log_x0))
-            g[rows, xs] = n * (sum_r / big_x - k / big_x**2)
-            r = logr.exp_()
-            mean_g = (r * g).sum(-1, keepdim=True)
-            grad[sl] = (r * (g - mean_g) * grad_out[sl].unsqueeze(-1)).to(grad.dtype)
-        return grad, None, None, None, None
+        (grad,) = ctx.saved_tensors  # a second backward (retain_graph) fails here: it was scaled in place
+        return grad.mul_(grad_out.unsqueeze(-1).to(grad.dtype)), None, None, None, None
 
 
 def mdm_elbo(logp: Tensor, x0: Tensor, xt: Tensor, alpha, dalpha) -> Tensor:

@@ -43,8 +43,8 @@ from .bound import (
 )
 from .checkpoint import capture_rng, save_checkpoint, tidy
 from .config import TrainConfig, is_autoregressive, saved_config
-from .data.corpora import unigram_entropy
-from .data.prepare import prepare_data
+from .data.conventions import BlockSet
+from .data.prepare import blocks_entropy, check_data_state, data_state, prepare_data
 from .data.tokenizers import tokenizer_from_dict
 from .models.diffusion import DiffusionModel
 from .models.factory import build_model
@@ -198,6 +198,7 @@ def _train(cfg: TrainConfig, resume, progress: bool, log, stop_at, device: str, 
     ckpt = resume_checkpoint(run, previous=resume == "previous", log=log if ddp.main else lambda *_: None)
     if ckpt is not None:
         check_resumable(cfg, ckpt.config, ckpt.path)
+        check_data_state(cfg, ckpt.data, ckpt.path)  # a prepared corpus must be the one the checkpoint saw
     tokenizer = tokenizer_from_dict(ckpt.tokenizer) if ckpt else None
     tokenizer, train_blocks, val_blocks = prepare_data(cfg, tokenizer)
 
@@ -260,7 +261,7 @@ def _train(cfg: TrainConfig, resume, progress: bool, log, stop_at, device: str, 
         _append(metrics_file, {"step": step, "val_nll": nll, "val_nll_se": se, "unigram_entropy": entropy})
         log(f"step {step}: validation bound {in_units(nll, cpt, se)} (unigram entropy {in_units(entropy, cpt)})")
 
-    entropy = unigram_entropy(train_blocks.flatten().tolist(), tokenizer.vocab_size)
+    entropy = blocks_entropy(train_blocks, tokenizer.vocab_size)
     n_scored = cfg.eval_batches * (cfg.batch_size // ddp.world // cfg.grad_accum)  # what validation scores
     scored = val_blocks[torch.arange(n_scored) % val_blocks.shape[0]]
     cpt = chars_per_token(scored, tokenizer)  # characters per token of those blocks
@@ -321,7 +322,10 @@ def _train(cfg: TrainConfig, resume, progress: bool, log, stop_at, device: str, 
             g = step_generator(cfg.seed, step)
             torch.manual_seed(cfg.seed * 1_000_003 + step * 1_009 + ddp.rank)  # dropout, if any
             u0 = float(torch.rand((), generator=g, dtype=torch.float64))
-            x0_all = train_blocks[_batch_indices(train_blocks.shape[0], step, cfg.batch_size, cfg.seed)]
+            if isinstance(train_blocks, BlockSet):  # a prepared corpus: memory-mapped, arithmetic shuffled order
+                x0_all = train_blocks.batch(step, cfg.batch_size, cfg.seed)
+            else:
+                x0_all = train_blocks[_batch_indices(train_blocks.shape[0], step, cfg.batch_size, cfg.seed)]
             t_all = stratified_times(u0, torch.arange(cfg.batch_size), cfg.batch_size, cfg.t_min)
             ar = is_autoregressive(cfg)
             xt_all, noise_all = (x0_all, None) if ar else corrupt(model.process, x0_all, t_all, g)
@@ -460,7 +464,8 @@ def _save(run: Path, cfg, tokenizer, model: dict, ema: dict, optimizer: dict, sc
     path = run / "checkpoints" / checkpoint_name(step)
     save_checkpoint(path, step=step, config=cfg.to_dict(), tokenizer=tokenizer.to_dict(),
                     model=model, ema=ema, optimizer=optimizer,
-                    scheduler=scheduler.state_dict(), rng=capture_rng(), data={"step": step, "seed": cfg.seed},
+                    scheduler=scheduler.state_dict(), rng=capture_rng(),
+                    data={"step": step, "seed": cfg.seed, **data_state(cfg)},
                     metrics=metrics)
     set_latest(run, path)
     prune_checkpoints(run, cfg.keep_checkpoints)

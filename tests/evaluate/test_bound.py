@@ -115,8 +115,10 @@ def test_run_bound_on_its_validation_split_and_on_a_corpus(tmp_path):
 
     tok = ddlm.load(run)[2]
     blocks = bound.corpus_blocks(corpus, tok, 16)[0]
-    assert c["data"] == {"source": "corpus", "corpus": str(corpus), "documents": 1, "unigram_entropy_of":
+    assert c["data"] == {"source": "corpus", "corpus": str(corpus), "documents": 1, "convention": "packed",
+                         "block_size": 16, "split": "none (every document)", "unigram_entropy_of":
                          "evaluated corpus", "unigram_entropy": unigram_entropy(blocks, tok.vocab_size)}
+    assert r["data"]["convention"] == "packed" and r["data"]["split"].startswith("val_fraction:")
     assert c["blocks"] == (len("a lazy dog. " * 30) + 2) // 16
     # bits per character: total nats over the characters of the scored blocks
     assert c["bits_per_char"] == pytest.approx(c["total_nats"] / c["characters"] / math.log(2))

@@ -11,7 +11,9 @@ from pathlib import Path
 from torch import Tensor
 
 from ..config import TrainConfig
-from .corpora import encode_documents, load_corpus, pack, split_documents
+from .conventions import BlockSet
+from .corpora import encode_documents, load_corpus, pack, split_documents, unigram_entropy
+from .prepared import is_prepared, open_prepared
 from .tokenizers import BPETokenizer, CharTokenizer, bpe_spec_size, train_bpe
 
 
@@ -46,8 +48,11 @@ def prepare_data(cfg: TrainConfig, tokenizer=None) -> tuple[object, Tensor, Tens
 
     Corpus "sudoku": solved grids from ``ddlm.data.sudoku`` (training learns the law of solutions;
     puzzles are solved by sampling with the clues as a prompt), training and validation grids from
-    the seeds of ``sudoku.SEED_OFFSETS``.
+    the seeds of ``sudoku.SEED_OFFSETS``. A prepared folder (``ddlm prepare``): its train and
+    validation splits as ``BlockSet`` objects read from memory-mapped shards (:func:`prepared_data`).
     """
+    if is_prepared(cfg.data.corpus):
+        return prepared_data(cfg, tokenizer)
     if cfg.data.corpus == "sudoku":
         from .sudoku import SEED_OFFSETS
 
@@ -69,3 +74,75 @@ def prepare_data(cfg: TrainConfig, tokenizer=None) -> tuple[object, Tensor, Tens
         raise ValueError(f"corpus {cfg.data.corpus!r} is too small for block_size {bs}: "
                          f"{train.shape[0]} training and {val.shape[0]} validation blocks")
     return tokenizer, train, val
+
+
+# -- prepared corpus folders (``ddlm prepare``) ---------------------------------------------------------------
+
+
+def prepared_data(cfg: TrainConfig, tokenizer=None) -> tuple[object, BlockSet, BlockSet]:
+    """The tokenizer and the train / validation blocks of a prepared folder ``cfg.data.corpus``.
+
+    The config's ``data.tokenizer`` (or the given tokenizer, e.g. a checkpoint's) must be the folder's
+    ("char" accepts the folder's character tokenizer); the split is the folder's, ``data.val_fraction``
+    is not used. Nothing of the corpus's size is loaded.
+
+    Raises:
+        PreparedDataError: an incomplete or corrupt folder, another tokenizer, a pad folder at another
+            block size, a split without a whole block (all named).
+    """
+    corpus = open_prepared(cfg.data.corpus)
+    if tokenizer is None:
+        own = corpus.tokenizer
+        if cfg.data.tokenizer != "char":
+            tokenizer = build_tokenizer(cfg.data.tokenizer, "")
+        elif isinstance(own, CharTokenizer):  # character level: the folder's characters
+            tokenizer = own
+        else:
+            from .shards import PreparedDataError
+
+            raise PreparedDataError(f"data.tokenizer is 'char' but the prepared corpus {cfg.data.corpus} was "
+                                    f"tokenized with {corpus.meta['tokenizer']['name']}: set data.tokenizer to match "
+                                    "or prepare the corpus with --tokenizer char")
+    corpus.check_tokenizer(tokenizer, "data.tokenizer")
+    if "train" not in corpus.meta["splits"]:
+        from .shards import PreparedDataError
+
+        raise PreparedDataError(f"prepared corpus {cfg.data.corpus} has no train/validation split (prepared with "
+                                f"--split {corpus.meta['split']['name']}): train on a folder prepared with "
+                                "--split fraction:F or last:N")
+    bs = cfg.data.block_size
+    return tokenizer, corpus.blocks("train", bs), corpus.blocks("val", bs)
+
+
+def blocks_entropy(blocks, vocab_size: int) -> float:
+    """Unigram entropy (nats/token) of training blocks: from the prepared counts for a ``BlockSet``,
+    else from the tokens of the (N, L) tensor."""
+    if isinstance(blocks, BlockSet):
+        return blocks.unigram_entropy()
+    return unigram_entropy(blocks.flatten().tolist(), vocab_size)
+
+
+def data_state(cfg: TrainConfig) -> dict:
+    """What a checkpoint records about its data besides the step: a prepared folder's fingerprint
+    (the order of blocks is a function of the seed, the step and the folder)."""
+    if not is_prepared(cfg.data.corpus):
+        return {}
+    import json
+
+    from .shards import META
+
+    return {"corpus_fingerprint": json.loads((Path(cfg.data.corpus) / META).read_text())["fingerprint"]}
+
+
+def check_data_state(cfg: TrainConfig, saved: dict | None, path) -> None:
+    """Refuse to resume on a prepared folder whose content differs from the checkpoint's.
+
+    Raises:
+        ValueError: the fingerprints differ (both named).
+    """
+    now, before = data_state(cfg).get("corpus_fingerprint"), (saved or {}).get("corpus_fingerprint")
+    if before is not None and now != before:
+        raise ValueError(f"cannot resume from checkpoint {str(path)!r}: data.corpus {cfg.data.corpus!r} has "
+                         f"fingerprint "
+                         f"{str(now)[:16]} now but {before[:16]} when the checkpoint was saved (prepared again "
+                         "differently?); the data order would not continue")

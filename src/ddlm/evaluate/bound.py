@@ -15,6 +15,9 @@ of the decoded text of the scored tokens / ln 2, where the text is decoded with 
 (BOS/EOS decode to nothing, so for a character tokenizer it is bits/token times tokens/characters,
 slightly above bits/token; their nats are charged to the characters). Perplexity = exp(nats/token).
 
+Every result names its data (``data``): the corpus, the convention that made its blocks (``packed``
+for ddlm's in-memory corpora, or a prepared folder's ``wrap``, ``window`` or ``pad``) and the split.
+
 With the run's own validation split, the bound uses the run's ``t_min`` and schedule exactly as the
 validation numbers in ``metrics.jsonl`` (which leave out the prior term at t = 1 and the interval
 [0, t_min]; both are negligible for eps = t_min = 1e-3). With ``eps = t_min = 0`` and an exact model
@@ -61,6 +64,10 @@ class CallableModel(nn.Module):
 
 
 def _check_blocks(blocks: Tensor, vocab_size: int | None) -> None:
+    from ..data.conventions import BlockSet
+
+    if isinstance(blocks, BlockSet):  # a prepared corpus: its ids were checked against its tokenizer on opening
+        return
     if not isinstance(blocks, Tensor) or blocks.dim() != 2 or blocks.dtype != torch.long or blocks.numel() == 0:
         got = (f"shape {tuple(blocks.shape)} dtype {blocks.dtype}" if isinstance(blocks, Tensor)
                else type(blocks).__name__)
@@ -163,29 +170,45 @@ def corpus_blocks(source: str | os.PathLike, tokenizer, block_size: int) -> tupl
 
 
 def run_blocks(run, data: str | os.PathLike | None) -> tuple[Tensor, dict]:
-    """The blocks to evaluate a loaded run on, and a description of them: the run's own validation
-    split rebuilt from its config (``data`` None), or a corpus at ``data``. The description holds the
-    unigram entropy (nats/token) of the training split (``data`` None, as training reports it) or of
-    the corpus's own blocks: the bound of a model that ignores context, for comparison."""
+    """The blocks to evaluate a loaded run on, and a description of them that names the data convention
+    and split: the run's own validation split rebuilt from its config (``data`` None), a prepared folder
+    at ``data`` (its validation split, or ``all`` for an evaluation set prepared with ``--split none``),
+    or a corpus at ``data`` (every document, packed as in training). The description of a split or
+    corpus held in memory also holds the unigram entropy (nats/token) of the training split (``data``
+    None, as training reports it) or of the corpus's own blocks: the bound of a model that ignores
+    context, for comparison."""
     from ..data.corpora import unigram_entropy
     from ..data.prepare import prepare_data
+    from ..data.prepared import is_prepared, open_prepared
 
     cfg = run.config
-    vocab = run.tokenizer.vocab_size
     if data is None and run.imported:
         raise ValueError(f"{run.info['run']!r} is an imported checkpoint: ddlm has no validation split for it; pass "
-                         "--data PATH (a text file, a folder of .txt files or a .jsonl corpus)")
+                         "--data PATH (a prepared folder, a text file, a folder of .txt files or a .jsonl corpus)")
+    if data is None and is_prepared(cfg.data.corpus):
+        _, _, val = prepare_data(cfg, run.tokenizer)
+        return val, {**val.describe, "source": "validation split"}
+    if data is not None and is_prepared(data):
+        corpus = open_prepared(data)
+        corpus.check_tokenizer(run.tokenizer, "the run's tokenizer")
+        blocks = corpus.blocks(corpus.eval_split, run.block_size)
+        return blocks, blocks.describe
+    vocab = run.tokenizer.vocab_size
     if data is None:
         try:
             _, train, val = prepare_data(cfg, run.tokenizer)
         except FileNotFoundError as e:
             raise FileNotFoundError(f"cannot rebuild the validation split of run {run.info['run']!r} ({e}); "
                                     "pass --data PATH to evaluate on another corpus") from None
+        sudoku = cfg.data.corpus == "sudoku"
+        split = "sudoku validation seeds" if sudoku else f"val_fraction:{cfg.data.val_fraction} (seed {cfg.seed})"
         return val, {"source": "validation split", "corpus": cfg.data.corpus, "val_fraction": cfg.data.val_fraction,
-                     "split_seed": cfg.seed, "unigram_entropy": unigram_entropy(train, vocab),
-                     "unigram_entropy_of": "training split"}
+                     "split_seed": cfg.seed, "convention": "sudoku grids" if sudoku else PACKED,
+                     "block_size": cfg.data.block_size, "split": split,
+                     "unigram_entropy": unigram_entropy(train, vocab), "unigram_entropy_of": "training split"}
     blocks, docs = corpus_blocks(data, run.tokenizer, run.block_size)
-    return blocks, {"source": "corpus", "corpus": str(data), "documents": docs,
+    return blocks, {"source": "corpus", "corpus": str(data), "documents": docs, "convention": PACKED,
+                    "block_size": run.block_size, "split": "none (every document)",
                     "unigram_entropy": unigram_entropy(blocks, vocab), "unigram_entropy_of": "evaluated corpus"}
 
 
@@ -247,7 +270,9 @@ def format_bound(r: dict) -> str:
     lines = [f"{what}: {in_units(r['nats_per_token'], cpt, r['se'])}, {r['bits_per_token']:.4f} bits/token, "
              f"perplexity {r['perplexity']:.3f} ({r['num_batches']} batches of {r['batch_size']} blocks)"]
     data = r.get("data")
-    if data:
+    if data and "convention" in data:
+        lines[0] += f"; convention {data['convention']}, split {data['split']}"
+    if data and ("val_fraction" in data or "documents" in data):  # a split or corpus held in memory
         where = (f"the validation split of corpus {data['corpus']!r} (val_fraction {data['val_fraction']}, split "
                  f"seed {data['split_seed']})" if data["source"] == "validation split" else
                  f"corpus {data['corpus']!r} ({data['documents']} documents)")
@@ -289,8 +314,9 @@ def add_command(subparsers) -> None:
     p.add_argument("run", help="run folder (its latest checkpoint), checkpoint folder, or released checkpoint (a "
                                "Hugging Face style folder, a Lightning .ckpt, a SEDD checkpoint.pth)")
     p.add_argument("--data", default=None,
-                   help="text file, folder of .txt files or .jsonl corpus (default: the run's validation split; "
-                        "required for a released checkpoint)")
+                   help="a folder made by ddlm prepare (e.g. a zero-shot set: --preset), or a text file, folder of "
+                        ".txt files or .jsonl corpus (default: the run's validation split; required for a released "
+                        "checkpoint)")
     p.add_argument("--batches", type=int, default=None, help="batches to average (default: every block once)")
     p.add_argument("--passes", type=int, default=None,
                    help="score every block this many times with fresh Monte-Carlo draws (default 1); the ELBO's "
