@@ -169,6 +169,10 @@ def corpus_blocks(source: str | os.PathLike, tokenizer, block_size: int) -> tupl
     return blocks, len(docs)
 
 
+#: the convention of ddlm's in-memory corpora (``ddlm.data.corpora.pack``), named in results
+PACKED = "packed"
+
+
 def run_blocks(run, data: str | os.PathLike | None) -> tuple[Tensor, dict]:
     """The blocks to evaluate a loaded run on, and a description of them that names the data convention
     and split: the run's own validation split rebuilt from its config (``data`` None), a prepared folder
