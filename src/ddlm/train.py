@@ -184,7 +184,7 @@ def train(cfg: TrainConfig, resume: bool = True, progress: bool = True, log=prin
             g = step_generator(cfg.seed, step)
             torch.manual_seed(cfg.seed * 1_000_003 + step * 1_009 + ddp.rank)  # dropout, if any
             u0 = float(torch.rand((), generator=g, dtype=torch.float64))
-            if isinstance(train_blocks, BlockSet):  # a prepared corpus: memory-mapped, arithmetic shuffled order
+            if isinstance(train_blocks, BlockSet):  # a prepared corpus: read from its shards, Feistel-shuffled order
                 x0_all = train_blocks.batch(step, cfg.batch_size, cfg.seed)
             else:
                 x0_all = train_blocks[_batch_indices(train_blocks.shape[0], step, cfg.batch_size, cfg.seed)]

@@ -43,7 +43,7 @@ def prepare_data(cfg: TrainConfig, tokenizer=None) -> tuple[object, Tensor, Tens
     Corpus "sudoku": solved grids from ``ddlm.data.sudoku`` (training learns the law of solutions;
     puzzles are solved by sampling with the clues as a prompt), training and validation grids from
     the seeds of ``sudoku.SEED_OFFSETS``. A prepared folder (``ddlm prepare``): its train and
-    validation splits as ``BlockSet`` objects read from memory-mapped shards (:func:`prepared_data`).
+    validation splits as ``BlockSet`` objects that read blocks from its shards on demand (:func:`prepared_data`).
     """
     if is_prepared(cfg.data.corpus):
         return prepared_data(cfg, tokenizer)
@@ -134,6 +134,5 @@ def check_data_state(cfg: TrainConfig, saved: dict | None, path) -> None:
     now, before = data_state(cfg).get("corpus_fingerprint"), (saved or {}).get("corpus_fingerprint")
     if before is not None and now != before:
         raise ValueError(f"cannot resume from checkpoint {str(path)!r}: data.corpus {cfg.data.corpus!r} has "
-                         f"fingerprint "
-                         f"{str(now)[:16]} now but {before[:16]} when the checkpoint was saved (prepared again "
-                         "differently?); the data order would not continue")
+                         f"fingerprint {str(now)[:16]} now but {before[:16]} when the checkpoint was saved "
+                         "(prepared again differently?); the data order would not continue")
