@@ -27,7 +27,7 @@ from .bound import ELBO, ar_token_losses, corrupt, stratified_times, token_losse
 from .checkpoint import capture_rng, load_checkpoint, save_checkpoint
 from .config import TrainConfig, is_autoregressive
 from .data.conventions import BlockSet
-from .data.prepare import blocks_entropy, check_data_state, data_state, prepare_data
+from .data.prepare import blocks_entropy, check_data_state, data_state, describe_data, prepare_data
 from .data.tokenizers import tokenizer_from_dict
 from .models.diffusion import DiffusionModel
 from .models.factory import build_model
@@ -153,6 +153,7 @@ def train(cfg: TrainConfig, resume: bool = True, progress: bool = True, log=prin
     if ddp.main:
         run.mkdir(parents=True, exist_ok=True)
         atomic_write_json(run / "config.json", cfg.to_dict(), indent=2)
+        atomic_write_json(run / "data.json", describe_data(cfg, val_blocks), indent=2)  # what val_nll is measured on
         n_params = sum(p.numel() for p in model.parameters())  # (global sizes under FSDP too)
         mode = f"; {ddp.world} processes ({par.kind.upper()})" if ddp.world > 1 else ""
         log(f"{cfg.process.upper()} run {run}: {n_params / 1e6:.2f}M parameters, vocab {tokenizer.vocab_size}, "

@@ -105,6 +105,19 @@ def prepared_data(cfg: TrainConfig, tokenizer=None) -> tuple[object, BlockSet, B
     return tokenizer, corpus.blocks("train", bs), corpus.blocks("val", bs)
 
 
+def describe_data(cfg: TrainConfig, val_blocks) -> dict:
+    """The record that names the data a run's validation bound is measured on: corpus, convention
+    (``packed`` for in-memory corpora: documents as BOS + text + EOS cut into blocks; a prepared
+    folder's ``wrap``, ``window`` or ``pad``), block size and split."""
+    if isinstance(val_blocks, BlockSet):
+        return {**val_blocks.describe, "source": "validation split"}
+    sudoku = cfg.data.corpus == "sudoku"
+    split = "sudoku validation seeds" if sudoku else f"val_fraction:{cfg.data.val_fraction} (seed {cfg.seed})"
+    return {"source": "validation split", "corpus": cfg.data.corpus, "val_fraction": cfg.data.val_fraction,
+            "split_seed": cfg.seed, "convention": "sudoku grids" if sudoku else "packed",
+            "block_size": cfg.data.block_size, "split": split}
+
+
 def blocks_entropy(blocks, vocab_size: int) -> float:
     """Unigram entropy (nats/token) of training blocks: from the prepared counts for a ``BlockSet``,
     else from the tokens of the (N, L) tensor."""
