@@ -53,6 +53,8 @@ def test_resume_on_shards_is_exact(tmp_path, convention):
     _same_weights(tmp_path / "full", tmp_path / "split")
     data = load_checkpoint(latest_checkpoint(tmp_path / "full")).data
     assert data["step"] == 6 and len(data["corpus_fingerprint"]) == 64
+    named = json.loads((tmp_path / "full" / "data.json").read_text())  # what the validation bound is measured on
+    assert named["convention"] == convention and named["split"] == "last:10" and named["split_part"] == "val"
 
 
 def test_resume_refuses_a_corpus_prepared_again_differently(tmp_path):

@@ -44,7 +44,7 @@ from .bound import (
 from .checkpoint import capture_rng, save_checkpoint, tidy
 from .config import TrainConfig, is_autoregressive, saved_config
 from .data.conventions import BlockSet
-from .data.prepare import blocks_entropy, check_data_state, data_state, prepare_data
+from .data.prepare import blocks_entropy, check_data_state, data_state, describe_data, prepare_data
 from .data.tokenizers import tokenizer_from_dict
 from .models.diffusion import DiffusionModel
 from .models.factory import build_model
@@ -271,6 +271,7 @@ def _train(cfg: TrainConfig, resume, progress: bool, log, stop_at, device: str, 
         run.mkdir(parents=True, exist_ok=True)
         atomic_write_json(run / "config.json", cfg.to_dict(), indent=2)
         tokenizer.save(run / "tokenizer.json")  # also in every checkpoint; here for a trained BPE's readers
+        atomic_write_json(run / "data.json", describe_data(cfg, val_blocks), indent=2)  # what val_nll is measured on
         n_params = sum(p.numel() for p in model.parameters())  # (global sizes under FSDP too)
         mode = f"; {ddp.world} processes ({par.kind.upper()})" if ddp.world > 1 else ""
         log(f"{cfg.process.upper()} run {run}: {n_params / 1e6:.2f}M parameters, vocab {tokenizer.vocab_size}, "
@@ -322,7 +323,7 @@ def _train(cfg: TrainConfig, resume, progress: bool, log, stop_at, device: str, 
             g = step_generator(cfg.seed, step)
             torch.manual_seed(cfg.seed * 1_000_003 + step * 1_009 + ddp.rank)  # dropout, if any
             u0 = float(torch.rand((), generator=g, dtype=torch.float64))
-            if isinstance(train_blocks, BlockSet):  # a prepared corpus: memory-mapped, arithmetic shuffled order
+            if isinstance(train_blocks, BlockSet):  # a prepared corpus: read from its shards, Feistel-shuffled order
                 x0_all = train_blocks.batch(step, cfg.batch_size, cfg.seed)
             else:
                 x0_all = train_blocks[_batch_indices(train_blocks.shape[0], step, cfg.batch_size, cfg.seed)]

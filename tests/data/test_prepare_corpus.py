@@ -120,6 +120,28 @@ def test_an_interrupted_preparation_resumes_to_the_same_bytes(tmp_path):
     assert _files(tmp_path / "whole") == _files(cut)
 
 
+def test_an_interruption_while_finishing_resumes_to_the_same_bytes(tmp_path, monkeypatch):
+    """Killed after the shards got their final names but before the metadata: the same command
+    restores the committed streams and finishes again."""
+    from ddlm.data import finish_corpus
+
+    write_paragraphs(tmp_path / "c.txt", documents(40))
+    kw = dict(split="last:4", shard_tokens=101, chunk_bytes=400, convention="pad", block_size=16)
+    _prep(tmp_path / "c.txt", tmp_path / "whole", **kw)
+    real = finish_corpus._count
+
+    def crash(*args, **kwargs):
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(finish_corpus, "_count", crash)
+    with pytest.raises(KeyboardInterrupt):
+        _prep(tmp_path / "c.txt", tmp_path / "cut", **kw)
+    assert (tmp_path / "cut" / "all" / "documents.bin").exists() and not (tmp_path / "cut" / META).exists()
+    monkeypatch.setattr(finish_corpus, "_count", real)
+    _prep(tmp_path / "c.txt", tmp_path / "cut", **kw)
+    assert _files(tmp_path / "whole") == _files(tmp_path / "cut")
+
+
 @pytest.mark.slow
 def test_a_killed_preparation_resumes_to_the_same_bytes(tmp_path):
     """SIGKILL to the whole process group (main and workers) mid-run; the same command finishes it."""

@@ -49,7 +49,7 @@ def prepare_data(cfg: TrainConfig, tokenizer=None) -> tuple[object, Tensor, Tens
     Corpus "sudoku": solved grids from ``ddlm.data.sudoku`` (training learns the law of solutions;
     puzzles are solved by sampling with the clues as a prompt), training and validation grids from
     the seeds of ``sudoku.SEED_OFFSETS``. A prepared folder (``ddlm prepare``): its train and
-    validation splits as ``BlockSet`` objects read from memory-mapped shards (:func:`prepared_data`).
+    validation splits as ``BlockSet`` objects that read blocks from its shards on demand (:func:`prepared_data`).
     """
     if is_prepared(cfg.data.corpus):
         return prepared_data(cfg, tokenizer)
@@ -114,6 +114,19 @@ def prepared_data(cfg: TrainConfig, tokenizer=None) -> tuple[object, BlockSet, B
     return tokenizer, corpus.blocks("train", bs), corpus.blocks("val", bs)
 
 
+def describe_data(cfg: TrainConfig, val_blocks) -> dict:
+    """The record that names the data a run's validation bound is measured on: corpus, convention
+    (``packed`` for in-memory corpora: documents as BOS + text + EOS cut into blocks; a prepared
+    folder's ``wrap``, ``window`` or ``pad``), block size and split."""
+    if isinstance(val_blocks, BlockSet):
+        return {**val_blocks.describe, "source": "validation split"}
+    sudoku = cfg.data.corpus == "sudoku"
+    split = "sudoku validation seeds" if sudoku else f"val_fraction:{cfg.data.val_fraction} (seed {cfg.seed})"
+    return {"source": "validation split", "corpus": cfg.data.corpus, "val_fraction": cfg.data.val_fraction,
+            "split_seed": cfg.seed, "convention": "sudoku grids" if sudoku else "packed",
+            "block_size": cfg.data.block_size, "split": split}
+
+
 def blocks_entropy(blocks, vocab_size: int) -> float:
     """Unigram entropy (nats/token) of training blocks: from the prepared counts for a ``BlockSet``,
     else from the tokens of the (N, L) tensor."""
@@ -143,6 +156,5 @@ def check_data_state(cfg: TrainConfig, saved: dict | None, path) -> None:
     now, before = data_state(cfg).get("corpus_fingerprint"), (saved or {}).get("corpus_fingerprint")
     if before is not None and now != before:
         raise ValueError(f"cannot resume from checkpoint {str(path)!r}: data.corpus {cfg.data.corpus!r} has "
-                         f"fingerprint "
-                         f"{str(now)[:16]} now but {before[:16]} when the checkpoint was saved (prepared again "
-                         "differently?); the data order would not continue")
+                         f"fingerprint {str(now)[:16]} now but {before[:16]} when the checkpoint was saved "
+                         "(prepared again differently?); the data order would not continue")

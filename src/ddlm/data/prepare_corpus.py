@@ -296,7 +296,7 @@ def add_command(subparsers) -> None:
     p = subparsers.add_parser(
         "prepare", help="tokenize a corpus of any size into token shards for training and evaluation",
         description="Stream a corpus (text file, folder, JSONL, Parquet/Arrow, or a hub dataset name) through a "
-                    "tokenizer into memory-mapped token shards with document boundaries and metadata; parallel, "
+                    "tokenizer into token shards with document boundaries and metadata; parallel, "
                     "deterministic and resumable (rerun the same command after an interruption).")
     p.add_argument("source", help="text file, folder, .jsonl, .parquet/.arrow file, or a Hugging Face dataset name")
     p.add_argument("--out", required=True, help="the prepared folder to write (or resume)")

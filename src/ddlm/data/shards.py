@@ -213,8 +213,12 @@ class Stream:
 
     def _pread(self, name: str, offset: int, nbytes: int) -> bytes:
         if name not in self._fds:
-            self._fds[name] = os.open(self.folder / name, os.O_RDONLY)
-        data = os.pread(self._fds[name], nbytes, offset)
+            self._fds[name] = os.open(self.folder / name, os.O_RDONLY | getattr(os, "O_BINARY", 0))
+        if hasattr(os, "pread"):
+            data = os.pread(self._fds[name], nbytes, offset)
+        else:  # Windows: no pread
+            os.lseek(self._fds[name], offset, os.SEEK_SET)
+            data = os.read(self._fds[name], nbytes)
         if len(data) != nbytes:
             raise PreparedDataError(f"{self.folder / name}: read {len(data)} of {nbytes} bytes at offset {offset} "
                                     "(truncated since it was opened?)")

@@ -178,20 +178,16 @@ def run_blocks(run, data: str | os.PathLike | None) -> tuple[Tensor, dict]:
     and split: the run's own validation split rebuilt from its config (``data`` None), a prepared folder
     at ``data`` (its validation split, or ``all`` for an evaluation set prepared with ``--split none``),
     or a corpus at ``data`` (every document, packed as in training). The description of a split or
-    corpus held in memory also holds the unigram entropy (nats/token) of the training split (``data``
-    None, as training reports it) or of the corpus's own blocks: the bound of a model that ignores
-    context, for comparison."""
+    corpus also holds the unigram entropy (nats/token) of the training split (``data`` None, as
+    training reports it) or of the corpus's own blocks: the bound of a model that ignores context."""
     from ..data.corpora import unigram_entropy
-    from ..data.prepare import prepare_data
+    from ..data.prepare import blocks_entropy, describe_data, prepare_data
     from ..data.prepared import is_prepared, open_prepared
 
     cfg = run.config
     if data is None and run.imported:
         raise ValueError(f"{run.info['run']!r} is an imported checkpoint: ddlm has no validation split for it; pass "
                          "--data PATH (a prepared folder, a text file, a folder of .txt files or a .jsonl corpus)")
-    if data is None and is_prepared(cfg.data.corpus):
-        _, _, val = prepare_data(cfg, run.tokenizer)
-        return val, {**val.describe, "source": "validation split"}
     if data is not None and is_prepared(data):
         corpus = open_prepared(data)
         corpus.check_tokenizer(run.tokenizer, "the run's tokenizer")
@@ -204,12 +200,8 @@ def run_blocks(run, data: str | os.PathLike | None) -> tuple[Tensor, dict]:
         except FileNotFoundError as e:
             raise FileNotFoundError(f"cannot rebuild the validation split of run {run.info['run']!r} ({e}); "
                                     "pass --data PATH to evaluate on another corpus") from None
-        sudoku = cfg.data.corpus == "sudoku"
-        split = "sudoku validation seeds" if sudoku else f"val_fraction:{cfg.data.val_fraction} (seed {cfg.seed})"
-        return val, {"source": "validation split", "corpus": cfg.data.corpus, "val_fraction": cfg.data.val_fraction,
-                     "split_seed": cfg.seed, "convention": "sudoku grids" if sudoku else PACKED,
-                     "block_size": cfg.data.block_size, "split": split,
-                     "unigram_entropy": unigram_entropy(train, vocab), "unigram_entropy_of": "training split"}
+        return val, {**describe_data(cfg, val), "unigram_entropy": blocks_entropy(train, vocab),
+                     "unigram_entropy_of": "training split"}
     blocks, docs = corpus_blocks(data, run.tokenizer, run.block_size)
     return blocks, {"source": "corpus", "corpus": str(data), "documents": docs, "convention": PACKED,
                     "block_size": run.block_size, "split": "none (every document)",
