@@ -268,10 +268,14 @@ def format_bound(r: dict) -> str:
     data = r.get("data")
     if data and "convention" in data:
         lines[0] += f"; convention {data['convention']}, split {data['split']}"
-    if data and ("val_fraction" in data or "documents" in data):  # a split or corpus held in memory
-        where = (f"the validation split of corpus {data['corpus']!r} (val_fraction {data['val_fraction']}, split "
-                 f"seed {data['split_seed']})" if data["source"] == "validation split" else
-                 f"corpus {data['corpus']!r} ({data['documents']} documents)")
+    if data and ("val_fraction" in data or "documents" in data):  # a split or corpus
+        if "val_fraction" in data:
+            where = (f"the validation split of corpus {data['corpus']!r} (val_fraction {data['val_fraction']}, "
+                     f"split seed {data['split_seed']})")
+        elif data.get("source") == "validation split":
+            where = f"the validation split of prepared corpus {data.get('corpus')!r} ({data.get('split')})"
+        else:
+            where = f"corpus {data.get('corpus')!r} ({data['documents']} documents)"
         passes = r["num_batches"] * r["batch_size"] / r["blocks"]
         context = ("; the first token of each block is context, not scored"
                    if r["scored_tokens"] < r["num_batches"] * r["batch_size"] * r["block_size"] else "")
