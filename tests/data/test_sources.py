@@ -9,7 +9,8 @@ import pytest
 from _corpus import documents, write_jsonl, write_paragraphs
 
 from ddlm.data import sources
-from ddlm.data.sources import ReadOptions, Source, SourceError, chunk_items, decode_item
+from ddlm.data.encoding import chunk_items, decode_item
+from ddlm.data.sources import ReadOptions, Source, SourceError
 
 
 def _docs(src: Source, position=(0, 0), chunk_bytes=200) -> list[str]:

@@ -16,13 +16,14 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+from collections.abc import Iterator
 from functools import lru_cache
 from itertools import chain
 
 import numpy as np
 
 from .detokenizers import detokenizer
-from .sources import ReadOptions, chunk_items, decode_item
+from .sources import Chunk, ReadOptions, SourceError
 
 #: GPT-2's pre-tokenisation pattern (the same in tokenizers' ByteLevel pre-tokenizer)
 GPT2_PATTERN = r"""'(?:[sdmt]|ll|ve|re)| ?\p{L}+| ?\p{N}+| ?[^\s\p{L}\p{N}]+|\s+(?!\S)|\s+"""
@@ -100,7 +101,7 @@ class ChunkEncoder:
             found = self._jsonl(segment) if segment[2] == "jsonl" else None
             if found is None:  # the general path (and the one that names any error)
                 found = [decode_item(item, kind, where, o) for item, kind, where in chunk_items(
-                    type(chunk)(segments=[segment]), o)]
+                    Chunk(segments=[segment]), o)]
             for text in found:
                 if text is not None and o.strip:
                     text = text.strip()
@@ -140,6 +141,83 @@ class ChunkEncoder:
                                for d in docs), dtype=bool, count=len(docs))
         return {"tokens": tokens, "lengths": lengths, "val": val, "digest": digest, "skipped": skipped,
                 "chars": sum(len(d) for d in docs)}
+
+
+# -- cutting documents out of a chunk (the workers' side of ddlm.data.sources) ---------------
+
+
+def chunk_items(chunk: Chunk, options: ReadOptions) -> Iterator[tuple]:
+    """(item, kind, where) of every document of a chunk: kind "text" (bytes), "json" (a raw JSON line)
+    or "str"; ``where`` = (path, byte offset or "row N") for error messages."""
+    for path, offset, kind, unit, data in chunk.segments:
+        if kind == "str":
+            for j, v in enumerate(data):
+                yield v, "str", (path, f"row {offset + j}")
+            continue
+        if unit == "file":
+            yield data, "text", (path, offset)
+            continue
+        lines = data.split(b"\n")
+        if lines[-1] == b"":  # the block ends with a line break: no line after it
+            lines.pop()
+            ends_with_break = True
+        else:
+            ends_with_break = False
+        at, para, para_at = offset, [], offset
+        last = len(lines) - 1
+        for j, line in enumerate(lines):
+            here, at = at, at + len(line) + 1
+            if kind == "jsonl":
+                if line.strip():
+                    yield line, "json", (path, here)
+            elif unit == "line":
+                if options.keep_line_end:
+                    yield (line + b"\n" if j < last or ends_with_break else line), "text", (path, here)
+                else:
+                    yield line.removesuffix(b"\r"), "text", (path, here)
+            elif line.strip():  # paragraph: runs of non-blank lines, the last line break dropped
+                if not para:
+                    para_at = here
+                para.append(line)
+            elif para:
+                yield b"\n".join(para).removesuffix(b"\r"), "text", (path, para_at)
+                para = []
+        if para:
+            yield b"\n".join(para).removesuffix(b"\r"), "text", (path, para_at)
+
+
+def decode_item(item, kind: str, where, options: ReadOptions) -> str | None:
+    """The document text of one chunk item, or None when it is skipped (empty, unless kept).
+
+    Raises:
+        SourceError: bytes that are not UTF-8, a JSON line that is not an object with a string field
+            (file and byte offset named).
+    """
+    if kind == "str":
+        text = item
+    else:
+        try:
+            raw = item.decode("utf-8")
+        except UnicodeDecodeError as e:
+            raise SourceError(f"{where[0]}, byte {where[1] + e.start}: not UTF-8 text ({e.reason})") from None
+        if kind == "json":
+            try:
+                record = json.loads(raw)
+            except json.JSONDecodeError as e:
+                raise SourceError(f"{where[0]}, byte {where[1]}: not valid JSON ({e.msg})") from None
+            if not isinstance(record, dict) or options.field not in record:
+                raise SourceError(f"{where[0]}, byte {where[1]}: no field {options.field!r}; pass --field")
+            text = record[options.field]
+            if not isinstance(text, str):
+                raise SourceError(f"{where[0]}, byte {where[1]}: field {options.field!r} is a "
+                                  f"{type(text).__name__}, not a string")
+        else:
+            text = raw
+    if options.strip:
+        text = text.strip()
+    if not options.keep_empty and not text.strip():
+        return None
+    return text
 
 
 _WORKER: ChunkEncoder | None = None

@@ -10,9 +10,10 @@ lines, joined with their line breaks, the last one dropped) or ``line`` (each li
 break, unless ``keep_line_end``). Text is read as bytes and decoded by the workers, so an invalid
 byte is reported with its file and byte offset.
 
-Reading yields :class:`Chunk` objects of about ``chunk_bytes`` of text each. Every chunk carries the
-source position after it (file index and byte offset, or row for tabular sources); reading again from
-that position continues exactly after the chunk, which is how an interrupted preparation resumes.
+Reading yields :class:`Chunk` objects of about ``chunk_bytes`` of text each; the workers cut the
+documents out of them (``ddlm.data.encoding.chunk_items`` and ``decode_item``). Every chunk carries
+the source position after it (file index and byte offset, or row for tabular sources); reading again
+from that position continues exactly after the chunk, which is how an interrupted preparation resumes.
 Chunking depends only on the source, never on the number of workers.
 """
 
@@ -21,7 +22,6 @@ from __future__ import annotations
 import bz2
 import gzip
 import hashlib
-import json
 import lzma
 import os
 import re
@@ -340,77 +340,3 @@ def _hub_rows(name: str, split: str, fld: str, skip: int) -> Iterator[list]:
     except Exception as e:  # datasets raises many kinds of connection errors
         raise SourceError(f"hub dataset {name!r} could not be read ({type(e).__name__}: {e}); this machine may be "
                           "offline: " + _hub_advice(path)) from None
-
-
-def chunk_items(chunk: Chunk, options: ReadOptions) -> Iterator[tuple]:
-    """(item, kind, where) of every document of a chunk: kind "text" (bytes), "json" (a raw JSON line)
-    or "str"; ``where`` = (path, byte offset or "row N") for error messages."""
-    for path, offset, kind, unit, data in chunk.segments:
-        if kind == "str":
-            for j, v in enumerate(data):
-                yield v, "str", (path, f"row {offset + j}")
-            continue
-        if unit == "file":
-            yield data, "text", (path, offset)
-            continue
-        lines = data.split(b"\n")
-        if lines[-1] == b"":  # the block ends with a line break: no line after it
-            lines.pop()
-            ends_with_break = True
-        else:
-            ends_with_break = False
-        at, para, para_at = offset, [], offset
-        last = len(lines) - 1
-        for j, line in enumerate(lines):
-            here, at = at, at + len(line) + 1
-            if kind == "jsonl":
-                if line.strip():
-                    yield line, "json", (path, here)
-            elif unit == "line":
-                if options.keep_line_end:
-                    yield (line + b"\n" if j < last or ends_with_break else line), "text", (path, here)
-                else:
-                    yield line.removesuffix(b"\r"), "text", (path, here)
-            elif line.strip():  # paragraph: runs of non-blank lines, the last line break dropped
-                if not para:
-                    para_at = here
-                para.append(line)
-            elif para:
-                yield b"\n".join(para).removesuffix(b"\r"), "text", (path, para_at)
-                para = []
-        if para:
-            yield b"\n".join(para).removesuffix(b"\r"), "text", (path, para_at)
-
-
-def decode_item(item, kind: str, where, options: ReadOptions) -> str | None:
-    """The document text of one chunk item, or None when it is skipped (empty, unless kept).
-
-    Raises:
-        SourceError: bytes that are not UTF-8, a JSON line that is not an object with a string field
-            (file and byte offset named).
-    """
-    if kind == "str":
-        text = item
-    else:
-        try:
-            raw = item.decode("utf-8")
-        except UnicodeDecodeError as e:
-            raise SourceError(f"{where[0]}, byte {where[1] + e.start}: not UTF-8 text ({e.reason})") from None
-        if kind == "json":
-            try:
-                record = json.loads(raw)
-            except json.JSONDecodeError as e:
-                raise SourceError(f"{where[0]}, byte {where[1]}: not valid JSON ({e.msg})") from None
-            if not isinstance(record, dict) or options.field not in record:
-                raise SourceError(f"{where[0]}, byte {where[1]}: no field {options.field!r}; pass --field")
-            text = record[options.field]
-            if not isinstance(text, str):
-                raise SourceError(f"{where[0]}, byte {where[1]}: field {options.field!r} is a "
-                                  f"{type(text).__name__}, not a string")
-        else:
-            text = raw
-    if options.strip:
-        text = text.strip()
-    if not options.keep_empty and not text.strip():
-        return None
-    return text
