@@ -46,6 +46,15 @@ def setup_distributed(device: str) -> Dist:
     return Dist(dist.get_rank(), dist.get_world_size(), int(os.environ.get("LOCAL_RANK", "0")))
 
 
+def finish_distributed() -> None:
+    """End a torchrun run cleanly: wait for every rank, then tear the process group down. Without it,
+    a rank can exit (closing rank 0's rendezvous store) while another is still shutting gloo down,
+    which aborts that rank ("terminate called without an active exception") after a finished run."""
+    if dist.is_available() and dist.is_initialized():
+        dist.barrier()
+        dist.destroy_process_group()
+
+
 def _shard_units(module: nn.Module) -> list[nn.Module]:
     """The transformer blocks of a DiT or AR trunk: FSDP's units (one all-gather each)."""
     from .models._layers import Block

@@ -48,7 +48,7 @@ from .data.prepare import blocks_entropy, check_data_state, data_state, describe
 from .data.tokenizers import tokenizer_from_dict
 from .models.diffusion import DiffusionModel
 from .models.factory import build_model
-from .parallel import Dist, Parallel, setup_distributed
+from .parallel import Dist, Parallel, finish_distributed, setup_distributed
 from .runs import (
     CHECKPOINTS,
     check_finite_weights,
@@ -182,7 +182,9 @@ def train(cfg: TrainConfig, resume: bool | str = True, progress: bool = True, lo
     lock = runlock.acquire_on_rank0(cfg.run_dir, ddp, log, then=lambda: ckpts.is_dir() and tidy(ckpts))
     try:
         with StopRequests() as stop:
-            return _train(cfg, resume, progress, log, stop_at, device, ddp, stop, clock)
+            result = _train(cfg, resume, progress, log, stop_at, device, ddp, stop, clock)
+        finish_distributed()  # a finished run only: after an error the other ranks may never arrive
+        return result
     finally:
         if lock is not None:
             lock.release()
