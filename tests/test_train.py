@@ -341,3 +341,21 @@ def test_learning_rate_follows_whichever_budget_ends_first():
     assert lr_lambda(cfg)(60) == pytest.approx(0.55)  # without a clock: steps only
     no_time = load_config(None, ["max_steps=110", "optim.warmup_steps=10", "max_minutes=10", "optim.time_decay=false"])
     assert lr_lambda(no_time, lambda: 12.0)(60) == pytest.approx(0.55)
+
+
+def test_compile_option_compiles_the_forward_and_keeps_checkpoints(tmp_path, monkeypatch):
+    """config key ``compile``: torch.compile wraps the training forward (spied here: compiling is slow on
+    CPU); the run's weights keep their names, so the checkpoint loads as usual."""
+    calls = []
+
+    def spy(fn, *args, **kwargs):
+        calls.append(fn)
+        return fn
+
+    monkeypatch.setattr(torch, "compile", spy)
+    train(_cfg(tmp_path, "plain", max_steps=2), progress=False, log=lambda *_: None)
+    assert calls == []
+    train(_cfg(tmp_path, "compiled", max_steps=2, compile="true"), progress=False, log=lambda *_: None)
+    assert len(calls) == 1 and getattr(calls[0], "__name__", "") == "forward"
+    model, _, _ = load(tmp_path / "compiled")
+    assert set(model.state_dict()) == set(load(tmp_path / "plain")[0].state_dict())

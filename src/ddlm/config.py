@@ -174,6 +174,9 @@ class TrainConfig:
     device: str = key("auto", "'auto' (CUDA when available), 'cpu' or 'cuda'", choices=("auto", "cpu", "cuda"))
     parallel: str = key("ddp", "under torchrun: 'ddp' (replicated weights) or 'fsdp' (sharded weights, gradients "
                                "and AdamW state)", choices=("ddp", "fsdp"))
+    compile: bool = key(False, "opt-in torch.compile of the training forward pass (for GPUs; the weights and "
+                               "checkpoints are unchanged; on CPU it needs a C++ compiler and pays a long "
+                               "first step)")
 
     def validate(self) -> TrainConfig:
         def need(cond, key, value, expected):

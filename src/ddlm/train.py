@@ -225,7 +225,11 @@ def _train(cfg: TrainConfig, resume, progress: bool, log, stop_at, device: str, 
     par = Parallel(cfg.parallel, ddp, model, ema, make_eval_copy=lambda: build_model(
         cfg, tokenizer.vocab_size, tokenizer.bos_id).to(device).requires_grad_(False))
     o = cfg.optim
-    optimizer = torch.optim.AdamW(model.parameters(), lr=o.lr, betas=(o.beta1, o.beta2), weight_decay=o.weight_decay)
+    # fused AdamW on GPUs (one kernel for every parameter); the reference loop on CPU
+    optimizer = torch.optim.AdamW(model.parameters(), lr=o.lr, betas=(o.beta1, o.beta2), weight_decay=o.weight_decay,
+                                  fused=device == "cuda")
+    if cfg.compile:  # the forward only: parameter names, state dicts and checkpoints stay as they are
+        model.forward = torch.compile(model.forward)
     prior_minutes = float((ckpt.metrics or {}).get("train_minutes", 0.0)) if ckpt is not None else 0.0
     metrics = {"train_minutes": prior_minutes}  # the time used so far, as recorded
     scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lr_lambda(cfg, lambda: metrics["train_minutes"]))
