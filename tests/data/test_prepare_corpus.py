@@ -6,7 +6,6 @@ import os
 import signal
 import subprocess
 import sys
-import time
 
 import numpy as np
 import pytest
@@ -142,9 +141,25 @@ def test_an_interruption_while_finishing_resumes_to_the_same_bytes(tmp_path, mon
     assert _files(tmp_path / "whole") == _files(tmp_path / "cut")
 
 
+_KILL_AFTER_THREE_COMMITS = """
+import os, signal, sys
+from ddlm.data.prepare_corpus import prepare_corpus
+
+def hook(event, state):
+    if event == "committed" and state["chunks"] >= 3:
+        os.killpg(0, signal.SIGKILL)  # the whole group: main process and workers, mid-read
+
+prepare_corpus(sys.argv[1], sys.argv[2], tokenizer="gpt2", workers=2, shard_tokens=5000, chunk_bytes=2000,
+               progress=False, commit_seconds=0.0, _hook=hook)
+"""
+
+
 @pytest.mark.slow
 def test_a_killed_preparation_resumes_to_the_same_bytes(tmp_path):
-    """SIGKILL to the whole process group (main and workers) mid-run; the same command finishes it."""
+    """SIGKILL to the whole process group (main and workers) mid-read; the same command finishes it.
+
+    The kill comes from a hook after the third committed chunk, so it lands mid-run however fast the
+    machine is (a timed kill from outside raced a fast preparation that had already finished)."""
     write_paragraphs(tmp_path / "c.txt", documents(3000, long_every=0))
     env = {**os.environ, "PYTHONPATH": os.pathsep.join(sys.path)}
 
@@ -153,16 +168,11 @@ def test_a_killed_preparation_resumes_to_the_same_bytes(tmp_path):
                 "gpt2", "--workers", "2", "--shard-tokens", "5000", "--chunk-bytes", "2000", "--no-progress"]
 
     subprocess.run(cmd(tmp_path / "whole"), check=True, env=env, capture_output=True, timeout=600)
-    proc = subprocess.Popen(cmd(tmp_path / "cut"), env=env, start_new_session=True, stdout=subprocess.DEVNULL,
-                            stderr=subprocess.DEVNULL)
-    progress, deadline = tmp_path / "cut" / PROGRESS, time.time() + 300
-    while time.time() < deadline and proc.poll() is None:
-        if progress.exists() and json.loads(progress.read_text() or "{}").get("chunks", 0) >= 3:
-            break
-        time.sleep(0.01)
-    os.killpg(proc.pid, signal.SIGKILL)
-    proc.wait()
-    assert proc.returncode == -signal.SIGKILL and not (tmp_path / "cut" / META).exists()
+    killed = subprocess.run([sys.executable, "-c", _KILL_AFTER_THREE_COMMITS, str(tmp_path / "c.txt"),
+                             str(tmp_path / "cut")], env=env, start_new_session=True, capture_output=True, timeout=600)
+    assert killed.returncode == -signal.SIGKILL, killed.stderr.decode()[-2000:]
+    state = json.loads((tmp_path / "cut" / PROGRESS).read_text())
+    assert state["chunks"] >= 3 and state["phase"] != "finishing" and not (tmp_path / "cut" / META).exists()
     subprocess.run(cmd(tmp_path / "cut"), check=True, env=env, capture_output=True, timeout=600)
     assert _files(tmp_path / "whole") == _files(tmp_path / "cut")
 
