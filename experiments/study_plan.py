@@ -59,6 +59,35 @@ UDM_RUNS = ("udm-loo-elbo", "udm-denoiser-elbo", "udm-loo-ce", "udm-denoiser-ce"
 TEXT_RUNS = tuple(n for n, (_, _, kind) in RUNS.items() if kind == "text")
 SUDOKU_RUNS = tuple(n for n, (_, _, kind) in RUNS.items() if kind == "sudoku")
 
+#: training seeds of every run whose bound enters a verdict (claims 1a, 1b and 3a): seed 0 is the run
+#: itself, seed s > 0 the replicate "NAME-seedS" (same config, ``seed=s``: another initialisation, data
+#: order, times and corruption; the default corpus's validation split does not depend on the seed, so
+#: every replicate is measured on the same validation blocks)
+SEEDS = (0, 1, 2)
+SEEDED_RUNS = (*UDM_RUNS, "mdm", "audm")
+
+
+def replicate(name: str, seed: int) -> str:
+    """The run name of ``name`` trained with ``seed`` (``name`` itself for seed 0)."""
+    return name if seed == 0 else f"{name}-seed{seed}"
+
+
+def replicates(name: str) -> tuple[str, ...]:
+    """Every training seed's run of ``name`` (just ``name`` for a run that is not replicated)."""
+    return tuple(replicate(name, s) for s in SEEDS) if name in SEEDED_RUNS else (name,)
+
+
+def base_run(name: str) -> str:
+    """The run a replicate repeats (``name`` itself for a seed-0 run)."""
+    head, sep, tail = name.rpartition("-seed")
+    return head if sep and tail.isdigit() and head in SEEDED_RUNS else name
+
+
+#: in training order: the runs of claim 3a first (the closest call of the first study), then claim 1's
+REPLICATES = tuple(replicate(n, s) for s in SEEDS[1:] for n in ("mdm", "audm", *UDM_RUNS))
+RUNS.update({r: (RUNS[base_run(r)][0], [*RUNS[base_run(r)][1], f"seed={r.rpartition('-seed')[2]}"],
+                 RUNS[base_run(r)][2]) for r in REPLICATES})
+
 #: bound stage: passes over the validation split (diffusion runs; the AR run's exact NLL gets one)
 BOUND_PASSES = 4
 #: frontier stage defaults (the issue's grid)
