@@ -25,15 +25,25 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 import study_plan as P  # noqa: E402
-from report_claims import Results, claim_verdicts, load_results, parts_of  # noqa: E402
+from report_claims import (  # noqa: E402
+    PRIMARY,
+    PRIMARY_TEXT,
+    Results,
+    bound_spread,
+    claim_results,
+    family_sizes,
+    load_results,
+    parts_of,
+    seed_bound_of,
+)
 from report_rules import (  # noqa: E402
+    ALPHA,
     INCONCLUSIVE,
     LN2,
-    MIN_DOF,
     MISSING,
+    MIXED,
     NOT_REPRODUCED,
     SUDOKU_FLOOR,
-    TOLERANCE,
     Curve,
     Z,
     accuracy_se,
@@ -89,57 +99,53 @@ model trained on the embedded Shakespeare corpus (character level) on a CPU, so 
 this scale shows, not what the paper's scale shows. A "not reproduced" verdict is a disagreement
 with the paper at this scale."""
 
-def _pct(log_ratio: float) -> str:
-    """A log ratio as a rounded percentage change."""
-    return f"{100 * (math.exp(log_ratio) - 1):.0f}"
+RULES = f"""How the verdicts are computed (`experiments/report_rules.py`, `report_claims.py`; family-wise
+level ALPHA = {ALPHA:g}, Z = {Z:g}):
 
-
-RULES = f"""How the verdicts are computed (`experiments/report.py`; Z = {Z:g}):
-
-- One comparison of A with B gives *better* if A beats B by more than Z combined standard errors
-  (SE = sqrt(SE_A^2 + SE_B^2)), *worse* if B beats A by more than Z SE, *tie* otherwise, and
-  *undecided* when a number has no SE or two frontier curves share no entropy range.
-- "A is better than B" (claims 1 and 2): **reproduced** if A is better in some comparison (e.g. at
-  some NFE) and worse in none; **not reproduced** if worse in some and better in none; otherwise
-  **inconclusive at this scale**.
-- "A matches or beats B" (claim 3) is a non-inferiority test with tolerances fixed before any
-  result: {TOLERANCE['bound']:g} bits/char for bounds,
-  {TOLERANCE['frontier']:g} in log gen-PPL (about {_pct(TOLERANCE['frontier'])}% gen-PPL) for frontiers,
-  {TOLERANCE['sudoku']:g} in Sudoku accuracy. A comparison (difference A - B, worse is positive)
-  is *better* if below -Z SE, *match* if difference + Z SE is below the tolerance, *worse* if
-  difference - Z SE is above it, *undecided* otherwise (too noisy to tell). **reproduced** if some
-  comparison is better or match and none is worse; **not reproduced** if some is worse and none is
-  better or match; otherwise **inconclusive at this scale**.
-- Multiplicity: a frontier part is decided by up to three comparisons (one per NFE) and one *better*
-  suffices. Between two equally good curves one comparison comes out *better* by chance with
-  probability about 2.3% (Z = 2, one-sided), so up to about 7% for a part with three; the four
-  predictor-corrector rules share one baseline curve. A part that rests on a single comparison just
-  past Z SE (read the evidence column) is weak evidence, not a measurement of the paper's effect size.
-- A claim's verdict combines its parts the same way as "better": reproduced if some part is
-  reproduced and none is not reproduced, not reproduced in the converse case, inconclusive when
-  parts disagree or none is decided; parts not measured yet are left out, and the claim's verdict
-  is marked *provisional* until every part is measured.
-- Bounds: bits per character with the SE of `ddlm eval` (over its batches; the four passes over the
-  validation split reuse the same text, so the text's share of the SE is slightly understated, and
-  it is common to runs compared on the same split).
-- Objectives disagree (1b): D = (bound of denoiser-ELBO - LOO-ELBO) - (bound of denoiser-CE -
-  LOO-CE), SE from the four bounds' SEs; D > Z SE means the ELBO favours the LOO output more than
-  cross-entropy does (each objective pulls towards its own target).
-- Frontiers: at each NFE, each curve's log gen-PPL is interpolated linearly in sample entropy at the
-  matched entropy H*, the midpoint of the entropy range both curves cover. `ddlm frontier` records
-  no SE per point, so the SE of one point's log gen-PPL is estimated from the scatter of every curve
-  of the comparison around its own quadratic fit in entropy (pooled; it includes any misfit and so
-  errs towards "inconclusive"; fewer than {MIN_DOF} degrees of freedom give no estimate, hence
-  *undecided*); an interpolated value's SE is that times sqrt(w^2 + (1 - w)^2).
-- Probe (1d): mean TV over the states of the trajectory; its SE is the mean of the per-state SEs (each
-  over the sequences). The states of one trajectory hold the same sequences and their errors are
-  correlated; the standard deviation of a sum is at most the sum of the standard deviations, so this
-  SE is an upper bound whatever the correlation (conservative).
-- Sudoku (3d): exact-match accuracy; SE sqrt(p(1 - p)/n) with p = (solved + 1)/(n + 2), so that 0/n
-  and n/n keep a non-zero SE. At an NFE where both accuracies are below {SUDOKU_FLOOR:g} neither model
-  solves puzzles and the comparison is *undecided* (equal accuracies at the floor say nothing about
-  which process learns Sudoku better); this floor was added after the MDM run solved 0 of 400 and before
-  the AUDM run was trained."""
+- **Comparisons.** Each part of a claim is one or more comparisons of A with B (a bound, or a frontier at
+  one NFE); the difference A - B is on a lower-is-better scale. A comparison is a one-sided test: of
+  "A is better than B" (null: difference >= 0) or, for claim 3, of "A matches or beats B" (null:
+  difference >= margin). Its p-value is Phi((difference - margin) / SE), or Student's t with the SE's
+  degrees of freedom when the SE comes from a seed spread.
+- **Error-rate control.** All comparisons of a claim's counted parts form one family; Holm-Bonferroni at
+  family-wise level {ALPHA:g} decides which are *supported*. Each claim has one **primary comparison**,
+  declared in `report_claims.PRIMARY` before the replicated bounds and the 128-sample frontiers were
+  measured (listed in the verdict table).
+- **Against.** A comparison in which A is worse than B by more than Z SE counts *against* its claim,
+  for a match claim too (a significantly worse A is not called a match even inside the margin).
+- **Claim verdict.** **reproduced**: the primary comparison is supported and no comparison is against;
+  **mixed**: some comparison is supported and some is against; **not reproduced**: some comparison is
+  against and none is supported; **inconclusive at this scale** otherwise; **not measured yet** while
+  the primary comparison is not measured. Under a null claim (equal results plus noise) "reproduced"
+  needs Holm to reject the primary comparison, which happens in at most {100 * ALPHA:g}% of draws;
+  `tests/test_reproduction.py` checks this on synthetic null results through this report's code
+  (and that the previous rules, "some part better and none worse", fail that check).
+- **Margins of "matches".** The margin is the seed-to-seed standard deviation of the quantity: for
+  bounds, the SD of one run's bound over its training seeds, pooled over the replicated runs (a
+  difference smaller than what retraining with another seed changes). Frontiers and Sudoku accuracies
+  are measured for one seed, so their margin is 0: there a match can only be shown as *better*.
+- **Bounds.** Bits per character. Every run whose bound enters a verdict (the four UDM runs, MDM, AUDM)
+  is trained with seeds {", ".join(map(str, P.SEEDS))}; a configuration's bound is the mean over its
+  seeds, with SE sqrt(max(s^2, m^2) / k): s^2 the seed-to-seed variance of one run's bound pooled over
+  the replicated configurations (it holds seed and Monte-Carlo variance together), m^2 the mean squared
+  Monte-Carlo SE of `ddlm eval` (a floor when few seeds happen to agree), k the seeds; the test uses
+  Student's t with the pooled degrees of freedom. With one seed the SE is the Monte-Carlo SE alone
+  (normal), which leaves out seed variance; the table says how many seeds each mean has.
+- **Objectives (1b).** D = (denoiser - LOO under the ELBO) - (denoiser - LOO under cross-entropy), from
+  the seed means; D > 0 means the ELBO favours the LOO output more than cross-entropy does. Both
+  objectives' own preferences are shown: the part measures a difference of degree.
+- **Frontiers.** At each NFE, each curve's log gen-PPL is interpolated linearly in sample entropy at the
+  matched entropy H*, the midpoint of the entropy range both curves cover. A point's SE of log gen-PPL
+  is the `mean_nll_se` of its CSV row (the judge's mean NLL per token over the samples); its entropy SE
+  (`entropy_se`, when the CSV has it) enters through the segment's slope. The two points' errors are
+  taken as independent: the entropy and the NLL of the same samples move together along the curve, so
+  this overstates the SE (conservative).
+- **Probe (1d).** Mean TV over the states of the trajectory; its SE is the mean of the per-state SEs, an
+  upper bound on the SE of the mean whatever the correlation between states (conservative).
+- **Sudoku (3d).** Exact-match accuracy; SE sqrt(p(1 - p)/n) with p = (solved + 1)/(n + 2). At an NFE
+  where both accuracies are below {SUDOKU_FLOOR:g} neither model solves puzzles and the comparison is not
+  measured (equal accuracies at the floor say nothing about which process learns Sudoku better); this
+  floor was added after the MDM run solved 0 of 400 and before the AUDM run was trained."""
 
 
 def training_section(res: Results) -> str:
@@ -184,13 +190,31 @@ def bound_section(res: Results) -> str:
                      pm(r["bits_per_char"], r["bits_per_char_se"]), pm(r["nats_per_token"], r["se"]),
                      f"{r['num_batches']} x {r['batch_size']} of {r['blocks']}", what])
         cmds.append(P.bound_command(name))
+    spread = bound_spread(res)
+    seeds = []
+    for name in P.SEEDED_RUNS:
+        b = seed_bound_of(res, name)
+        if b is None:
+            seeds.append([name, "0", "—", "—", "—", MISSING])
+            continue
+        seeds.append([name, str(b.seeds), ", ".join(f"{v:.3f}" for v in b.values), pm(b.mean, b.se),
+                      f"{b.mc_se:.3f}", "t, " + f"{b.dof:g} dof" if b.dof is not None else "Monte-Carlo only"])
+    spread_text = ("No configuration has two seeds yet: the SEs are Monte-Carlo SEs, which leave out seed variance."
+                   if spread is None else
+                   f"Seed-to-seed SD of one run's bound, pooled over the replicated configurations: "
+                   f"{math.sqrt(spread[0]):.3f} bits/char ({spread[1]} degrees of freedom).")
     return "\n".join([
         "## Validation NLL bound", "",
         "`ddlm eval` on each run's validation split (EMA weights): Monte-Carlo ELBO for diffusion runs "
         f"({P.BOUND_PASSES} passes over the split with fresh draws of t and x_t), exact NLL for the "
-        "autoregressive run (one pass). Per character, with the SE over batches.", "",
+        "autoregressive run (one pass). Per character, with the Monte-Carlo SE over batches. Runs `NAME-seedS` "
+        "repeat `NAME` with training seed S (the validation blocks are the same for every seed).", "",
         table("bound", ["run", "step", "nats/char", "bits/char", "nats/token", "batches x blocks of N", "estimator"],
-              rows), "", "Commands:", "", command_block(cmds) if cmds else "(none yet)"])
+              rows), "",
+        "Means over training seeds (bits/char), the bounds the verdicts use; SE of the mean as in the rules:", "",
+        table("bound-seeds", ["configuration", "seeds", "per seed", "mean ± SE", "Monte-Carlo SE (rms)", "SE from"],
+              seeds), "", spread_text, "",
+        "Commands:", "", command_block(cmds) if cmds else "(none yet)"])
 
 
 def _judge_arg(name: str) -> str:
@@ -329,27 +353,36 @@ def sudoku_section(res: Results) -> str:
                          "cell accuracy"], rows), "", "Commands:", "", command_block(cmds) if cmds else "(none yet)"])
 
 
+PRIMARY_KEY = PRIMARY
+
+
 def verdict_section(res: Results) -> str:
     parts = parts_of(res)
-    claims = claim_verdicts(parts)
+    results, sizes = claim_results(parts), family_sizes(parts)
     rows = []
-    for c, v in claims.items():
+    for c, r in results.items():
         counted = [p for p in parts if p.claim == c and p.counted]
         measured = sum(p.verdict != MISSING for p in counted)
-        if v == MISSING or measured == len(counted):
-            rows.append([f"claim {c}", "**" + v + "**", "combined from its parts below", ""])
+        how = (f"primary: {PRIMARY_TEXT[c]}; Holm over the {sizes[c]} measured comparisons of its parts at "
+               f"family-wise {ALPHA:g}")
+        if r.verdict == MISSING or measured == len(counted):
+            rows.append([f"claim {c}", "**" + r.verdict + "**", how, ""])
         else:  # some parts still to measure: the verdict may change
-            rows.append([f"claim {c}", f"**{v}** (provisional)",
-                         f"combined from the {measured} of its {len(counted)} parts measured so far", ""])
-    rows += [[p.label, p.verdict, p.evidence, p.rule] for p in parts]
-    differ = [f"- **{p.label}**: {p.verdict}. {p.evidence}." for p in parts
-              if p.verdict in (NOT_REPRODUCED, INCONCLUSIVE)]
+            rows.append([f"claim {c}", f"**{r.verdict}** (provisional)",
+                         f"{how}; {measured} of its {len(counted)} parts measured so far", ""])
+    rows += [[p.label, p.verdict, p.evidence, "primary" if any(
+        (p.key, cmp.label) == PRIMARY_KEY[p.claim] for cmp in p.comparisons) else ""] for p in parts]
+    differ = [f"- **claim {c}**: {r.verdict}." for c, r in results.items()
+              if r.verdict in (NOT_REPRODUCED, INCONCLUSIVE, MIXED)]
     return "\n".join(["## Verdicts", "",
-                      table("verdicts", ["claim / part", "verdict", "evidence", "rule"], rows), "",
+                      "A part's verdict says which of its comparisons Holm supports within the claim's family and "
+                      "which count against the claim (A worse by more than Z SE); numbers are A - B on a "
+                      "lower-is-better scale with their SE and one-sided p-value.", "",
+                      table("verdicts", ["claim / part", "verdict", "evidence", "role"], rows), "",
                       "The rules are spelled out at the end of this page.", "",
-                      "Where this scale does not confirm the paper (a part not reproduced disagrees with it; an "
-                      "inconclusive part is one the numbers here cannot decide, for the reason given):", "",
-                      "\n".join(differ) if differ else "nowhere, among the parts measured so far."])
+                      "Where this scale does not confirm the paper (not reproduced: the evidence is against it; mixed: "
+                      "evidence both ways; inconclusive: the numbers here cannot decide):", "",
+                      "\n".join(differ) if differ else "nowhere, among the claims measured so far."])
 
 
 # ---- the report ------------------------------------------------------------------------------------

@@ -16,26 +16,24 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 import study_plan as P  # noqa: E402
 from report_rules import (  # noqa: E402
-    INCONCLUSIVE,
     MISSING,
     SUDOKU_FLOOR,
-    TOLERANCE,
     UNDECIDED,
+    ClaimResult,
+    Comparison,
     Curve,
-    Z,
+    SeedBound,
     accuracy_se,
     bound_of,
-    combine,
+    claim_verdict,
     compare_curves,
     curves_of,
     nfes_of,
-    noise_sigma,
-    outcome,
     pick,
     pm,
     probe_mean,
-    verdict_better,
-    verdict_match,
+    seed_bound,
+    seed_spread,
 )
 
 # ---- loading ---------------------------------------------------------------------------------------
@@ -97,185 +95,256 @@ def load_results(root: str | os.PathLike) -> Results:
     return res
 
 
-# ---- verdicts --------------------------------------------------------------------------------------
+# ---- the claims' comparisons ------------------------------------------------------------------------
 
 @dataclass
 class Part:
-    """One measured part of a claim (``counted``: it enters the claim's combined verdict)."""
+    """One part of a claim: its comparisons (each one test of the claim's family, unless the part is not
+    ``counted``), a sentence of numbers (``head``) and, once the claim is evaluated, its verdict and evidence."""
 
     claim: int
+    key: str
     label: str
-    evidence: str
-    verdict: str
-    rule: str
+    comparisons: list = field(default_factory=list)
+    head: str = ""
     counted: bool = True
+    missing: str = ""  # what is needed when nothing is measured
+    verdict: str = MISSING
+    evidence: str = ""
 
 
-def bound_part(res: Results, a: str, b: str, kind: str) -> tuple[str, str]:
-    """(evidence, verdict) of "a's bound is lower than b's" (kind "better") or "matches or beats" ("match")."""
-    ba, bb = bound_of(res.bound.get(a)), bound_of(res.bound.get(b))
+#: each claim's primary comparison (part key, comparison label), declared before the replicated bounds and
+#: the 128-sample frontiers were measured: the claim is "reproduced" only if this one is supported
+PRIMARY = {1: ("1a", "bound"), 2: ("2a-lowest_log_margin", "NFE 64"), 3: ("3a", "bound")}
+PRIMARY_TEXT = {
+    1: "1a: the LOO-output ELBO run's bound is lower than the denoiser-output ELBO run's (means over seeds)",
+    2: "2a with ddlm's default selection rule (lowest_log_margin) at NFE 64: the informed predictor-corrector "
+       "beats the predictor alone at equal NFE",
+    3: "3a: AUDM's bound is no worse than MDM's by more than the seed-to-seed SD (means over seeds)",
+}
+
+
+def bound_values(res: Results, name: str) -> list[tuple[float, float]]:
+    """(bits/char, Monte-Carlo SE) of every measured training seed of ``name``."""
+    return [b for r in P.replicates(name) if (b := bound_of(res.bound.get(r))) is not None]
+
+
+def bound_spread(res: Results) -> tuple[float, int] | None:
+    """Pooled seed-to-seed variance of one run's bound (bits/char^2) over the replicated runs, with its dof."""
+    return seed_spread([bound_values(res, n) for n in P.SEEDED_RUNS])
+
+
+def seed_bound_of(res: Results, name: str) -> SeedBound | None:
+    return seed_bound(bound_values(res, name), bound_spread(res))
+
+
+def _sb(b: SeedBound) -> str:
+    seeds = f"{b.seeds} seed{'s' if b.seeds > 1 else ''}"
+    return f"{pm(b.mean, b.se)} ({seeds})"
+
+
+def bound_part(res: Results, key: str, label: str, a: str, b: str, match: bool, claim: int) -> Part:
+    """"a's bound is lower than b's", or (``match``) "no worse by more than the seed-to-seed SD"."""
+    part = Part(claim, key, label, missing=f"needs results/bound/{a}.json and {b}.json")
+    ba, bb = seed_bound_of(res, a), seed_bound_of(res, b)
     if ba is None or bb is None:
-        return f"needs results/bound/{a}.json and {b}.json", MISSING
-    diff, se = ba[0] - bb[0], math.hypot(ba[1], bb[1])
-    o = outcome(diff, se, None if kind == "better" else TOLERANCE["bound"])
-    rule = verdict_better if kind == "better" else verdict_match
-    return (f"{a} {pm(*ba)} vs {b} {pm(*bb)} bits/char: difference {diff:+.3f}, {Z:g} SE = {Z * se:.3f} ({o})",
-            rule([o]))
+        return part
+    spread = bound_spread(res)
+    margin = (math.sqrt(spread[0]) if spread else 0.0) if match else None
+    dof = ba.dof if ba.dof is not None and bb.dof is not None else None
+    part.comparisons.append(Comparison("bound", ba.mean - bb.mean, math.hypot(ba.se, bb.se), margin, dof))
+    part.head = f"{a} {_sb(ba)} vs {b} {_sb(bb)} bits/char"
+    if match:
+        part.head += (f"; margin {margin:.3f} bits/char = the seed-to-seed SD of one run's bound" if spread else
+                      "; margin 0 (no seed spread measured yet: a match must be shown as better)")
+    return part
 
 
-def interaction_part(res: Results) -> tuple[str, str]:
-    """(evidence, verdict) of 1b: D = (den-elbo - loo-elbo) - (den-ce - loo-ce) > Z SE."""
-    b = {n: bound_of(res.bound.get(n)) for n in P.UDM_RUNS}
+def interaction_part(res: Results) -> Part:
+    """1b: D = (den-elbo - loo-elbo) - (den-ce - loo-ce) > 0, with each objective's own preference."""
+    part = Part(1, "1b", "1b. the ELBO prefers the LOO output more strongly than cross-entropy does (D > 0)",
+                missing="needs the bounds of the four UDM runs")
+    b = {n: seed_bound_of(res, n) for n in P.UDM_RUNS}
     if any(v is None for v in b.values()):
-        return "needs the bounds of the four UDM runs", MISSING
-    d = (b["udm-denoiser-elbo"][0] - b["udm-loo-elbo"][0]) - (b["udm-denoiser-ce"][0] - b["udm-loo-ce"][0])
-    se = math.sqrt(sum(v[1] ** 2 for v in b.values()))
-    o = outcome(-d, se)
-    return (f"D = ({b['udm-denoiser-elbo'][0]:.3f} - {b['udm-loo-elbo'][0]:.3f}) - ({b['udm-denoiser-ce'][0]:.3f} - "
-            f"{b['udm-loo-ce'][0]:.3f}) = {d:+.3f} bits/char, {Z:g} SE = {Z * se:.3f} ({o})", verdict_better([o]))
+        return part
+    elbo = b["udm-denoiser-elbo"].mean - b["udm-loo-elbo"].mean
+    ce = b["udm-denoiser-ce"].mean - b["udm-loo-ce"].mean
+    se = math.sqrt(sum(v.se ** 2 for v in b.values()))
+    se_elbo = math.hypot(b["udm-denoiser-elbo"].se, b["udm-loo-elbo"].se)
+    se_ce = math.hypot(b["udm-denoiser-ce"].se, b["udm-loo-ce"].se)
+    dof = None if any(v.dof is None for v in b.values()) else b["udm-loo-elbo"].dof
+    part.comparisons.append(Comparison("-D", -(elbo - ce), se, None, dof))
+    part.head = (f"denoiser minus LOO: {elbo:+.3f} ± {se_elbo:.3f} bits/char under the ELBO, {ce:+.3f} ± {se_ce:.3f} "
+                 f"under cross-entropy (both objectives favour the LOO output); D = {elbo - ce:+.3f}")
+    return part
 
 
-def frontier_part(curves_a: list[Curve], curves_b: list[Curve], sigma: float | None, run_a: str, run_b: str,
-                  want_a: dict, want_b: dict, kind: str) -> tuple[str, str]:
-    """(evidence, verdict) of curve A vs curve B at every NFE both have, at matched entropy."""
-    lines, outcomes = [], []
+def frontier_part(key: str, label: str, claim: int, curves_a: list[Curve], curves_b: list[Curve], run_a: str,
+                  run_b: str, want_a: dict, want_b: dict, match: bool, counted: bool = True) -> Part:
+    """Curve A vs curve B at every NFE both have, at matched entropy (margin 0 for a match: no seed spread
+    of frontiers is measured)."""
+    part = Part(claim, key, label, counted=counted, missing="curves not measured yet")
     for n in sorted(set(nfes_of(curves_a)) | set(nfes_of(curves_b))):
-        cmp = compare_curves(pick(curves_a, run_a, n, **want_a), pick(curves_b, run_b, n, **want_b), sigma,
-                             None if kind == "better" else TOLERANCE["frontier"])
-        if cmp["outcome"] is None:
-            continue
-        outcomes.append(cmp["outcome"])
-        if cmp.get("h") is None:
-            lines.append(f"NFE {n}: {cmp['why']} (undecided)")
-        elif cmp["se"] is None:
-            lines.append(f"NFE {n}: Δ log gen-PPL {cmp['diff']:+.3f} at H* = {cmp['h']:.3f}, {cmp['why']} (undecided)")
-        else:
-            lines.append(f"NFE {n}: Δ log gen-PPL {cmp['diff']:+.3f} at H* = {cmp['h']:.3f}, "
-                         f"{Z:g} SE = {Z * cmp['se']:.3f} ({cmp['outcome']})")
-    if not outcomes:
-        return "curves not measured yet", MISSING
-    return "; ".join(lines), (verdict_better if kind == "better" else verdict_match)(outcomes)
+        cmp = compare_curves(f"NFE {n}", pick(curves_a, run_a, n, **want_a), pick(curves_b, run_b, n, **want_b),
+                             0.0 if match else None)
+        if cmp is not None:
+            part.comparisons.append(cmp)
+    if part.comparisons:
+        part.head = "Δ log gen-PPL (A - B) at matched entropy" + (", margin 0" if match else "")
+    return part
 
 
-def _curves(res: Results, *comparisons: str) -> tuple[list[Curve], float | None]:
-    """Curves of these comparisons and their pooled noise estimate."""
-    curves = [c for comp in comparisons for c in curves_of(res.frontier.get(comp, []))]
-    return curves, noise_sigma(curves)
+def _curves(res: Results, *comparisons: str) -> list[Curve]:
+    return [c for comp in comparisons for c in curves_of(res.frontier.get(comp, []))]
 
 
-def probe_part(res: Results) -> tuple[str, str]:
+def probe_part(res: Results) -> Part:
+    part = Part(1, "1d", "1d. LOO output leaks less of its own token (probe, ELBO runs)",
+                missing="needs the probe of udm-loo-elbo and udm-denoiser-elbo")
     by_name = {Path(r["run"]).name: r for r in (res.probe or {}).get("runs", [])}
     a, b = by_name.get("udm-loo-elbo"), by_name.get("udm-denoiser-elbo")
     if a is None or b is None:
-        return "needs the probe of udm-loo-elbo and udm-denoiser-elbo", MISSING
+        return part
     (ma, sa), (mb, sb) = probe_mean(a), probe_mean(b)
     se = None if sa is None or sb is None else math.hypot(sa, sb)
-    o = outcome(ma - mb, se)
-    return (f"mean TV {pm(ma, sa, 3, 'g')} (LOO) vs {pm(mb, sb, 3, 'g')} (denoiser): difference {ma - mb:+.3g}"
-            + (f", {Z:g} SE = {Z * se:.3g}" if se is not None else "") + f" ({o})", verdict_better([o]))
+    part.comparisons.append(Comparison("probe", ma - mb, se))
+    part.head = f"mean TV {pm(ma, sa, 3, 'g')} (LOO) vs {pm(mb, sb, 3, 'g')} (denoiser)"
+    return part
 
 
-def sudoku_part(res: Results) -> tuple[str, str]:
-    lines, outcomes = [], []
+def sudoku_part(res: Results) -> Part:
+    part = Part(3, "3d", "3d. Sudoku: AUDM's accuracy matches or beats MDM's",
+                missing="needs results/sudoku/sudoku-audm-nfeN.json and sudoku-mdm-nfeN.json")
+    heads = []
     for nfe in P.SUDOKU_NFE:
         a, b = res.sudoku.get(("sudoku-audm", nfe)), res.sudoku.get(("sudoku-mdm", nfe))
         if a is None or b is None:
             continue
         sa, sb = accuracy_se(a), accuracy_se(b)
-        head = f"NFE {nfe}: accuracy {pm(a['accuracy'], sa)} (AUDM) vs {pm(b['accuracy'], sb)} (MDM)"
+        heads.append(f"NFE {nfe}: accuracy {pm(a['accuracy'], sa)} (AUDM) vs {pm(b['accuracy'], sb)} (MDM)")
         if a["accuracy"] < SUDOKU_FLOOR and b["accuracy"] < SUDOKU_FLOOR:
-            outcomes.append(UNDECIDED)
-            lines.append(f"{head}: both below {SUDOKU_FLOOR:g}, neither solves puzzles (cell accuracy "
-                         f"{a['cell_accuracy']:.3f} vs {b['cell_accuracy']:.3f}, not ranked) ({UNDECIDED})")
+            part.comparisons.append(Comparison(f"NFE {nfe}", None, None, 0.0, detail=(
+                f"both below {SUDOKU_FLOOR:g}: neither solves puzzles (cell accuracy {a['cell_accuracy']:.3f} vs "
+                f"{b['cell_accuracy']:.3f}), not ranked")))
             continue
-        diff = -(a["accuracy"] - b["accuracy"])  # lower-is-better scale
-        o = outcome(diff, math.hypot(sa, sb), TOLERANCE["sudoku"])
-        outcomes.append(o)
-        lines.append(f"{head}, {Z:g} SE = {Z * math.hypot(sa, sb):.3f} ({o})")
-    if not outcomes:
-        return "needs results/sudoku/sudoku-audm-nfeN.json and sudoku-mdm-nfeN.json", MISSING
-    return "; ".join(lines), verdict_match(outcomes)
+        part.comparisons.append(Comparison(f"NFE {nfe}", -(a["accuracy"] - b["accuracy"]), math.hypot(sa, sb), 0.0,
+                                           detail="minus the accuracy difference"))
+    part.head = "; ".join(heads) + ("; margin 0 (Sudoku runs have one seed)" if heads else "")
+    return part
 
 
 def best_udm(res: Results) -> str | None:
-    """The UDM run with the lowest bound, None until the four bounds exist."""
-    try:
-        return P.best_udm_run(res.root)
-    except P.StudyError:
+    """The UDM run with the lowest bound (seed 0, the runs the frontiers sample), None until the four
+    bounds exist (the rule of ``study_plan.best_udm_run``, on the loaded results)."""
+    if any(n not in res.bound for n in P.UDM_RUNS):
         return None
-
-
-BETTER_RULE = "better: Z SE, some comparison better, none worse"
-MATCH_RULE = "match: some comparison better or within tolerance {tol} (Z SE to spare), none worse"
-
-
-def best_frontier_part(res: Results, best: str | None, comparison: str, want_a: dict, want_b: dict) -> tuple[str, str]:
-    """(evidence, verdict) of "curve A beats curve B" for the best UDM run in one comparison folder."""
-    if best is None:
-        return "needs the bounds of the four UDM runs (the best one is compared)", MISSING
-    curves, sigma = _curves(res, comparison)
-    return frontier_part(curves, curves, sigma, best, best, want_a, want_b, "better")
-
-
-def renoising_part(res: Results) -> tuple[str, str]:
-    """(evidence, verdict) of "ReAUDM matches or beats ReMDM" across the two comparison folders."""
-    judges = {r["judge"] for comp in ("audm-reaudm", "mdm-remdm") for r in res.frontier.get(comp, [])}
-    if len(judges) > 1:
-        return f"the two folders have different judges {sorted(judges)}", INCONCLUSIVE
-    a_curves, _ = _curves(res, "audm-reaudm")
-    m_curves, _ = _curves(res, "mdm-remdm")
-    _, sigma = _curves(res, "audm-reaudm", "mdm-remdm")
-    return frontier_part(a_curves, m_curves, sigma, "audm", "mdm", {"sampler": "reaudm"}, {"sampler": "remdm"},
-                         "match")
+    return min(P.UDM_RUNS, key=lambda n: res.bound[n]["nats_per_token"])
 
 
 def parts_of(res: Results) -> list[Part]:
-    """Every part of every claim with its evidence, rule and verdict."""
+    """Every part of every claim with its comparisons, evaluated claim by claim (Holm within each claim)."""
     best = best_udm(res)
-    curves, sigma = _curves(res, "ancestral")
+    anc = _curves(res, "ancestral")
+    who = best or "best UDM run"
+    need_best = "needs the bounds of the four UDM runs (the best one is compared)"
+
+    def best_part(key, label, comparison, want_a, want_b, counted=True):
+        if best is None:
+            return Part(int(key[0]), key, label, counted=counted, missing=need_best)
+        c = _curves(res, comparison)
+        return frontier_part(key, label, int(key[0]), c, c, best, best, want_a, want_b, False, counted)
+
     parts = [
-        Part(1, "1a. LOO output trains to a lower bound than denoiser output (plug-in ELBO)",
-             *bound_part(res, "udm-loo-elbo", "udm-denoiser-elbo", "better"), BETTER_RULE),
-        Part(1, "1b. ELBO and cross-entropy disagree about the target (the output each favours)",
-             *interaction_part(res), "D > Z SE"),
-        Part(1, "1c. LOO output samples better (ancestral frontier, ELBO runs)",
-             *frontier_part(curves, curves, sigma, "udm-loo-elbo", "udm-denoiser-elbo", {}, {}, "better"),
-             BETTER_RULE),
-        Part(1, "1d. LOO output leaks less of its own token (probe, ELBO runs)", *probe_part(res), BETTER_RULE),
-        Part(1, f"1e. the plug-in bridge needs the LOO: correct conversion beats the raw denoiser "
-                f"({best or 'best UDM run'})",
-             *best_frontier_part(res, best, "udm-ablation", {"sampler": "ancestral"},
-                                 {"sampler": "bridge_raw_denoiser"}), BETTER_RULE),
+        bound_part(res, "1a", "1a. LOO output trains to a lower bound than denoiser output (plug-in ELBO)",
+                   "udm-loo-elbo", "udm-denoiser-elbo", False, 1),
+        interaction_part(res),
+        frontier_part("1c", "1c. LOO output samples better (ancestral frontier, ELBO runs)", 1, anc, anc,
+                      "udm-loo-elbo", "udm-denoiser-elbo", {}, {}, False),
+        probe_part(res),
+        best_part("1e", f"1e. the plug-in bridge needs the LOO: correct conversion beats the raw denoiser ({who})",
+                  "udm-ablation", {"sampler": "ancestral"}, {"sampler": "bridge_raw_denoiser"}),
     ]
-    informed = []
     for rule in P.SELECTIONS:
-        ev, v = best_frontier_part(res, best, "udm-pc", {"selection": rule},
-                                   {"sampler": "ancestral", "selection": None})
-        label = f"2a. predictor-corrector ({rule}) beats the predictor alone at equal NFE"
+        label = f"2a. predictor-corrector ({rule}) beats the predictor alone at equal NFE ({who})"
         if rule == "random":
             label += " (not an informed rule: not counted)"
-        else:
-            informed.append(v)
-        parts.append(Part(2, label, ev, v, BETTER_RULE, counted=False))
+        parts.append(best_part(f"2a-{rule}", label, "udm-pc", {"selection": rule},
+                               {"sampler": "ancestral", "selection": None}, counted=rule != "random"))
     parts += [
-        Part(2, "2a. informed predictor-corrector (any informed rule) improves generation",
-             "the three informed rules above", combine(informed), "combined like a claim's parts"),
-        Part(2, "2b. temperature on the LOO beats temperature on the denoiser",
-             *best_frontier_part(res, best, "udm-temperature", {"temperature_on": "loo"},
-                                 {"temperature_on": "denoiser"}), BETTER_RULE),
-        Part(3, "3a. AUDM's bound matches or beats MDM's", *bound_part(res, "audm", "mdm", "match"),
-             MATCH_RULE.format(tol=f"{TOLERANCE['bound']:g} bits/char")),
-        Part(3, "3b. AUDM samples match or beat MDM's (ancestral frontier)",
-             *frontier_part(curves, curves, sigma, "audm", "mdm", {}, {}, "match"),
-             MATCH_RULE.format(tol=f"{TOLERANCE['frontier']:g} in log gen-PPL")),
-        Part(3, "3c. ReAUDM matches or beats ReMDM", *renoising_part(res),
-             MATCH_RULE.format(tol=f"{TOLERANCE['frontier']:g} in log gen-PPL")),
-        Part(3, "3d. Sudoku: AUDM's accuracy matches or beats MDM's", *sudoku_part(res),
-             MATCH_RULE.format(tol=f"{TOLERANCE['sudoku']:g} in accuracy")),
+        best_part("2b", f"2b. temperature on the LOO beats temperature on the denoiser ({who})", "udm-temperature",
+                  {"temperature_on": "loo"}, {"temperature_on": "denoiser"}),
+        bound_part(res, "3a", "3a. AUDM's bound matches or beats MDM's", "audm", "mdm", True, 3),
+        frontier_part("3b", "3b. AUDM samples match or beat MDM's (ancestral frontier)", 3, anc, anc, "audm", "mdm",
+                      {}, {}, True),
+        frontier_part("3c", "3c. ReAUDM matches or beats ReMDM", 3, _curves(res, "audm-reaudm"),
+                      _curves(res, "mdm-remdm"), "audm", "mdm", {"sampler": "reaudm"}, {"sampler": "remdm"}, True),
+        sudoku_part(res),
     ]
+    judges = {r["judge"] for comp in ("audm-reaudm", "mdm-remdm") for r in res.frontier.get(comp, [])}
+    if len(judges) > 1:  # gen-PPLs of different judges are not comparable
+        parts[-2] = Part(3, "3c", parts[-2].label, missing=f"the two folders have different judges {sorted(judges)}")
+    evaluate(parts)
     return parts
 
 
+# ---- verdicts --------------------------------------------------------------------------------------
+
+def _family(parts: list[Part], claim: int) -> list[tuple[Part, Comparison]]:
+    return [(p, c) for p in parts if p.claim == claim and p.counted for c in p.comparisons]
+
+
+def _describe(c: Comparison, supported: bool | None, against: bool) -> str:
+    if not c.measured:
+        return f"{c.label}: {c.detail or 'no SE'} (undecided)"
+    tag = "; ".join(t for t in ("supported" if supported else "", "against" if against else "") if t)
+    margin = f", margin {c.margin:.3f}" if c.margin else ""
+    return (f"{c.label}: {c.diff:+.3f} ± {c.se:.3f}{' ' + c.detail if c.detail else ''}{margin}, p = {c.p_value:.2g}"
+            + (f" ({tag})" if tag else ""))
+
+
+def claim_results(parts: list[Part]) -> dict[int, ClaimResult]:
+    """Claim -> its verdict from its family of comparisons (Holm over the counted parts' comparisons)."""
+    out = {}
+    for claim in (1, 2, 3):
+        family = _family(parts, claim)
+        key, label = PRIMARY[claim]
+        primary = next((i for i, (p, c) in enumerate(family) if p.key == key and c.label == label), None)
+        out[claim] = claim_verdict([c for _, c in family], primary)
+    return out
+
+
+def evaluate(parts: list[Part]) -> None:
+    """Fill each part's verdict and evidence from its claim's family (a part not counted gets the flags
+    its comparisons would have alone, uncorrected, and says so)."""
+    results = claim_results(parts)
+    for claim, res in results.items():
+        flags = {id(c): (s, a) for (_, c), s, a in zip(_family(parts, claim), res.supported, res.against,
+                                                       strict=True)}
+        for p in (p for p in parts if p.claim == claim):
+            if not any(c.measured for c in p.comparisons):
+                p.verdict = MISSING if not p.comparisons else UNDECIDED
+                lines = [_describe(c, None, False) for c in p.comparisons]
+                p.evidence = "; ".join(([p.head] if p.head else []) + lines) or p.missing
+                continue
+            if p.counted:
+                got = [flags[id(c)] for c in p.comparisons]
+            else:
+                alone = claim_verdict(p.comparisons, None)
+                got = list(zip(alone.supported, alone.against, strict=True))
+            sup, ag = any(s for s, _ in got), any(a for _, a in got)
+            p.verdict = ("supported and against" if sup and ag else "supported" if sup else "against" if ag
+                         else "not significant")
+            if not p.counted:
+                p.verdict += " (on its own: Holm over its NFEs)"
+            lines = [_describe(c, s, a) for c, (s, a) in zip(p.comparisons, got, strict=True)]
+            p.evidence = "; ".join(([p.head] if p.head else []) + lines)
+
+
 def claim_verdicts(parts: list[Part]) -> dict[int, str]:
-    """Claim -> combined verdict of its counted parts (the per-rule 2a rows count through their combined row)."""
-    return {claim: combine([p.verdict for p in parts if p.claim == claim and p.counted]) for claim in (1, 2, 3)}
+    """Claim -> verdict."""
+    return {claim: r.verdict for claim, r in claim_results(parts).items()}
+
+
+def family_sizes(parts: list[Part]) -> dict[int, int]:
+    """Claim -> number of measured comparisons in its Holm family."""
+    return {claim: sum(c.measured for _, c in _family(parts, claim)) for claim in (1, 2, 3)}

@@ -1,26 +1,29 @@
 """The statistics and verdict rules of the reproduction report (``experiments/report.py``): one
-comparison's outcome, a claim's verdict from its comparisons, frontier curves compared at matched
-entropy with a noise estimate, and the standard errors of bounds, the probe and Sudoku accuracies.
+comparison's test, a claim's verdict from its comparisons with the family-wise error rate controlled,
+frontier curves compared at matched entropy with per-point standard errors, and the standard errors of
+bounds (seed and Monte-Carlo variance), the probe and Sudoku accuracies.
 
-Verdict rules (``Z = 2`` standard errors; "A better than B" means lower bound, lower gen-PPL at
-matched entropy, lower LOO sensitivity, or higher Sudoku accuracy):
+Rules ("A better than B" means lower bound, lower gen-PPL at matched entropy, lower LOO sensitivity, or
+higher Sudoku accuracy; every difference is A - B on a lower-is-better scale):
 
-- one comparison -> ``better`` if A beats B by more than Z combined SE, ``worse`` if B beats A by
-  more than Z SE, ``tie`` otherwise, ``undecided`` when no SE or no matched entropy exists;
-- a claim that A is better than B: ``reproduced`` if A is better in some comparison (e.g. some NFE)
-  and worse in none; ``not reproduced`` if worse in some and better in none; otherwise
-  ``inconclusive at this scale``;
-- a claim that A matches or beats B (a non-inferiority test with a fixed tolerance, ``TOLERANCE``):
-  a comparison is ``better`` if A beats B by more than Z SE, ``match`` if A is worse by less than the
-  tolerance with Z SE to spare, ``worse`` if A is worse by more than the tolerance with Z SE to
-  spare, ``undecided`` otherwise; the claim is ``reproduced`` if some comparison is better or match
-  and none is worse, ``not reproduced`` if some is worse and none better or match, otherwise
-  ``inconclusive at this scale``;
-- frontiers: each curve's log gen-PPL is interpolated linearly in entropy at the matched entropy
-  H*, the midpoint of the entropy range both curves cover; the SE of one point's log gen-PPL is
-  estimated from the scatter of every curve of the comparison around its own quadratic fit in
-  entropy (``ddlm frontier`` records no per-point standard error), so it includes any misfit and
-  errs towards "inconclusive"; with fewer than ``MIN_DOF`` degrees of freedom there is no estimate.
+- A comparison is a one-sided test. For "A is better than B" the null is diff >= 0; for "A matches or
+  beats B" (non-inferiority) the null is diff >= margin, where the margin is the measured seed-to-seed
+  standard deviation of the quantity (:func:`seed_spread`), or 0 where no seed spread is measured (then
+  "matches" can only be shown by "better"). Its p-value is Phi((diff - margin) / SE) (Student's t with
+  the SE's degrees of freedom when the SE comes from a seed spread).
+- A claim's comparisons form one family: Holm-Bonferroni at family-wise level ``ALPHA`` decides which
+  are *supported*. Each claim has one primary comparison, declared in ``report_claims.PRIMARY`` before
+  the replicated results were seen.
+- A comparison is *against* when A is worse than B by more than ``Z`` SE (for a match claim as well: a
+  significantly worse A is not called a match, even inside the margin).
+- Claim verdict: **reproduced** if its primary comparison is supported and no comparison is against;
+  **mixed** if some comparison is supported and some is against; **not reproduced** if some is against
+  and none is supported; otherwise **inconclusive at this scale**; **not measured yet** while the primary
+  comparison is not measured.
+
+Under a null claim (equal results plus noise) "reproduced" needs the primary comparison to be rejected
+by Holm, which happens with probability at most ``ALPHA``; ``tests/test_reproduction.py`` checks this on
+synthetic null results through the whole report pipeline.
 """
 
 from __future__ import annotations
@@ -34,16 +37,14 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 import study_plan as P  # noqa: E402
 
-#: standard errors a difference must exceed to count
+#: family-wise error rate of a claim (one-sided tests, Holm-Bonferroni over the claim's comparisons)
+ALPHA = 0.05
+#: standard errors by which A must be worse than B for a comparison to count against a claim; also the
+#: descriptive "better"/"worse" of one comparison in the evidence column
 Z = 2.0
-#: degrees of freedom the frontier noise estimate needs (the study's grid gives 3 per curve and NFE)
-MIN_DOF = 6
-REPRODUCED, NOT_REPRODUCED = "reproduced", "not reproduced"
+REPRODUCED, NOT_REPRODUCED, MIXED = "reproduced", "not reproduced", "mixed"
 INCONCLUSIVE, MISSING = "inconclusive at this scale", "not measured yet"
-BETTER, WORSE, TIE, MATCH, UNDECIDED = "better", "worse", "tie", "match", "undecided"
-#: tolerances of "A matches or beats B" (claim 3), fixed before any result: how much worse A may be
-#: and still match B: bound in bits/char, log gen-PPL at matched entropy (nats), Sudoku accuracy
-TOLERANCE = {"bound": 0.1, "frontier": 0.1, "sudoku": 0.1}
+BETTER, WORSE, TIE, UNDECIDED = "better", "worse", "tie", "undecided"
 #: Sudoku accuracy below which a run "does not solve puzzles": two such runs are not ranked by accuracy
 #: (0 of 400 against 0 of 400 is equality at the floor, not a match of abilities). Added when the first
 #: Sudoku run (MDM, 5,000 steps) solved 0 of 400 puzzles, before the AUDM run was trained.
@@ -51,71 +52,165 @@ SUDOKU_FLOOR = 0.05
 LN2 = math.log(2.0)
 
 
-# ---- comparisons and verdicts ----------------------------------------------------------------------
+# ---- distributions -----------------------------------------------------------------------------------
 
-def outcome(diff: float | None, se: float | None, tolerance: float | None = None) -> str:
-    """One comparison of A with B, ``diff`` = A - B on a lower-is-better scale.
-
-    Without ``tolerance`` ("A is better than B"): ``better`` if diff < -Z se, ``worse`` if diff > Z se,
-    ``tie`` otherwise. With it ("A matches or beats B", a non-inferiority test): ``better`` if
-    diff < -Z se, ``match`` if diff + Z se < tolerance (A is worse by less than the tolerance, with Z
-    SE to spare), ``worse`` if diff - Z se > tolerance, ``undecided`` otherwise (too noisy to tell).
-    ``undecided`` as well without a number or an SE.
-    """
-    if diff is None or se is None or not (math.isfinite(diff) and math.isfinite(se)):
-        return UNDECIDED
-    if diff < -Z * se:
-        return BETTER
-    if tolerance is None:
-        return WORSE if diff > Z * se else TIE
-    if diff + Z * se < tolerance:
-        return MATCH
-    return WORSE if diff - Z * se > tolerance else UNDECIDED
+def normal_cdf(x: float) -> float:
+    return 0.5 * math.erfc(-x / math.sqrt(2.0))
 
 
-def verdict_better(outcomes: list[str]) -> str:
-    """Claim "A is better than B" from its comparisons (see the module docstring)."""
-    if not outcomes:
-        return MISSING
-    better, worse = BETTER in outcomes, WORSE in outcomes
-    if better and not worse:
-        return REPRODUCED
-    if worse and not better:
-        return NOT_REPRODUCED
-    return INCONCLUSIVE
+def t_cdf(x: float, dof: float) -> float:
+    """Student's t distribution function (Simpson's rule on the density from 0 to |x|; 1e-7 accurate)."""
+    if dof is None or dof > 1000:
+        return normal_cdf(x)
+    if dof <= 0:
+        raise ValueError(f"dof must be > 0, got {dof}")
+    c = math.exp(math.lgamma((dof + 1) / 2) - math.lgamma(dof / 2)) / math.sqrt(dof * math.pi)
+
+    def density(u):
+        return c * (1 + u * u / dof) ** (-(dof + 1) / 2)
+
+    a = abs(x)
+    n = 2 * max(50, int(200 * a))
+    h = a / n
+    area = density(0.0) + density(a) + sum((4 if i % 2 else 2) * density(i * h) for i in range(1, n))
+    half = area * h / 3
+    return 0.5 + half if x >= 0 else 0.5 - half
 
 
-def verdict_match(outcomes: list[str]) -> str:
-    """Claim "A matches or beats B" from its comparisons (see the module docstring)."""
-    if not outcomes:
-        return MISSING
-    good, worse = BETTER in outcomes or MATCH in outcomes, WORSE in outcomes
-    if worse and not good:
-        return NOT_REPRODUCED
-    if good and not worse:
-        return REPRODUCED
-    return INCONCLUSIVE
+# ---- one comparison ------------------------------------------------------------------------------------
+
+@dataclass
+class Comparison:
+    """A vs B: ``diff`` = A - B (lower is better), its SE (and the SE's degrees of freedom, None for a
+    normal SE), the non-inferiority ``margin`` (None: "A is better than B"), a label ("NFE 64", "bound")."""
+
+    label: str
+    diff: float | None
+    se: float | None
+    margin: float | None = None
+    dof: float | None = None
+    detail: str = ""
+
+    @property
+    def measured(self) -> bool:
+        return (self.diff is not None and self.se is not None and math.isfinite(self.diff)
+                and math.isfinite(self.se) and self.se > 0)
+
+    @property
+    def p_value(self) -> float | None:
+        """One-sided p-value of the null diff >= margin (0 for "better"); None when not measured."""
+        if not self.measured:
+            return None
+        return t_cdf((self.diff - (self.margin or 0.0)) / self.se, self.dof)
+
+    @property
+    def against(self) -> bool:
+        """A worse than B by more than Z SE."""
+        return self.measured and self.diff > Z * self.se
+
+    @property
+    def outcome(self) -> str:
+        """Descriptive: better / worse (beyond Z SE), tie, or undecided (no number or SE)."""
+        if not self.measured:
+            return UNDECIDED
+        if self.diff < -Z * self.se:
+            return BETTER
+        return WORSE if self.against else TIE
 
 
-def combine(verdicts: list[str]) -> str:
-    """A claim's verdict from its parts: ``reproduced`` if some part is and none is not reproduced;
-    ``not reproduced`` if some part is not and none is reproduced; ``not measured yet`` if no part
-    is measured; otherwise ``inconclusive at this scale``."""
-    measured = [v for v in verdicts if v != MISSING]
-    if not measured:
-        return MISSING
-    if REPRODUCED in measured and NOT_REPRODUCED not in measured:
-        return REPRODUCED
-    if NOT_REPRODUCED in measured and REPRODUCED not in measured:
-        return NOT_REPRODUCED
-    return INCONCLUSIVE
+def holm(pvalues: list[float], alpha: float = ALPHA) -> list[bool]:
+    """Holm-Bonferroni: which of the hypotheses are rejected at family-wise level ``alpha``."""
+    order = sorted(range(len(pvalues)), key=lambda i: pvalues[i])
+    out = [False] * len(pvalues)
+    for rank, i in enumerate(order):
+        if pvalues[i] > alpha / (len(pvalues) - rank):
+            break
+        out[i] = True
+    return out
+
+
+@dataclass
+class ClaimResult:
+    """A claim's verdict with, for each of its comparisons, whether Holm supports it and whether it is against."""
+
+    verdict: str
+    supported: list[bool]
+    against: list[bool]
+
+
+def claim_verdict(comparisons: list[Comparison], primary: int | None, alpha: float = ALPHA) -> ClaimResult:
+    """The verdict of a claim from its family of comparisons (see the module docstring); ``primary`` is
+    the index of the primary comparison (None: not measured yet)."""
+    measured = [i for i, c in enumerate(comparisons) if c.measured]
+    supported, against = [False] * len(comparisons), [c.against for c in comparisons]
+    for i, ok in zip(measured, holm([comparisons[i].p_value for i in measured], alpha), strict=True):
+        supported[i] = ok
+    if primary is None or not comparisons[primary].measured:
+        return ClaimResult(MISSING, supported, against)
+    if supported[primary] and not any(against):
+        verdict = REPRODUCED
+    elif any(supported) and any(against):
+        verdict = MIXED
+    elif any(against):
+        verdict = NOT_REPRODUCED
+    else:
+        verdict = INCONCLUSIVE
+    return ClaimResult(verdict, supported, against)
+
+
+# ---- bounds over seeds --------------------------------------------------------------------------------
+
+@dataclass
+class SeedBound:
+    """A configuration's bound in bits/char over its training seeds: the mean, its SE, the SE's degrees of
+    freedom (None: Monte-Carlo SE of one seed, normal) and the seeds' values."""
+
+    mean: float
+    se: float
+    dof: float | None
+    values: list
+    mc_se: float
+
+    @property
+    def seeds(self) -> int:
+        return len(self.values)
+
+
+def seed_spread(groups: list[list[tuple[float, float]]]) -> tuple[float, int] | None:
+    """(pooled within-configuration variance of single-seed values, its degrees of freedom) over the
+    groups with two or more seeds (each a list of (value, Monte-Carlo SE)); None without any. The
+    variance of one seed's value holds the seed-to-seed and the Monte-Carlo variance together."""
+    ss = dof = 0
+    for g in groups:
+        if len(g) >= 2:
+            m = sum(v for v, _ in g) / len(g)
+            ss += sum((v - m) ** 2 for v, _ in g)
+            dof += len(g) - 1
+    return (ss / dof, dof) if dof else None
+
+
+def seed_bound(values: list[tuple[float, float]], spread: tuple[float, int] | None) -> SeedBound | None:
+    """A configuration's mean over its seeds ((value, Monte-Carlo SE) each) with the SE of the mean:
+    sqrt(max(pooled seed variance, mean MC variance) / seeds) with the pooled variance's degrees of
+    freedom, or the Monte-Carlo SE alone (normal) without a seed spread. The max keeps the SE from falling
+    below what the Monte-Carlo noise alone gives when few seeds happen to agree."""
+    if not values:
+        return None
+    k = len(values)
+    mean = sum(v for v, _ in values) / k
+    mc = sum(s * s for _, s in values) / k
+    if spread is None:
+        return SeedBound(mean, math.sqrt(mc / k), None, [v for v, _ in values], math.sqrt(mc))
+    var, dof = spread
+    return SeedBound(mean, math.sqrt(max(var, mc) / k), dof, [v for v, _ in values], math.sqrt(mc))
 
 
 # ---- frontier curves -------------------------------------------------------------------------------
 
 @dataclass
 class Curve:
-    """One frontier curve: a run's points at one NFE (None for the AR run) with fixed sampler options."""
+    """One frontier curve: a run's points at one NFE (None for the AR run) with fixed sampler options.
+    Each point is (entropy, log gen-PPL, SE of the entropy or None, SE of the log gen-PPL or None)."""
 
     run: str
     sampler: str
@@ -123,7 +218,7 @@ class Curve:
     temperature_on: str
     selection: str | None
     remasking: str | None
-    points: list  # (entropy, log gen-PPL), sorted by entropy
+    points: list  # (entropy, log gen-PPL, entropy SE, log gen-PPL SE), sorted by entropy
     seconds: float = 0.0
 
     @property
@@ -139,8 +234,19 @@ class Curve:
         return ", ".join(parts)
 
 
+def _number(text) -> float | None:
+    try:
+        v = float(text)
+    except (TypeError, ValueError):
+        return None
+    return v if math.isfinite(v) else None
+
+
 def curves_of(rows: list[dict]) -> list[Curve]:
-    """Rows grouped into curves (run, sampler, NFE, temperature view, corrector rule, remasking)."""
+    """Rows grouped into curves (run, sampler, NFE, temperature view, corrector rule, remasking).
+
+    A point's SE of log gen-PPL is the row's ``mean_nll_se`` (log gen-PPL is the judge's mean NLL per
+    token); its entropy SE is ``entropy_se`` (None in CSVs written before ``ddlm frontier`` recorded it)."""
     groups: dict[tuple, Curve] = {}
     for r in rows:
         corrector = json.loads(r["corrector"]) if r["corrector"] else None
@@ -151,46 +257,32 @@ def curves_of(rows: list[dict]) -> list[Curve]:
         h, ppl = float(r["entropy"]), float(r["gen_ppl"])
         curve.seconds += float(r["seconds"] or 0.0)
         if math.isfinite(h) and math.isfinite(ppl) and ppl > 0:
-            curve.points.append((h, math.log(ppl)))
+            curve.points.append((h, math.log(ppl), _number(r.get("entropy_se")), _number(r.get("mean_nll_se"))))
     for c in groups.values():
         c.points.sort()
     return list(groups.values())
 
 
-def quadratic_residuals(points: list) -> tuple[float, int]:
-    """(sum of squared residuals, degrees of freedom) of log gen-PPL around a quadratic in entropy;
-    (0, 0) for fewer than 4 points."""
-    if len(points) < 4 or len({h for h, _ in points}) < 3:
-        return 0.0, 0
-    import numpy as np
-
-    h = np.array([p[0] for p in points])
-    y = np.array([p[1] for p in points])
-    coef = np.polyfit(h - h.mean(), y, 2)
-    resid = y - np.polyval(coef, h - h.mean())
-    return float((resid ** 2).sum()), len(points) - 3
-
-
-def noise_sigma(curves: list[Curve]) -> float | None:
-    """Pooled SE of one point's log gen-PPL: sqrt(sum of squared residuals / dof) over the curves;
-    None with fewer than ``MIN_DOF`` degrees of freedom (too few points to estimate the noise)."""
-    ss = dof = 0
-    for c in curves:
-        s, d = quadratic_residuals(c.points)
-        ss, dof = ss + s, dof + d
-    return math.sqrt(ss / dof) if dof >= MIN_DOF else None
-
-
-def interpolate(points: list, h: float) -> tuple[float, float] | None:
-    """(log gen-PPL at entropy h, SE factor sqrt(w^2 + (1-w)^2)) by linear interpolation between the
-    neighbouring points; None if h lies outside the curve's entropy range."""
+def interpolate(points: list, h: float) -> tuple[float, float | None] | None:
+    """(log gen-PPL at entropy h, its SE) by linear interpolation between the neighbouring points; None if
+    h lies outside the curve's entropy range. The SE treats the two points' errors as independent and
+    adds the entropy noise through the segment's slope (a point's entropy error moves it along x):
+    var = w^2 (se_y1^2 + slope^2 se_h1^2) + (1 - w)^2 (se_y0^2 + slope^2 se_h0^2); a missing entropy SE
+    counts as 0, a missing log gen-PPL SE gives None."""
     if not points or not points[0][0] <= h <= points[-1][0]:
         return None
-    for (h0, y0), (h1, y1) in zip(points, points[1:], strict=False):
+    if len(points) == 1:
+        return points[0][1], points[0][3]
+    for (h0, y0, sh0, sy0), (h1, y1, sh1, sy1) in zip(points, points[1:], strict=False):
         if h0 <= h <= h1:
             w = 0.0 if h1 == h0 else (h - h0) / (h1 - h0)
-            return y0 + w * (y1 - y0), math.sqrt(w * w + (1 - w) ** 2)
-    return points[0][1], 1.0  # a single point, h equal to its entropy
+            slope = 0.0 if h1 == h0 else (y1 - y0) / (h1 - h0)
+            if sy0 is None or sy1 is None:
+                return y0 + w * (y1 - y0), None
+            var = (w * w * (sy1 ** 2 + (slope * (sh1 or 0.0)) ** 2)
+                   + (1 - w) ** 2 * (sy0 ** 2 + (slope * (sh0 or 0.0)) ** 2))
+            return y0 + w * (y1 - y0), math.sqrt(var)
+    return None
 
 
 def matched_entropy(curves: list[Curve]) -> float | None:
@@ -217,18 +309,18 @@ def common_entropy(curves: list[Curve]) -> float | None:
     return (lo + hi) / 2 if lo <= hi else None
 
 
-def compare_curves(a: Curve | None, b: Curve | None, sigma: float | None, tolerance: float | None = None) -> dict:
-    """A vs B at their matched entropy: ``h``, ``a``/``b`` (log gen-PPL), ``diff`` (a - b), ``se``, ``outcome``."""
+def compare_curves(label: str, a: Curve | None, b: Curve | None, margin: float | None = None) -> Comparison | None:
+    """A vs B at their matched entropy H* (the midpoint of their common entropy range): the difference of
+    their interpolated log gen-PPLs with the SE from the points' own SEs; None when a curve is absent."""
     if a is None or b is None:
-        return {"outcome": None}
+        return None
     h = common_entropy([a, b])
     if h is None:
-        return {"h": None, "outcome": UNDECIDED, "why": "no common entropy range"}
-    (va, fa), (vb, fb) = interpolate(a.points, h), interpolate(b.points, h)
-    se = None if sigma is None else sigma * math.hypot(fa, fb)
-    why = "" if se is not None else f"no noise estimate (fewer than {MIN_DOF} degrees of freedom)"
-    return {"h": h, "a": va, "b": vb, "diff": va - vb, "se": se, "outcome": outcome(va - vb, se, tolerance),
-            "why": why}
+        return Comparison(label, None, None, margin, detail="no common entropy range")
+    (va, sa), (vb, sb) = interpolate(a.points, h), interpolate(b.points, h)
+    se = None if sa is None or sb is None else math.hypot(sa, sb)
+    detail = f"at H* = {h:.3f}" + ("" if se is not None else ", a point has no SE")
+    return Comparison(label, va - vb, se, margin, detail=detail)
 
 
 def pick(curves: list[Curve], run: str, nfe, **want) -> Curve | None:
