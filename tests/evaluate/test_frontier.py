@@ -73,6 +73,7 @@ def test_points_record_the_judge_and_entropy_of_their_own_samples(runs, tmp_path
         assert float(row["gen_ppl"]) == pytest.approx(judge.gen_ppl(texts)["gen_ppl"], rel=1e-12)
         ids = [tok.encode(t) for t in texts if t]  # the content the judge saw, char level: one id per char
         assert float(row["entropy"]) == pytest.approx(sample_entropy(ids)["mean_entropy"], abs=1e-9)
+        assert float(row["entropy_se"]) == pytest.approx(sample_entropy(ids)["entropy_se"], abs=1e-9)
         assert row["judge"] == "letter-judge" and row["process"] == "mdm" and row["sampler"] == "ancestral"
         assert float(row["mean_nll_se"]) == 0.125
         assert int(row["num_samples"]) == 5 and row["seed"] == "3"
@@ -103,6 +104,24 @@ def test_autoregressive_runs_get_one_point_per_temperature(runs, tmp_path):
     ar = [r for r in rows if r["label"] == "ar"]
     assert len(ar) == 2 and all(r["nfe"] == "" for r in ar)
     assert len([r for r in rows if r["label"] == "mdm"]) == 4
+
+
+def test_a_csv_without_entropy_se_is_read_and_upgraded_on_append(runs, tmp_path):
+    judge = LetterJudge()
+    points = F.grid([None], [4], [0.8, 1.0], [1.0], SamplerSettings())
+    F.sweep([runs["mdm"]], points[:1], judge, tmp_path, num_samples=3, progress=False, log=lambda *_: None)
+    path = tmp_path / F.CSV_NAME
+    (row,) = F.read_rows(path)
+    old = [{k: v for k, v in row.items() if k != "entropy_se"}]  # as a CSV of the previous version held it
+    with open(path, "w", newline="") as f:
+        writer = csv.DictWriter(f, fieldnames=F.OLD_FIELDS)
+        writer.writeheader()
+        writer.writerows(old)
+    assert F.read_rows(path) == [dict(row, entropy_se="")]
+    rows = F.sweep([runs["mdm"]], points, judge, tmp_path, num_samples=3, progress=False, log=lambda *_: None)
+    assert judge.calls == 2  # the old point is kept, not redrawn
+    assert path.read_text().splitlines()[0] == ",".join(F.FIELDS)
+    assert rows[0] == dict(row, entropy_se="") and rows[1]["entropy_se"] != ""
 
 
 def test_a_foreign_csv_is_refused(tmp_path):

@@ -26,6 +26,9 @@ def test_mean_is_over_samples_and_pooled_is_over_all_tokens():
     h2 = -(4 / 8 * math.log(4 / 8) + 4 * (1 / 8) * math.log(1 / 8))
     assert r["entropies"] == pytest.approx([math.log(2), h2])
     assert r["mean_entropy"] == pytest.approx((math.log(2) + h2) / 2)
+    # SE of the mean over samples: sample SD / sqrt(N); with two samples |h1 - h2| / 2
+    assert r["entropy_se"] == pytest.approx(abs(math.log(2) - h2) / 2)
+    assert math.isnan(sample_entropy([[0, 1]])["entropy_se"])
 
 
 def test_tensor_and_list_agree():

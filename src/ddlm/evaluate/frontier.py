@@ -40,9 +40,12 @@ from .options import TEMPERATURE_ON, SamplerSettings, draw, resolve_sampler
 #: settings that identify a point (a resumed sweep skips rows whose key is already in the CSV)
 KEY_FIELDS = ("run", "checkpoint", "step", "process", "sampler", "nfe", "temperature", "temperature_on", "top_p",
               "corrector", "remasking", "seed", "num_samples", "length", "batch_size", "judge", "mauve_reference")
-RESULT_FIELDS = ("gen_ppl", "mean_nll", "mean_nll_se", "judge_tokens", "num_empty", "entropy", "pooled_entropy",
-                 "mauve", "seconds")
+RESULT_FIELDS = ("gen_ppl", "mean_nll", "mean_nll_se", "judge_tokens", "num_empty", "entropy", "entropy_se",
+                 "pooled_entropy", "mauve", "seconds")
 FIELDS = ("label",) + KEY_FIELDS + RESULT_FIELDS + ("samples_file", "ddlm_version")
+#: the header of CSVs written before ``entropy_se`` was recorded: read as such (the column empty), and
+#: rewritten with the current header before a new row is appended
+OLD_FIELDS = tuple(f for f in FIELDS if f != "entropy_se")
 CSV_NAME, PLOT_NAME = "frontier.csv", "frontier.png"
 
 
@@ -73,16 +76,34 @@ def read_rows(path: str | os.PathLike) -> list[dict]:
         return []
     with open(path, newline="") as f:
         reader = csv.DictReader(f)
-        if tuple(reader.fieldnames or ()) != FIELDS:
+        if tuple(reader.fieldnames or ()) not in (FIELDS, OLD_FIELDS):
             raise ValueError(f"frontier file {str(path)!r} has columns {reader.fieldnames}, expected {list(FIELDS)}; "
                              "use another --out folder")
-        return list(reader)
+        return [{k: r.get(k, "") for k in FIELDS} for r in reader]
+
+
+def _upgrade(path: Path) -> None:
+    """Rewrite a CSV of the previous header (no ``entropy_se``) with the current one, every row kept."""
+    with open(path, newline="") as f:
+        header = tuple(next(csv.reader(f), ()))
+    if header != OLD_FIELDS:
+        return
+    import io
+
+    rows = read_rows(path)
+    buf = io.StringIO()
+    writer = csv.DictWriter(buf, fieldnames=FIELDS)
+    writer.writeheader()
+    writer.writerows(rows)
+    atomic_write_text(path, buf.getvalue())
 
 
 def append_row(path: str | os.PathLike, row: dict) -> None:
     """Append one point to the CSV (header first if new), flushed to disk before returning."""
     path = Path(path)
     new = not path.exists() or path.stat().st_size == 0
+    if not new:
+        _upgrade(path)
     with open(path, "a", newline="") as f:
         writer = csv.DictWriter(f, fieldnames=FIELDS)
         if new:
@@ -212,7 +233,7 @@ def sweep(runs: list, settings: list[SamplerSettings], judge, out_dir: str | os.
         row.update(label=label, gen_ppl=scored["gen_ppl"], mean_nll=scored["mean_nll"],
                    mean_nll_se=scored.get("mean_nll_se"),
                    judge_tokens=scored["num_tokens"], num_empty=scored.get("num_empty", 0),
-                   entropy=ent["mean_entropy"], pooled_entropy=ent["pooled_entropy"],
+                   entropy=ent["mean_entropy"], entropy_se=ent["entropy_se"], pooled_entropy=ent["pooled_entropy"],
                    seconds=round(time.perf_counter() - start, 3), samples_file=f"samples/{name}",
                    ddlm_version=__version__)
         append_row(csv_path, row)
@@ -246,7 +267,7 @@ def content_entropy(rows: list[list[int]], tokenizer) -> dict:
     content = [[i for i in row if i not in special] for row in rows]
     content = [row for row in content if row]
     if not content:
-        return {"mean_entropy": float("nan"), "pooled_entropy": float("nan")}
+        return {"mean_entropy": float("nan"), "entropy_se": float("nan"), "pooled_entropy": float("nan")}
     return sample_entropy(content)
 
 

@@ -41,7 +41,9 @@ def sample_entropy(ids: Tensor | Sequence[Sequence[int]]) -> dict:
         ids: a (N, L) tensor, or a list of N id lists (lengths may differ), N >= 1, each non-empty.
 
     Returns:
-        ``{"mean_entropy", "entropies" (per sample), "pooled_entropy", "num_samples", "num_tokens"}``.
+        ``{"mean_entropy", "entropy_se", "entropies" (per sample), "pooled_entropy", "num_samples",
+        "num_tokens"}``; ``entropy_se`` is the standard error of the mean over samples (sample standard
+        deviation / sqrt(N); NaN for one sample).
 
     Raises:
         ValueError: no sample, an empty sample, or non-integer ids.
@@ -56,7 +58,10 @@ def sample_entropy(ids: Tensor | Sequence[Sequence[int]]) -> dict:
     pooled = Counter()
     for r in rows:
         pooled.update(r)
-    return {"mean_entropy": sum(entropies) / len(entropies), "entropies": entropies,
+    n = len(entropies)
+    mean = sum(entropies) / n
+    se = math.sqrt(sum((e - mean) ** 2 for e in entropies) / (n - 1) / n) if n > 1 else float("nan")
+    return {"mean_entropy": mean, "entropy_se": se, "entropies": entropies,
             "pooled_entropy": _entropy(pooled.values()), "num_samples": len(rows),
             "num_tokens": sum(len(r) for r in rows)}
 
