@@ -227,7 +227,9 @@ def _judge_arg(name: str) -> str:
 
 
 def frontier_commands(comparison: str, rows: list[dict]) -> list[list[str]]:
-    """The study's ``ddlm frontier`` calls that make this comparison's CSV, with the grid in the CSV."""
+    """The study's ``ddlm frontier`` calls that made this comparison's points, one group per number of
+    samples (the grid, then the top-ups of points near a threshold), with the NFEs and temperatures in
+    the CSV."""
     runs = [n for n in P.RUNS if any(Path(r["run"]).name == n for r in rows)]
     if comparison == "ancestral":
         calls = P.frontier_calls([n for n in P.TEXT_RUNS if n in runs], None, False, False)
@@ -235,11 +237,25 @@ def frontier_commands(comparison: str, rows: list[dict]) -> list[list[str]]:
         calls = [c for run in runs for c in P.frontier_calls([], run if run in P.UDM_RUNS else None,
                                                               run == "audm", run == "mdm")]
     calls = [c for c in calls if c.comparison == comparison]
-    nfe = sorted({int(r["nfe"]) for r in rows if r["nfe"]})
-    temps = sorted({float(r["temperature"]) for r in rows})
     judge = _judge_arg(rows[0]["judge"])
-    samples = max(int(r["num_samples"]) for r in rows)
-    return [c.argv(nfe or list(P.FRONTIER_NFE), temps, judge, samples) for c in calls]
+    temps = sorted({float(r["temperature"]) for r in rows})
+    out = []
+    for samples in sorted({int(r["num_samples"]) for r in rows}):
+        sub = [r for r in rows if int(r["num_samples"]) == samples]
+        steps = {Path(r["run"]).name: int(r["step"]) for r in sub}
+        for call in calls:
+            runs_here = tuple(n for n in call.runs if n in steps)
+            if not runs_here:
+                continue
+            call = P.FrontierCall(call.comparison, runs_here, call.options)
+            nfes = sorted({int(r["nfe"]) for r in sub if r["nfe"] and P.row_matches(
+                r, Path(r["run"]).name, steps[Path(r["run"]).name], call, int(r["nfe"]), float(r["temperature"]),
+                samples)})
+            ar_rows = any(P.row_matches(r, Path(r["run"]).name, steps[Path(r["run"]).name], call, None,
+                                        float(r["temperature"]), samples) for r in sub if not r["nfe"])
+            if nfes or ar_rows:
+                out.append(call.argv(nfes or list(P.FRONTIER_NFE), temps, judge, samples))
+    return out
 
 
 COMPARISON_TEXT = {

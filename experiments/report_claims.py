@@ -73,6 +73,22 @@ def latest_rows(rows: list[dict]) -> list[dict]:
     return [r for r in rows if int(r["step"]) == last[r["run"]]]
 
 
+#: the settings of a frontier point other than its number of samples
+_POINT = ("run", "checkpoint", "step", "sampler", "nfe", "temperature", "temperature_on", "top_p", "corrector",
+          "remasking", "seed", "length", "judge")
+
+
+def most_samples(rows: list[dict]) -> list[dict]:
+    """For each frontier point, the row with the most samples (a top-up draws a point near a threshold
+    again with more samples; the report uses that one)."""
+    best: dict[tuple, dict] = {}
+    for r in rows:
+        key = tuple(r.get(f, "") for f in _POINT)
+        if key not in best or int(r["num_samples"]) > int(best[key]["num_samples"]):
+            best[key] = r
+    return [r for r in rows if best[tuple(r.get(f, "") for f in _POINT)] is r]
+
+
 def load_results(root: str | os.PathLike) -> Results:
     """Read every result file under ``root`` (``results/``)."""
     root = Path(root)
@@ -89,7 +105,7 @@ def load_results(root: str | os.PathLike) -> Results:
     for comparison in P.COMPARISONS:
         path = root / "frontier" / comparison / "frontier.csv"
         if path.exists():
-            res.frontier[comparison] = latest_rows(_csv(path))
+            res.frontier[comparison] = most_samples(latest_rows(_csv(path)))
     if (root / "probe" / "probe.json").exists():
         res.probe = _json(root / "probe" / "probe.json")
     return res

@@ -45,7 +45,9 @@ from study_plan import (
     SUDOKU_RUNS,
     TEXT,
     TEXT_RUNS,
+    TOPUP_SAMPLES,
     UDM_RUNS,
+    FrontierCall,
     StudyError,
     best_udm_run,
     bound_command,
@@ -53,6 +55,8 @@ from study_plan import (
     judge_matches,
     judge_spec,
     missing_points,
+    near_threshold,
+    part_calls,
     probe_command,
     read_frontier,
     read_result,
@@ -278,6 +282,45 @@ def stage_frontier(study: Study) -> None:
         ddlm(argv + ["--no-progress"], study.log)
 
 
+# ---- frontier top-up ---------------------------------------------------------------------------------
+
+def topup_calls(study: Study) -> list[tuple[FrontierCall, int]]:
+    """(call, NFE) of every frontier comparison of the report whose z sits near a decision threshold
+    (``near_threshold``) and whose points at that NFE do not all have ``TOPUP_SAMPLES`` samples yet."""
+    from report_claims import best_udm, load_results, parts_of
+
+    res = load_results(RESULTS)
+    best = best_udm(res)
+    out = []
+    for part in parts_of(res):
+        for c in part.comparisons:
+            if not c.measured or not near_threshold(c.diff / c.se) or not c.label.startswith("NFE "):
+                continue
+            nfe = int(c.label.split()[1])
+            for call in part_calls(part.key, best):
+                if (call, nfe) not in out:
+                    out.append((call, nfe))
+    return out
+
+
+def stage_topup(study: Study) -> None:
+    """Draw again, with ``TOPUP_SAMPLES`` samples, the frontier points of the comparisons near a threshold
+    (the report then uses the points with the most samples)."""
+    judge = judge_spec(study.judge)
+    for call, nfe in topup_calls(study):
+        if call.comparison not in study.comparisons or any(r not in study.runs for r in call.runs):
+            continue
+        steps = {n: last_step(run_dir(n)) for n in call.runs}
+        if any(v is None for v in steps.values()):
+            study.log(f"topup {call.comparison} {' '.join(call.runs)}: skipped, a run has no checkpoint")
+            continue
+        rows = read_frontier(RESULTS / "frontier" / call.comparison)
+        if missing_points(call, rows, steps, [nfe], study.temperatures, TOPUP_SAMPLES) == 0:
+            study.log(f"topup {' '.join((call.comparison, *call.runs, *call.options))} NFE {nfe}: done")
+            continue
+        ddlm(call.argv([nfe], study.temperatures, judge, TOPUP_SAMPLES) + ["--no-progress"], study.log)
+
+
 # ---- probe -----------------------------------------------------------------------------------------
 
 def stage_probe(study: Study) -> None:
@@ -327,8 +370,8 @@ def stage_report(study: Study) -> None:
     subprocess.run(cmd, check=True)
 
 
-STAGES = {"train": stage_train, "bound": stage_bound, "frontier": stage_frontier, "probe": stage_probe,
-          "sudoku": stage_sudoku, "report": stage_report}
+STAGES = {"train": stage_train, "bound": stage_bound, "frontier": stage_frontier, "topup": stage_topup,
+          "probe": stage_probe, "sudoku": stage_sudoku, "report": stage_report}
 
 
 def main(argv=None) -> int:

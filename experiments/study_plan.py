@@ -93,7 +93,14 @@ BOUND_PASSES = 4
 #: frontier stage defaults (the issue's grid)
 FRONTIER_NFE = (16, 64, 256)
 FRONTIER_TEMPERATURES = (0.6, 0.7, 0.8, 0.9, 1.0, 1.1)
-FRONTIER_SAMPLES = 64
+#: samples per frontier point: every comparison's curves decide a part of a verdict (issue 17: >= 128)
+FRONTIER_SAMPLES = 128
+#: samples of a top-up: the points of a comparison whose z = difference / SE sits near a decision
+#: threshold (``near_threshold``) are drawn again with this many samples, and the report uses them
+TOPUP_SAMPLES = 256
+#: |z| range of "near a threshold" around Z = 2 (the "better"/"against" line; Holm's thresholds of a
+#: family of up to 12 one-sided tests lie between z = 1.64 and 2.87)
+NEAR = (1.0, 3.5)
 #: informed predictor-corrector: one Gibbs sweep after each corrected predictor step, k positions per
 #: sweep (4 of the 64 characters of a block: a light correction, so that the NFE it costs is not
 #: mostly spent re-drawing well-predicted positions); every selection rule is swept
@@ -207,6 +214,32 @@ def frontier_calls(text_runs: list[str], best_udm: str | None, audm: bool, mdm: 
         calls.append(FrontierCall("mdm-remdm", ("mdm",)))
         calls.append(FrontierCall("mdm-remdm", ("mdm",), ("--sampler", "remdm", "--remasking", REMASKING)))
     return calls
+
+
+def near_threshold(z: float) -> bool:
+    """Whether a comparison's z (difference / SE) sits near a decision threshold (see ``NEAR``)."""
+    return NEAR[0] <= abs(z) <= NEAR[1]
+
+
+def part_calls(key: str, best: str | None) -> list[FrontierCall]:
+    """The ``ddlm frontier`` calls (one per curve of A and of B) behind a frontier part of the report
+    (``report_claims.parts_of`` keys); [] for a part that is not a frontier or needs the best UDM run."""
+    pc = ("--corrector-sweeps", str(CORRECTOR_SWEEPS), "--corrector-k", str(CORRECTOR_K), "--corrector-selection")
+    fixed = {"1c": [FrontierCall("ancestral", ("udm-loo-elbo", "udm-denoiser-elbo"))],
+             "3b": [FrontierCall("ancestral", ("audm", "mdm"))],
+             "3c": [FrontierCall("audm-reaudm", ("audm",), ("--sampler", "reaudm")),
+                    FrontierCall("mdm-remdm", ("mdm",), ("--sampler", "remdm", "--remasking", REMASKING))]}
+    if key in fixed:
+        return fixed[key]
+    if best is None:
+        return []
+    b = (best,)
+    if key.startswith("2a-"):
+        return [FrontierCall("udm-pc", b, (*pc, key[3:])), FrontierCall("udm-pc", b)]
+    raw = ("--sampler", "bridge_raw_denoiser")
+    return {"1e": [FrontierCall("udm-ablation", b), FrontierCall("udm-ablation", b, raw)],
+            "2b": [FrontierCall("udm-temperature", b, ("--temperature-on", "loo")),
+                   FrontierCall("udm-temperature", b, ("--temperature-on", "denoiser"))]}.get(key, [])
 
 
 def best_udm_run(results: Path) -> str:

@@ -467,3 +467,65 @@ def test_the_autoregressive_run_is_the_one_whose_config_has_process_ar():
 
     for name, (config, overrides, _) in P.RUNS.items():
         assert P.autoregressive(name) == is_autoregressive(load_config(config, overrides))
+
+
+# ---- replicates and top-ups -----------------------------------------------------------------------------
+
+def test_replicates_repeat_their_run_with_another_seed():
+    assert P.REPLICATES and all(r not in P.TEXT_RUNS for r in P.REPLICATES)  # not in the frontier comparisons
+    for name in P.SEEDED_RUNS:
+        reps = P.replicates(name)
+        assert reps[0] == name and len(reps) == len(P.SEEDS) >= 3
+        for seed, rep in zip(P.SEEDS, reps, strict=True):
+            assert P.base_run(rep) == name
+            cmd = S.train_command(rep, 1.0)
+            config, overrides, kind = P.RUNS[name]
+            assert cmd[1] == config and all(o in cmd for o in overrides) and P.RUNS[rep][2] == kind
+            seeds = [a for a in cmd if a.startswith("seed=")]
+            assert seeds[-1] == f"seed={seed}"  # the last override wins (ddlm train)
+    assert P.replicates("ar") == ("ar",) and P.base_run("udm-loo-elbo-seed1") == "udm-loo-elbo"
+    assert P.base_run("sudoku-mdm") == "sudoku-mdm"
+
+
+def test_the_last_seed_override_wins(tmp_path):
+    from ddlm.config import load_config
+
+    cfg = load_config("demo-mdm", ["seed=0", "seed=2"])
+    assert cfg.seed == 2
+
+
+def test_the_report_uses_the_point_with_the_most_samples():
+    row = _row("mdm", 16, 1.0, 3.0, 4.0, 0.1, num_samples="128")
+    top = dict(row, gen_ppl=repr(math.exp(3.5)), mean_nll_se="0.05", num_samples="256")
+    other = dict(row, temperature="0.9")
+    assert C.most_samples([row, other, top]) == [other, top]
+    assert C.most_samples([top, row]) == [top]
+
+
+def test_topup_targets_the_comparisons_near_a_threshold(tmp_path, monkeypatch):
+    assert P.near_threshold(2.1) and P.near_threshold(-1.2) and not P.near_threshold(0.5)
+    assert not P.near_threshold(5.0)
+    assert [c.options for c in P.part_calls("2a-lowest_maxprob", "udm-loo-ce")] == [
+        ("--corrector-sweeps", "1", "--corrector-k", "4", "--corrector-selection", "lowest_maxprob"), ()]
+    assert P.part_calls("2b", None) == [] and P.part_calls("1a", "udm-loo-ce") == []
+    assert [c.runs for c in P.part_calls("3c", None)] == [("audm",), ("mdm",)]
+    # ancestral curves: AUDM 0.12 better than MDM at NFE 16 (SE 0.05: z = -2.4, near), equal at NFE 64 (z = 0)
+    rows = []
+    for nfe, offset in ((16, -0.12), (64, 0.0)):
+        for t in TEMPS:
+            h = 2.3 + 0.8 * t
+            rows.append(_row("audm", nfe, t, h, 3 + 2 * h + offset, 0.05, 0.0, num_samples="128"))
+            rows.append(_row("mdm", nfe, t, h, 3 + 2 * h, 0.05, 0.0, num_samples="128"))
+    (tmp_path / "frontier" / "ancestral").mkdir(parents=True)
+    with open(tmp_path / "frontier" / "ancestral" / "frontier.csv", "w", newline="") as f:
+        import csv
+
+        writer = csv.DictWriter(f, fieldnames=sorted({k for r in rows for k in r}))
+        writer.writeheader()
+        writer.writerows(rows)
+    monkeypatch.setattr(S, "RESULTS", tmp_path)
+    calls = S.topup_calls(S.Study(runs=list(P.RUNS), log=lambda msg: None))
+    assert calls == [(P.FrontierCall("ancestral", ("audm", "mdm")), 16)]
+    argv = calls[0][0].argv([16], list(TEMPS), "smollm2", P.TOPUP_SAMPLES)
+    assert argv[argv.index("--num-samples") + 1] == "256"
+    assert argv[argv.index("--nfe") + 1:][:2] == ["16", "--temperature"]
