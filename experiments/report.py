@@ -401,6 +401,27 @@ def verdict_section(res: Results) -> str:
                       "\n".join(differ) if differ else "nowhere, among the claims measured so far."])
 
 
+def compute_section(res: Results) -> str:
+    """Training and evaluation time the study took, from its result files."""
+    train = sum(r.get("train_minutes") or 0.0 for r in res.train.values())
+    frontier = sum(float(r["seconds"] or 0) for rows in res.frontier.values() for r in rows) / 60
+    timed: dict[str, float] = {}
+    for t in res.times:
+        timed[t["command"]] = timed.get(t["command"], 0.0) + t["seconds"] / 60
+    rows = [["training (`train_minutes` of the runs' last checkpoints)", f"{len(res.train)} runs", f"{train:.0f}"],
+            ["frontier points in the report (`seconds` of their CSV rows: sampling and judging)",
+             f"{sum(len(v) for v in res.frontier.values())} points", f"{frontier:.0f}"]]
+    for command, minutes in sorted(timed.items()):
+        n = sum(t["command"] == command for t in res.times)
+        rows.append([f"`ddlm {command}` commands of the study (wall time, `results/times.jsonl`)", f"{n} commands",
+                     f"{minutes:.0f}"])
+    return "\n".join(["## Compute", "",
+                      "Wall-clock minutes the study took (2-core CPU machines; runs trained one or two at a time). "
+                      "`results/times.jsonl` holds the wall time of every command the study ran since it started "
+                      "recording them (the runs and results made before that have only their own records).", "",
+                      table("compute", ["what", "count", "minutes"], rows)])
+
+
 # ---- the report ------------------------------------------------------------------------------------
 
 def render(results: str | os.PathLike, out: str | os.PathLike) -> str:
@@ -414,7 +435,8 @@ def render(results: str | os.PathLike, out: str | os.PathLike) -> str:
               "which also applies the verdict rules. Commands run from the study's working folder "
               "(`experiments/`).")
     sections = [header, "## Claims", CLAIMS, verdict_section(res), training_section(res), bound_section(res),
-                frontier_section(res, out), probe_section(res, out), sudoku_section(res), "## Rules", RULES]
+                frontier_section(res, out), probe_section(res, out), sudoku_section(res), compute_section(res),
+                "## Rules", RULES]
     return "\n\n".join(sections) + "\n"
 
 

@@ -48,6 +48,7 @@ class Results:
     frontier: dict = field(default_factory=dict)  # comparison -> CSV rows (latest step of each run)
     probe: dict | None = None
     sudoku: dict = field(default_factory=dict)  # (run, nfe) -> ddlm sudoku record
+    times: list = field(default_factory=list)  # the study's command times (results/times.jsonl)
 
 
 def _json(path: Path) -> dict:
@@ -108,6 +109,11 @@ def load_results(root: str | os.PathLike) -> Results:
             res.frontier[comparison] = most_samples(latest_rows(_csv(path)))
     if (root / "probe" / "probe.json").exists():
         res.probe = _json(root / "probe" / "probe.json")
+    if (root / "times.jsonl").exists():
+        try:
+            res.times = [json.loads(line) for line in (root / "times.jsonl").read_text().splitlines() if line]
+        except ValueError as e:
+            raise ValueError(f"result file {str(root / 'times.jsonl')!r} is unreadable: {e}") from e
     return res
 
 

@@ -118,11 +118,25 @@ def latest_ckpt(path: Path) -> Path | None:
 
 def ddlm(args: list[str], log) -> None:
     """Run one ``ddlm`` command in a subprocess from the working folder (output to the terminal),
-    failing loudly."""
+    failing loudly; a finished command's wall time is appended to ``results/times.jsonl`` (the
+    report's compute table)."""
     log("+ ddlm " + " ".join(args))
     start = time.time()
     subprocess.run([sys.executable, "-m", "ddlm", *args], check=True, cwd=WORKDIR)
-    log(f"  ({(time.time() - start) / 60:.1f} min)")
+    seconds = time.time() - start
+    log(f"  ({seconds / 60:.1f} min)")
+    record_time(args, seconds)
+
+
+def record_time(args: list[str], seconds: float) -> None:
+    """Append one finished command's wall time to ``results/times.jsonl`` (flushed to disk)."""
+    RESULTS.mkdir(parents=True, exist_ok=True)
+    line = json.dumps({"command": args[0], "argv": args, "seconds": round(seconds, 1),
+                       "finished": time.strftime("%Y-%m-%dT%H:%M:%S%z"), "cpus": os.cpu_count()})
+    with open(RESULTS / "times.jsonl", "a") as f:
+        f.write(line + "\n")
+        f.flush()
+        os.fsync(f.fileno())
 
 
 # ---- the study's settings --------------------------------------------------------------------------

@@ -429,7 +429,7 @@ def test_study_end_to_end_and_resume(tmp_path):
     work = tmp_path / "work"
     # the AR run is also the judge: it gets blocks of 128 so that 64-character samples plus BOS fit
     cmd = [sys.executable, str(EXPERIMENTS / "study.py"), "--workdir", str(work), "--scale", "0.0005",
-           "--runs", "ar", "udm-loo-elbo", "sudoku-mdm", "--set", f"text:data.corpus={corpus}",
+           "--runs", "ar", "udm-loo-elbo", "udm-loo-elbo-seed1", "sudoku-mdm", "--set", f"text:data.corpus={corpus}",
            "--set", "ar:data.block_size=128", "--set", "sudoku:data.num_puzzles=100",
            "--judge", str(work / "runs" / "ar"), "--num-samples", "2", "--nfe", "2", "--temperature", "1.0",
            "--puzzles", "2", "--probe-nfe", "2"]
@@ -437,8 +437,14 @@ def test_study_end_to_end_and_resume(tmp_path):
     first = subprocess.run(cmd, capture_output=True, text=True, env=env, timeout=600)
     assert first.returncode == 0, first.stdout[-3000:] + first.stderr[-3000:]
     results = work / "results"
-    for name in ("ar", "udm-loo-elbo", "sudoku-mdm"):
+    for name in ("ar", "udm-loo-elbo", "udm-loo-elbo-seed1", "sudoku-mdm"):
         assert json.loads((results / "train" / f"{name}.json").read_text())["step"] == P.steps_of(name, 0.0005)
+    seeds = [json.loads((results / "train" / f"{n}.json").read_text())["config"]["seed"]
+             for n in ("udm-loo-elbo", "udm-loo-elbo-seed1")]
+    assert seeds == [0, 1]
+    times = [json.loads(line) for line in (results / "times.jsonl").read_text().splitlines()]
+    assert {t["command"] for t in times} == {"train", "eval", "frontier", "probe", "sudoku"}
+    assert all(t["seconds"] > 0 for t in times)
     bounds = {n: json.loads((results / "bound" / f"{n}.json").read_text()) for n in ("ar", "udm-loo-elbo")}
     assert bounds["ar"]["estimator"] == "exact_nll" and bounds["ar"]["num_batches"] == 2
     assert bounds["udm-loo-elbo"]["num_batches"] == 4 * math.ceil(bounds["udm-loo-elbo"]["blocks"] / 32)
@@ -453,6 +459,8 @@ def test_study_end_to_end_and_resume(tmp_path):
     assert report.read_text() == R.render(results, report)
     tables = R.tables_in(report.read_text())
     assert "| udm-loo-elbo | 4 |" in tables["bound"] and "udm-loo-elbo, ancestral" in tables["frontier-ancestral"]
+    assert "| udm-loo-elbo | 2 |" in tables["bound-seeds"]  # seeds 0 and 1 averaged
+    assert "`ddlm frontier` commands" in tables["compute"]
     assert "skipped until the four UDM runs are trained" in first.stdout
 
     before = _mtimes(work)
