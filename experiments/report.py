@@ -166,7 +166,7 @@ def training_section(res: Results) -> str:
     note = (f"Unigram entropy of the text corpus (from the training records): {entropies[0]:.4f} nats/char "
             f"({entropies[0] / LN2:.3f} bits/char).\n\n" if len(entropies) == 1 else "")
     out = ["## Training runs", "",
-           "Same model size, data, steps and seed within each kind (text, Sudoku). Time: `train_minutes` of the "
+           "Same model size, data, steps and seed within each kind (text, Sudoku), except that the replicates `NAME-seedS` are trained with seed S. Time: `train_minutes` of the "
            "run's last checkpoint (wall time of the training loop, summed over resumptions). Validation: the "
            "bound the training loop measured at its last evaluation (8 batches; the next section's is more "
            "precise).", "",
