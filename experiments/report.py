@@ -148,6 +148,23 @@ level ALPHA = {ALPHA:g}, Z = {Z:g}):
   floor was added after the MDM run solved 0 of 400 and before the AUDM run was trained."""
 
 
+def status_section(res: Results) -> str:
+    """What of the study's plan the results hold so far (the verdicts rest on that)."""
+    reps = [r for r in P.REPLICATES if r in res.bound]
+    samples = sorted({int(r["num_samples"]) for rows in res.frontier.values() for r in rows})
+    lines = [f"- Seed replicates with a bound: {len(reps)} of {len(P.REPLICATES)} (seeds "
+             f"{', '.join(map(str, P.SEEDS[1:]))} of {', '.join(P.SEEDED_RUNS)}; seed 0 is the run itself)."]
+    if samples:
+        short = sum(int(r["num_samples"]) < P.FRONTIER_SAMPLES for rows in res.frontier.values() for r in rows)
+        lines.append(f"- Frontier points: {', '.join(map(str, samples))} samples each"
+                     + (f"; {short} points have fewer than the plan's {P.FRONTIER_SAMPLES} (drawn by the first study, "
+                        "before the plan asked for more)" if short else "") + ".")
+    done = not any(r not in res.bound for r in P.REPLICATES) and samples and min(samples) >= P.FRONTIER_SAMPLES
+    lines.append("- The study is complete: every verdict rests on the planned evidence." if done else
+                 "- The study is not complete: verdicts may change as the missing evidence comes in.")
+    return "\n".join(["## Status", ""] + lines)
+
+
 def training_section(res: Results) -> str:
     rows, cmds = [], []
     for name in P.RUNS:
@@ -166,7 +183,8 @@ def training_section(res: Results) -> str:
     note = (f"Unigram entropy of the text corpus (from the training records): {entropies[0]:.4f} nats/char "
             f"({entropies[0] / LN2:.3f} bits/char).\n\n" if len(entropies) == 1 else "")
     out = ["## Training runs", "",
-           "Same model size, data, steps and seed within each kind (text, Sudoku), except that the replicates `NAME-seedS` are trained with seed S. Time: `train_minutes` of the "
+           "Same model size, data, steps and seed within each kind (text, Sudoku), except that the replicates "
+           "`NAME-seedS` are trained with seed S. Time: `train_minutes` of the "
            "run's last checkpoint (wall time of the training loop, summed over resumptions). Validation: the "
            "bound the training loop measured at its last evaluation (8 batches; the next section's is more "
            "precise).", "",
@@ -434,9 +452,9 @@ def render(results: str | os.PathLike, out: str | os.PathLike) -> str:
               "from a result file the study wrote (JSON or CSV with full settings) by `experiments/report.py`, "
               "which also applies the verdict rules. Commands run from the study's working folder "
               "(`experiments/`).")
-    sections = [header, "## Claims", CLAIMS, verdict_section(res), training_section(res), bound_section(res),
-                frontier_section(res, out), probe_section(res, out), sudoku_section(res), compute_section(res),
-                "## Rules", RULES]
+    sections = [header, status_section(res), "## Claims", CLAIMS, verdict_section(res), training_section(res),
+                bound_section(res), frontier_section(res, out), probe_section(res, out), sudoku_section(res),
+                compute_section(res), "## Rules", RULES]
     return "\n\n".join(sections) + "\n"
 
 

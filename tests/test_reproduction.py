@@ -55,6 +55,7 @@ def test_a_claim_with_parts_still_to_measure_is_provisional(tmp_path):
 
 def test_report_of_no_results_is_all_not_measured(tmp_path):
     text = R.render(tmp_path / "results", tmp_path / "reproduction.md")
+    assert "Seed replicates with a bound: 0 of 12" in text and "The study is not complete" in text
     verdicts = R.tables_in(text)["verdicts"]
     assert V.MISSING in verdicts
     for v in (V.REPRODUCED, V.NOT_REPRODUCED, V.INCONCLUSIVE):
