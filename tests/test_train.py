@@ -210,7 +210,6 @@ def test_sigkill_and_resume_gives_the_same_losses(tmp_path):
     import signal
     import subprocess
     import sys
-    import time as _time
 
     over = {"max_steps": 120, "save_every": 20, "eval_every": 1000}
     train(_cfg(tmp_path, "ref", **over), progress=False, log=lambda *_: None)
@@ -219,14 +218,16 @@ def test_sigkill_and_resume_gives_the_same_losses(tmp_path):
             "model.blocks=1", "model.heads=2", "batch_size=8", "eval_batches=2", "optim.warmup_steps=2",
             "log_every=1"] + [f"{k}={v}" for k, v in over.items()]
     cmd = [sys.executable, "-m", "ddlm", "train", "-", *args, "--no-progress"]
-    proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    # SIGKILL right after the step-40 checkpoint is written, from inside the run (a kill timed from outside
+    # raced a fast machine, which could finish all 120 steps first)
+    killer = ("import os, signal, sys\nimport ddlm.train as T\nfrom ddlm.cli import main\nsave = T.save_checkpoint\n"
+              "def save_then_die(path, *a, step, **k):\n    out = save(path, *a, step=step, **k)\n"
+              "    if step == 40:\n        os.kill(os.getpid(), signal.SIGKILL)\n    return out\n"
+              "T.save_checkpoint = save_then_die\nsys.exit(main(sys.argv[1:]))\n")
+    proc = subprocess.run([sys.executable, "-c", killer, *cmd[3:]], capture_output=True, text=True, timeout=300)
     ckpts = tmp_path / "killed" / "checkpoints"
-    deadline = _time.time() + 120
-    while not (ckpts / "step_000040").exists() and proc.poll() is None and _time.time() < deadline:
-        _time.sleep(0.005)
-    proc.send_signal(signal.SIGKILL)
-    proc.wait()
-    assert not (ckpts / "step_000120").exists(), "the run finished before it could be killed"
+    assert proc.returncode == -signal.SIGKILL, proc.stderr[-2000:]
+    assert (ckpts / "step_000040").exists() and not (ckpts / "step_000060").exists()
     out = subprocess.run(cmd, capture_output=True, text=True, timeout=300)  # resume
     assert out.returncode == 0, out.stderr[-2000:]
 
