@@ -315,10 +315,11 @@ def _family(parts: list[Part], claim: int) -> list[tuple[Part, Comparison]]:
     return [(p, c) for p in parts if p.claim == claim and p.counted for c in p.comparisons]
 
 
-def _describe(c: Comparison, supported: bool | None, against: bool) -> str:
+def _describe(c: Comparison, supported: bool | None, against: bool, strong: bool = False) -> str:
     if not c.measured:
         return f"{c.label}: {c.detail or 'no SE'} (undecided)"
-    tag = "; ".join(t for t in ("supported" if supported else "", "against" if against else "") if t)
+    worse = ("against, Holm" if strong else "against, 2 SE") if against else ""
+    tag = "; ".join(t for t in ("supported" if supported else "", worse) if t)
     margin = f", margin {c.margin:.3f}" if c.margin else ""
     return (f"{c.label}: {c.diff:+.3f} ± {c.se:.3f}{' ' + c.detail if c.detail else ''}{margin}, p = {c.p_value:.2g}"
             + (f" ({tag})" if tag else ""))
@@ -340,8 +341,8 @@ def evaluate(parts: list[Part]) -> None:
     its comparisons would have alone, uncorrected, and says so)."""
     results = claim_results(parts)
     for claim, res in results.items():
-        flags = {id(c): (s, a) for (_, c), s, a in zip(_family(parts, claim), res.supported, res.against,
-                                                       strict=True)}
+        flags = {id(c): (s, a, h) for (_, c), s, a, h in zip(_family(parts, claim), res.supported, res.against,
+                                                             res.against_holm, strict=True)}
         for p in (p for p in parts if p.claim == claim):
             if not any(c.measured for c in p.comparisons):
                 p.verdict = MISSING if not p.comparisons else UNDECIDED
@@ -352,13 +353,13 @@ def evaluate(parts: list[Part]) -> None:
                 got = [flags[id(c)] for c in p.comparisons]
             else:
                 alone = claim_verdict(p.comparisons, None)
-                got = list(zip(alone.supported, alone.against, strict=True))
-            sup, ag = any(s for s, _ in got), any(a for _, a in got)
+                got = list(zip(alone.supported, alone.against, alone.against_holm, strict=True))
+            sup, ag = any(s for s, _, _ in got), any(a for _, a, _ in got)
             p.verdict = ("supported and against" if sup and ag else "supported" if sup else "against" if ag
                          else "not significant")
             if not p.counted:
                 p.verdict += " (on its own: Holm over its NFEs)"
-            lines = [_describe(c, s, a) for c, (s, a) in zip(p.comparisons, got, strict=True)]
+            lines = [_describe(c, s, a, h) for c, (s, a, h) in zip(p.comparisons, got, strict=True)]
             p.evidence = "; ".join(([p.head] if p.head else []) + lines)
 
 

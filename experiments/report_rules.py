@@ -19,7 +19,9 @@ higher Sudoku accuracy; every difference is A - B on a lower-is-better scale):
 - Claim verdict: **reproduced** if its primary comparison is supported and no comparison is against;
   **mixed** if some comparison is supported and some is against; **not reproduced** if some is against
   and none is supported; otherwise **inconclusive at this scale**; **not measured yet** while the primary
-  comparison is not measured.
+  comparison is not measured. The 2-SE "against" is deliberately not corrected for multiplicity (it
+  guards "reproduced"), so a "not reproduced" resting on one such comparison among many is weak: the
+  evidence says whether each "against" also survives Holm ("against, Holm") or not ("against, 2 SE").
 
 Under a null claim (equal results plus noise) "reproduced" needs the primary comparison to be rejected
 by Holm, which happens with probability at most ``ALPHA``; ``tests/test_reproduction.py`` checks this on
@@ -104,6 +106,13 @@ class Comparison:
         return t_cdf((self.diff - (self.margin or 0.0)) / self.se, self.dof)
 
     @property
+    def p_worse(self) -> float | None:
+        """One-sided p-value of the null diff <= 0 (A no worse than B); None when not measured."""
+        if not self.measured:
+            return None
+        return 1.0 - t_cdf(self.diff / self.se, self.dof)
+
+    @property
     def against(self) -> bool:
         """A worse than B by more than Z SE."""
         return self.measured and self.diff > Z * self.se
@@ -136,6 +145,9 @@ class ClaimResult:
     verdict: str
     supported: list[bool]
     against: list[bool]
+    #: the comparisons whose "A is worse" survives Holm at ``ALPHA`` over the family (the strength of an
+    #: "against": a single comparison 2 SE worse among many is expected under a null claim)
+    against_holm: list[bool] = None
 
 
 def claim_verdict(comparisons: list[Comparison], primary: int | None, alpha: float = ALPHA) -> ClaimResult:
@@ -143,10 +155,13 @@ def claim_verdict(comparisons: list[Comparison], primary: int | None, alpha: flo
     the index of the primary comparison (None: not measured yet)."""
     measured = [i for i, c in enumerate(comparisons) if c.measured]
     supported, against = [False] * len(comparisons), [c.against for c in comparisons]
+    against_holm = [False] * len(comparisons)
     for i, ok in zip(measured, holm([comparisons[i].p_value for i in measured], alpha), strict=True):
         supported[i] = ok
+    for i, ok in zip(measured, holm([comparisons[i].p_worse for i in measured], alpha), strict=True):
+        against_holm[i] = ok and against[i]
     if primary is None or not comparisons[primary].measured:
-        return ClaimResult(MISSING, supported, against)
+        return ClaimResult(MISSING, supported, against, against_holm)
     if supported[primary] and not any(against):
         verdict = REPRODUCED
     elif any(supported) and any(against):
@@ -155,7 +170,7 @@ def claim_verdict(comparisons: list[Comparison], primary: int | None, alpha: flo
         verdict = NOT_REPRODUCED
     else:
         verdict = INCONCLUSIVE
-    return ClaimResult(verdict, supported, against)
+    return ClaimResult(verdict, supported, against, against_holm)
 
 
 # ---- bounds over seeds --------------------------------------------------------------------------------
