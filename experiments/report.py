@@ -420,9 +420,9 @@ def verdict_section(res: Results) -> str:
                       "lower-is-better scale with their SE and one-sided p-value.", "",
                       table("verdicts", ["claim / part", "verdict", "evidence", "role"], rows), "",
                       "The rules are spelled out at the end of this page.", "",
-                      "Where this scale does not confirm the paper (not reproduced: some comparison is against it, weak "
-                      "evidence unless it is 'against, Holm'; mixed: evidence both ways; inconclusive: the numbers here "
-                      "cannot decide):", "",
+                      "Where this scale does not confirm the paper (not reproduced: some comparison is against it, "
+                      "weak evidence unless it is 'against, Holm'; mixed: evidence both ways; inconclusive: the "
+                      "numbers here cannot decide):", "",
                       "\n".join(differ) if differ else "nowhere, among the claims measured so far."])
 
 
