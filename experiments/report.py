@@ -108,9 +108,12 @@ level ALPHA = {ALPHA:g}, Z = {Z:g}):
   difference >= margin). Its p-value is Phi((difference - margin) / SE), or Student's t with the SE's
   degrees of freedom when the SE comes from a seed spread.
 - **Error-rate control.** All comparisons of a claim's counted parts form one family; Holm-Bonferroni at
-  family-wise level {ALPHA:g} decides which are *supported*. Each claim has one **primary comparison**,
-  declared in `report_claims.PRIMARY` before the replicated bounds and the 128-sample frontiers were
-  measured (listed in the verdict table).
+  family-wise level {ALPHA:g} decides which are *supported*. Each claim has one **primary comparison**
+  (listed in the verdict table), declared in `report_claims.PRIMARY` on 2026-11-28, before the seed
+  replicates and the 128-sample frontiers were measured, but after the first study's seed-0 bounds and
+  64-sample frontiers had been seen: the primaries are the paper's headline comparison of each claim
+  (claim 2: ddlm's default selection rule, lowest_log_margin, at the middle NFE), not the comparisons
+  that looked best then.
 - **Against.** A comparison in which A is worse than B by more than Z SE counts *against* its claim,
   for a match claim too (a significantly worse A is not called a match even inside the margin).
 - **Claim verdict.** **reproduced**: the primary comparison is supported and no comparison is against;

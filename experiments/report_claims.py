@@ -135,8 +135,9 @@ class Part:
     evidence: str = ""
 
 
-#: each claim's primary comparison (part key, comparison label), declared before the replicated bounds and
-#: the 128-sample frontiers were measured: the claim is "reproduced" only if this one is supported
+#: each claim's primary comparison (part key, comparison label), declared on 2026-11-28 before the seed
+#: replicates and the 128-sample frontiers were measured (after the first study's seed-0 results had been
+#: seen): the claim is "reproduced" only if this one is supported
 PRIMARY = {1: ("1a", "bound"), 2: ("2a-lowest_log_margin", "NFE 64"), 3: ("3a", "bound")}
 PRIMARY_TEXT = {
     1: "1a: the LOO-output ELBO run's bound is lower than the denoiser-output ELBO run's (means over seeds)",
