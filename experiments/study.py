@@ -207,7 +207,13 @@ def _up_to_date(path: Path, name: str, log, what: str) -> bool:
 def write_train_record(name: str, study: Study) -> Path | None:
     """``results/train/NAME.json``: the finished run's steps, training time and last validation bound
     (from its last checkpoint's ``trainer.json``) and the command that trained it. Rewritten only when
-    the run's step changed."""
+    the run's step changed.
+
+    Raises:
+        StudyError: the run was trained again (e.g. its folder was lost and the study retrained it) to
+            other weights than the recorded ones: the same step, another last validation bound. Training
+            is deterministic on one machine and torch version, so a retrained run normally matches its
+            record and the results made from it stay valid; when it does not, they must be remade."""
     ckpt = latest_ckpt(run_dir(name))
     if ckpt is None:
         return None
@@ -215,9 +221,15 @@ def write_train_record(name: str, study: Study) -> Path | None:
     from ddlm.checkpoint import checkpoint_step
 
     step = checkpoint_step(ckpt)
-    if path.exists() and read_result(path).get("step") == step:
-        return path
     trainer = json.loads((ckpt / "trainer.json").read_text())
+    if path.exists() and read_result(path).get("step") == step:
+        recorded, now = read_result(path).get("val_nll"), (trainer.get("metrics") or {}).get("val_nll")
+        if recorded is not None and now is not None and recorded != now:
+            raise StudyError(f"run {name} was trained again to other weights than the results under "
+                             f"{RESULTS.relative_to(WORKDIR)} were made from (its last validation bound in training "
+                             f"is {now!r}, the training record says {recorded!r}): delete {path} and the run's "
+                             "bound, probe, sudoku and frontier results to remake them from this run")
+        return path
     config = json.loads((ckpt / "config.json").read_text())
     metrics = trainer.get("metrics") or {}
     record = {"command": "train", "run": rel_run(name), "checkpoint": str(ckpt.relative_to(WORKDIR)), "step": step,

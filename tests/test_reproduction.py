@@ -557,3 +557,24 @@ def test_replicates_share_the_validation_split():
     docs = load_corpus("default")
     splits = [split_documents(docs, 0.05, seed=s) for s in P.SEEDS]
     assert all(s == splits[0] for s in splits[1:])
+
+
+def test_a_run_retrained_to_other_weights_is_refused(tmp_path, monkeypatch):
+    monkeypatch.setattr(S, "RESULTS", tmp_path / "results")
+    monkeypatch.setattr(S, "RUNS_DIR", tmp_path / "runs")
+    monkeypatch.setattr(S, "WORKDIR", tmp_path)
+    ckpt = tmp_path / "runs" / "mdm" / "checkpoints" / "step_000010"
+    ckpt.mkdir(parents=True)
+    (ckpt / "trainer.json").write_text(json.dumps({"metrics": {"val_nll": 2.5, "train_minutes": 1.0}}))
+    (ckpt / "config.json").write_text(json.dumps({"process": "mdm", "max_steps": 10, "model": {}}))
+    from ddlm.checkpoint import FORMAT
+
+    (ckpt / "meta.json").write_text(json.dumps({"format": FORMAT, "step": 10}))
+    monkeypatch.setattr(S, "latest_ckpt", lambda path: ckpt)
+    study = S.Study(runs=["mdm"], log=lambda msg: None)
+    record = S.write_train_record("mdm", study)
+    assert json.loads(record.read_text())["val_nll"] == 2.5
+    assert S.write_train_record("mdm", study) == record  # the same weights: nothing to do
+    (ckpt / "trainer.json").write_text(json.dumps({"metrics": {"val_nll": 2.6, "train_minutes": 1.0}}))
+    with pytest.raises(P.StudyError, match="trained again to other weights"):
+        S.write_train_record("mdm", study)
