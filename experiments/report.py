@@ -125,21 +125,25 @@ level ALPHA = {ALPHA:g}, Z = {Z:g}):
   (and that the previous rules, "some part better and none worse", fail that check).
 - **Weight of "not reproduced".** The 2-SE "against" is deliberately not corrected for multiplicity (it
   guards "reproduced"), so under a null claim with 9-12 comparisons one of them is 2 SE "worse" by
-  chance fairly often and the claim reads "not reproduced" (in about 17-19% of the calibration test's
+  chance fairly often and the claim reads "not reproduced" (in about 17-22% of the calibration test's
   null draws for claims 1 and 2). The evidence column therefore says of each "against" whether it also
   survives Holm over the family ("against, Holm": strong) or not ("against, 2 SE": weak); an
   "against, Holm" comes out in at most {100 * ALPHA:g}% of null draws (tested as well).
 - **Margins of "matches".** The margin is the seed-to-seed standard deviation of the quantity: for
-  bounds, the SD of one run's bound over its training seeds, pooled over the replicated runs (a
-  difference smaller than what retraining with another seed changes). Frontiers and Sudoku accuracies
-  are measured for one seed, so their margin is 0: there a match can only be shown as *better*.
+  bounds (3a), the SD of one run's bound over its training seeds, from the two configurations compared
+  (the root of the mean of their seed variances): a difference smaller than what retraining with
+  another seed changes. Frontiers and Sudoku accuracies are measured for one seed, so their margin is 0:
+  there a match can only be shown as *better*.
 - **Bounds.** Bits per character. Every run whose bound enters a verdict (the four UDM runs, MDM, AUDM)
   is trained with seeds {", ".join(map(str, P.SEEDS))}; a configuration's bound is the mean over its
-  seeds, with SE sqrt(max(s^2, m^2) / k): s^2 the seed-to-seed variance of one run's bound pooled over
-  the replicated configurations (it holds seed and Monte-Carlo variance together), m^2 the mean squared
-  Monte-Carlo SE of `ddlm eval` (a floor when few seeds happen to agree), k the seeds; the test uses
-  Student's t with the pooled degrees of freedom. With one seed the SE is the Monte-Carlo SE alone
-  (normal), which leaves out seed variance; the table says how many seeds each mean has.
+  seeds, with SE sqrt(max(s^2, m^2) / k): s^2 the configuration's own seed-to-seed variance of one
+  run's bound (k - 1 degrees of freedom; it holds seed and Monte-Carlo variance together), m^2 the mean
+  squared Monte-Carlo SE of `ddlm eval` (a floor when few seeds happen to agree), k the seeds. Seed
+  variances differ between configurations (the denoiser-output ELBO runs vary most), so they are not
+  pooled; a difference is tested with Student's t on the Welch-Satterthwaite degrees of freedom. A
+  configuration with one seed so far borrows the variance pooled over the configurations that have
+  several (the table says which); without any, its SE is the Monte-Carlo SE alone (normal), which
+  leaves out seed variance.
 - **Objectives (1b).** D = (denoiser - LOO under the ELBO) - (denoiser - LOO under cross-entropy), from
   the seed means; D > 0 means the ELBO favours the LOO output more than cross-entropy does. Both
   objectives' own preferences are shown: the part measures a difference of degree.
@@ -217,19 +221,20 @@ def bound_section(res: Results) -> str:
                      pm(r["bits_per_char"], r["bits_per_char_se"]), pm(r["nats_per_token"], r["se"]),
                      f"{r['num_batches']} x {r['batch_size']} of {r['blocks']}", what])
         cmds.append(P.bound_command(name))
-    spread = bound_spread(res)
     seeds = []
     for name in P.SEEDED_RUNS:
         b = seed_bound_of(res, name)
         if b is None:
-            seeds.append([name, "0", "—", "—", "—", MISSING])
+            seeds.append([name, "0", "—", "—", "—", "—", MISSING])
             continue
         seeds.append([name, str(b.seeds), ", ".join(f"{v:.3f}" for v in b.values), pm(b.mean, b.se),
-                      f"{b.mc_se:.3f}", "t, " + f"{b.dof:g} dof" if b.dof is not None else "Monte-Carlo only"])
+                      "—" if b.var is None else f"{math.sqrt(b.var):.3f}", f"{b.mc_se:.3f}",
+                      b.source + (f", t {b.dof:g} dof" if b.dof is not None else ", normal")])
+    spread = bound_spread(res)
     spread_text = ("No configuration has two seeds yet: the SEs are Monte-Carlo SEs, which leave out seed variance."
                    if spread is None else
-                   f"Seed-to-seed SD of one run's bound, pooled over the replicated configurations: "
-                   f"{math.sqrt(spread[0]):.3f} bits/char ({spread[1]} degrees of freedom).")
+                   f"A configuration with one seed so far borrows the seed-to-seed variance pooled over the others: "
+                   f"SD {math.sqrt(spread[0]):.3f} bits/char ({spread[1]} degrees of freedom).")
     return "\n".join([
         "## Validation NLL bound", "",
         "`ddlm eval` on each run's validation split (EMA weights): Monte-Carlo ELBO for diffusion runs "
@@ -239,8 +244,8 @@ def bound_section(res: Results) -> str:
         table("bound", ["run", "step", "nats/char", "bits/char", "nats/token", "batches x blocks of N", "estimator"],
               rows), "",
         "Means over training seeds (bits/char), the bounds the verdicts use; SE of the mean as in the rules:", "",
-        table("bound-seeds", ["configuration", "seeds", "per seed", "mean ± SE", "Monte-Carlo SE (rms)", "SE from"],
-              seeds), "", spread_text, "",
+        table("bound-seeds", ["configuration", "seeds", "per seed", "mean ± SE", "seed-to-seed SD",
+                              "Monte-Carlo SE (rms)", "SE from"], seeds), "", spread_text, "",
         "Commands:", "", command_block(cmds) if cmds else "(none yet)"])
 
 

@@ -34,6 +34,7 @@ from report_rules import (  # noqa: E402
     probe_mean,
     seed_bound,
     seed_spread,
+    welch_dof,
 )
 
 # ---- loading ---------------------------------------------------------------------------------------
@@ -153,7 +154,8 @@ def bound_values(res: Results, name: str) -> list[tuple[float, float]]:
 
 
 def bound_spread(res: Results) -> tuple[float, int] | None:
-    """Pooled seed-to-seed variance of one run's bound (bits/char^2) over the replicated runs, with its dof."""
+    """Pooled seed-to-seed variance of one run's bound (bits/char^2) over the replicated runs, with its dof
+    (borrowed by a configuration with one seed so far)."""
     return seed_spread([bound_values(res, n) for n in P.SEEDED_RUNS])
 
 
@@ -167,19 +169,20 @@ def _sb(b: SeedBound) -> str:
 
 
 def bound_part(res: Results, key: str, label: str, a: str, b: str, match: bool, claim: int) -> Part:
-    """"a's bound is lower than b's", or (``match``) "no worse by more than the seed-to-seed SD"."""
+    """"a's bound is lower than b's", or (``match``) "no worse by more than their seed-to-seed SD"."""
     part = Part(claim, key, label, missing=f"needs results/bound/{a}.json and {b}.json")
     ba, bb = seed_bound_of(res, a), seed_bound_of(res, b)
     if ba is None or bb is None:
         return part
-    spread = bound_spread(res)
-    margin = (math.sqrt(spread[0]) if spread else 0.0) if match else None
-    dof = ba.dof if ba.dof is not None and bb.dof is not None else None
+    margin = None
+    if match:  # the seed-to-seed SD of one run of the two configurations compared (mean of their variances)
+        margin = math.sqrt((ba.var + bb.var) / 2) if ba.var is not None and bb.var is not None else 0.0
+    dof = welch_dof([(ba.se ** 2, ba.dof), (bb.se ** 2, bb.dof)])
     part.comparisons.append(Comparison("bound", ba.mean - bb.mean, math.hypot(ba.se, bb.se), margin, dof))
     part.head = f"{a} {_sb(ba)} vs {b} {_sb(bb)} bits/char"
     if match:
-        part.head += (f"; margin {margin:.3f} bits/char = the seed-to-seed SD of one run's bound" if spread else
-                      "; margin 0 (no seed spread measured yet: a match must be shown as better)")
+        part.head += (f"; margin {margin:.3f} bits/char = the seed-to-seed SD of one {a} or {b} run" if margin else
+                      "; margin 0 (no seed spread of both measured yet: a match must be shown as better)")
     return part
 
 
@@ -195,7 +198,7 @@ def interaction_part(res: Results) -> Part:
     se = math.sqrt(sum(v.se ** 2 for v in b.values()))
     se_elbo = math.hypot(b["udm-denoiser-elbo"].se, b["udm-loo-elbo"].se)
     se_ce = math.hypot(b["udm-denoiser-ce"].se, b["udm-loo-ce"].se)
-    dof = None if any(v.dof is None for v in b.values()) else b["udm-loo-elbo"].dof
+    dof = welch_dof([(v.se ** 2, v.dof) for v in b.values()])
     part.comparisons.append(Comparison("-D", -(elbo - ce), se, None, dof))
     part.head = (f"denoiser minus LOO: {elbo:+.3f} ± {se_elbo:.3f} bits/char under the ELBO, {ce:+.3f} ± {se_ce:.3f} "
                  f"under cross-entropy (both objectives favour the LOO output); D = {elbo - ce:+.3f}")

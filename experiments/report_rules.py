@@ -178,13 +178,16 @@ def claim_verdict(comparisons: list[Comparison], primary: int | None, alpha: flo
 @dataclass
 class SeedBound:
     """A configuration's bound in bits/char over its training seeds: the mean, its SE, the SE's degrees of
-    freedom (None: Monte-Carlo SE of one seed, normal) and the seeds' values."""
+    freedom (None: a normal SE), the seeds' values, the rms Monte-Carlo SE, the seed-to-seed variance of
+    one run's value (None without two seeds) and where the SE's variance comes from."""
 
     mean: float
     se: float
     dof: float | None
     values: list
     mc_se: float
+    var: float | None = None
+    source: str = ""
 
     @property
     def seeds(self) -> int:
@@ -193,8 +196,8 @@ class SeedBound:
 
 def seed_spread(groups: list[list[tuple[float, float]]]) -> tuple[float, int] | None:
     """(pooled within-configuration variance of single-seed values, its degrees of freedom) over the
-    groups with two or more seeds (each a list of (value, Monte-Carlo SE)); None without any. The
-    variance of one seed's value holds the seed-to-seed and the Monte-Carlo variance together."""
+    groups with two or more seeds (each a list of (value, Monte-Carlo SE)); None without any. Used only
+    for a configuration that has a single seed so far (it borrows the others' spread)."""
     ss = dof = 0
     for g in groups:
         if len(g) >= 2:
@@ -204,20 +207,38 @@ def seed_spread(groups: list[list[tuple[float, float]]]) -> tuple[float, int] | 
     return (ss / dof, dof) if dof else None
 
 
-def seed_bound(values: list[tuple[float, float]], spread: tuple[float, int] | None) -> SeedBound | None:
-    """A configuration's mean over its seeds ((value, Monte-Carlo SE) each) with the SE of the mean:
-    sqrt(max(pooled seed variance, mean MC variance) / seeds) with the pooled variance's degrees of
-    freedom, or the Monte-Carlo SE alone (normal) without a seed spread. The max keeps the SE from falling
-    below what the Monte-Carlo noise alone gives when few seeds happen to agree."""
+def seed_bound(values: list[tuple[float, float]], spread: tuple[float, int] | None = None) -> SeedBound | None:
+    """A configuration's mean over its seeds ((value, Monte-Carlo SE) each) with the SE of the mean.
+
+    With two or more seeds: its own seed-to-seed variance s^2 (k - 1 degrees of freedom; it holds seed and
+    Monte-Carlo variance together), SE = sqrt(max(s^2, m^2) / k) with m^2 the mean squared Monte-Carlo SE (a
+    floor when few seeds happen to agree). Configurations differ in their seed variance (a denoiser-output
+    ELBO run varies far more from seed to seed than an MDM run), so it is not pooled across them. With one
+    seed: the pooled ``spread`` of the other configurations if given (borrowed, its degrees of freedom),
+    else the Monte-Carlo SE alone (normal)."""
     if not values:
         return None
     k = len(values)
     mean = sum(v for v, _ in values) / k
     mc = sum(s * s for _, s in values) / k
-    if spread is None:
-        return SeedBound(mean, math.sqrt(mc / k), None, [v for v, _ in values], math.sqrt(mc))
-    var, dof = spread
-    return SeedBound(mean, math.sqrt(max(var, mc) / k), dof, [v for v, _ in values], math.sqrt(mc))
+    vals = [v for v, _ in values]
+    if k >= 2:
+        var = sum((v - mean) ** 2 for v in vals) / (k - 1)
+        return SeedBound(mean, math.sqrt(max(var, mc) / k), k - 1, vals, math.sqrt(mc), var, "own seeds")
+    if spread is not None:
+        return SeedBound(mean, math.sqrt(max(spread[0], mc)), spread[1], vals, math.sqrt(mc), None,
+                         "borrowed spread")
+    return SeedBound(mean, math.sqrt(mc), None, vals, math.sqrt(mc), None, "Monte-Carlo only")
+
+
+def welch_dof(parts: list[tuple[float, float | None]]) -> float | None:
+    """Welch-Satterthwaite degrees of freedom of a sum of independent variance terms (variance, its dof;
+    dof None counts as infinite): (sum v)^2 / sum(v^2 / dof); None when every term is normal."""
+    terms = [(v, d) for v, d in parts if d is not None and v > 0]
+    if not terms:
+        return None
+    total = sum(v for v, _ in parts)
+    return total ** 2 / sum(v * v / d for v, d in terms)
 
 
 # ---- frontier curves -------------------------------------------------------------------------------

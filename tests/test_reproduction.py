@@ -118,15 +118,25 @@ def test_seed_spread_and_seed_bound():
     groups = [[(2.0, 0.01), (2.2, 0.01), (2.1, 0.01)], [(3.0, 0.01), (3.2, 0.01)], [(5.0, 0.01)]]
     var, dof = V.seed_spread(groups)
     assert dof == 3 and var == pytest.approx((0.01 + 0.01 + 0 + 0.01 + 0.01) / 3)
-    b = V.seed_bound(groups[0], (var, dof))
-    assert b.mean == pytest.approx(2.1) and b.se == pytest.approx(math.sqrt(var / 3)) and b.dof == 3 and b.seeds == 3
+    b = V.seed_bound(groups[0], (var, dof))  # several seeds: the configuration's own variance, k - 1 dof
+    assert b.mean == pytest.approx(2.1) and b.var == pytest.approx(0.01) and b.dof == 2 and b.seeds == 3
+    assert b.se == pytest.approx(math.sqrt(0.01 / 3)) and b.source == "own seeds"
     # a seed spread below the Monte-Carlo noise: the MC variance is the floor
-    b = V.seed_bound([(2.0, 0.3), (2.0, 0.3)], (1e-6, 4))
+    b = V.seed_bound([(2.0, 0.3), (2.0, 0.3)])
     assert b.se == pytest.approx(0.3 / math.sqrt(2))
-    # one seed, no spread: the Monte-Carlo SE alone, normal
+    # one seed: the others' pooled spread if any (borrowed), else the Monte-Carlo SE alone, normal
+    b = V.seed_bound(groups[2], (var, dof))
+    assert b.se == pytest.approx(math.sqrt(var)) and b.dof == 3 and b.source == "borrowed spread" and b.var is None
     b = V.seed_bound([(2.0, 0.05)], None)
     assert (b.se, b.dof) == (pytest.approx(0.05), None)
     assert V.seed_spread([[(1.0, 0.1)]]) is None and V.seed_bound([], None) is None
+
+
+def test_welch_degrees_of_freedom():
+    assert V.welch_dof([(1.0, 2), (1.0, 2)]) == pytest.approx(4.0)  # equal variances: the dof add up
+    assert V.welch_dof([(1.0, 2), (1e-9, 2)]) == pytest.approx(2.0, rel=1e-6)  # one term dominates
+    assert V.welch_dof([(1.0, None), (1.0, 4)]) == pytest.approx(16.0)  # a normal term: infinite dof
+    assert V.welch_dof([(1.0, None), (1.0, None)]) is None
 
 
 def _bound(bpc, se, nats=None):
@@ -141,21 +151,23 @@ def _seeded(res, name, values, se=0.01):
 def test_bound_parts_use_the_seed_means():
     res = C.Results(Path("."))
     _seeded(res, "udm-loo-elbo", [2.00, 2.05, 1.95])
-    _seeded(res, "udm-denoiser-elbo", [2.10, 2.15, 2.05])
+    _seeded(res, "udm-denoiser-elbo", [2.10, 2.30, 1.90])  # four times the variance
     part = C.bound_part(res, "1a", "1a", "udm-loo-elbo", "udm-denoiser-elbo", False, 1)
     (c,) = part.comparisons
-    assert c.diff == pytest.approx(-0.10) and c.dof == 4
-    assert c.se == pytest.approx(math.sqrt(2 * 0.0025 / 3))  # pooled seed variance 0.05^2 over 4 dof
+    va, vb = 0.0025 / 3, 0.04 / 3
+    assert c.diff == pytest.approx(-0.10) and c.se == pytest.approx(math.sqrt(va + vb))
+    assert c.dof == pytest.approx((va + vb) ** 2 / (va ** 2 / 2 + vb ** 2 / 2))  # Welch-Satterthwaite
     assert "(3 seeds)" in part.head
     assert not C.bound_part(C.Results(Path(".")), "1a", "1a", "udm-loo-elbo", "udm-denoiser-elbo", False, 1).comparisons
 
 
 def test_match_margin_is_the_seed_spread():
     res = C.Results(Path("."))
-    _seeded(res, "mdm", [2.00, 2.04, 1.96])
-    _seeded(res, "audm", [2.03, 2.07, 1.99])  # worse by 0.03 on average; seed SD 0.04
+    _seeded(res, "mdm", [2.00, 2.04, 1.96])   # seed SD 0.04
+    _seeded(res, "audm", [2.03, 2.05, 2.01])  # seed SD 0.02; worse by 0.03 on average
+    _seeded(res, "udm-denoiser-elbo", [2.0, 3.0, 4.0])  # a wild configuration does not widen the margin
     (c,) = C.bound_part(res, "3a", "3a", "audm", "mdm", True, 3).comparisons
-    assert c.margin == pytest.approx(0.04) and c.diff == pytest.approx(0.03)
+    assert c.margin == pytest.approx(math.sqrt((0.04 ** 2 + 0.02 ** 2) / 2)) and c.diff == pytest.approx(0.03)
     one = C.Results(Path("."), bound={"audm": _bound(2.03, 0.01), "mdm": _bound(2.0, 0.01)})
     (c,) = C.bound_part(one, "3a", "3a", "audm", "mdm", True, 3).comparisons
     assert c.margin == 0.0 and c.dof is None  # no seed spread: no margin, Monte-Carlo SE
