@@ -28,6 +28,7 @@ from report_rules import (  # noqa: E402
     claim_verdict,
     compare_curves,
     curves_of,
+    holm,
     nfes_of,
     pick,
     pm,
@@ -77,12 +78,13 @@ def latest_rows(rows: list[dict]) -> list[dict]:
 
 #: the settings of a frontier point other than its number of samples
 _POINT = ("run", "checkpoint", "step", "sampler", "nfe", "temperature", "temperature_on", "top_p", "corrector",
-          "remasking", "seed", "length", "judge")
+          "remasking", "length", "judge")
 
 
 def most_samples(rows: list[dict]) -> list[dict]:
-    """For each frontier point, the row with the most samples (a top-up draws a point near a threshold
-    again with more samples; the report uses that one)."""
+    """For each frontier point, the row with the most samples, whatever its sampling seed (the plan's
+    128-sample points replace the first study's 64-sample ones, and a top-up draws a point near a
+    threshold again with more samples; the report uses that one)."""
     best: dict[tuple, dict] = {}
     for r in rows:
         key = tuple(r.get(f, "") for f in _POINT)
@@ -211,12 +213,17 @@ def frontier_part(key: str, label: str, claim: int, curves_a: list[Curve], curve
     of frontiers is measured)."""
     part = Part(claim, key, label, counted=counted, missing="curves not measured yet")
     for n in sorted(set(nfes_of(curves_a)) | set(nfes_of(curves_b))):
-        cmp = compare_curves(f"NFE {n}", pick(curves_a, run_a, n, **want_a), pick(curves_b, run_b, n, **want_b),
-                             0.0 if match else None)
+        a, b = pick(curves_a, run_a, n, **want_a), pick(curves_b, run_b, n, **want_b)
+        cmp = compare_curves(f"NFE {n}", a, b, 0.0 if match else None)
         if cmp is not None:
+            # points drawn before the primary comparisons were declared (fewer samples than the plan's)
+            cmp.prior = min(a.min_samples, b.min_samples) < P.FRONTIER_SAMPLES
             part.comparisons.append(cmp)
     if part.comparisons:
         part.head = "Δ log gen-PPL (A - B) at matched entropy" + (", margin 0" if match else "")
+        if any(c.prior for c in part.comparisons):
+            part.head += (f" (points of fewer than {P.FRONTIER_SAMPLES} samples, drawn before the primary comparisons "
+                          "were declared: such a primary cannot open its claim's gate)")
     return part
 
 
@@ -355,9 +362,12 @@ def evaluate(parts: list[Part]) -> None:
                 continue
             if p.counted:
                 got = [flags[id(c)] for c in p.comparisons]
-            else:
-                alone = claim_verdict(p.comparisons, None)
-                got = list(zip(alone.supported, alone.against, alone.against_holm, strict=True))
+            else:  # on its own: Holm over its measured comparisons
+                idx = [i for i, c in enumerate(p.comparisons) if c.measured]
+                sup = dict(zip(idx, holm([p.comparisons[i].p_value for i in idx]), strict=True))
+                worse = dict(zip(idx, holm([p.comparisons[i].p_worse for i in idx]), strict=True))
+                got = [(sup.get(i, False), c.against, worse.get(i, False) and c.against)
+                       for i, c in enumerate(p.comparisons)]
             sup, ag = any(s for s, _, _ in got), any(a for _, a, _ in got)
             p.verdict = ("supported and against" if sup and ag else "supported" if sup else "against" if ag
                          else "not significant")

@@ -8,23 +8,22 @@ higher Sudoku accuracy; every difference is A - B on a lower-is-better scale):
 
 - A comparison is a one-sided test. For "A is better than B" the null is diff >= 0; for "A matches or
   beats B" (non-inferiority) the null is diff >= margin, where the margin is the measured seed-to-seed
-  standard deviation of the quantity (:func:`seed_spread`), or 0 where no seed spread is measured (then
+  standard deviation of the quantity (of the two configurations compared), or 0 where none is measured (then
   "matches" can only be shown by "better"). Its p-value is Phi((diff - margin) / SE) (Student's t with
   the SE's degrees of freedom when the SE comes from a seed spread).
-- A claim's comparisons form one family: Holm-Bonferroni at family-wise level ``ALPHA`` decides which
-  are *supported*. Each claim has one primary comparison, declared in ``report_claims.PRIMARY`` before
-  the replicated results were seen.
+- Each claim has one primary comparison, declared in ``report_claims.PRIMARY``. It is tested alone at
+  level ``ALPHA``; only if it is *supported* are the claim's other comparisons tested, by Holm-Bonferroni
+  at ``ALPHA`` (serial gatekeeping: the family-wise error rate stays at ``ALPHA``). A primary measured on
+  data drawn before it was declared (the first study's 64-sample frontier points) keeps the gate shut.
 - A comparison is *against* when A is worse than B by more than ``Z`` SE (for a match claim as well: a
   significantly worse A is not called a match, even inside the margin).
 - Claim verdict: **reproduced** if its primary comparison is supported and no comparison is against;
-  **mixed** if some comparison is supported and some is against; **not reproduced** if some is against
-  and none is supported; otherwise **inconclusive at this scale**; **not measured yet** while the primary
-  comparison is not measured. The 2-SE "against" is deliberately not corrected for multiplicity (it
-  guards "reproduced"), so a "not reproduced" resting on one such comparison among many is weak: the
-  evidence says whether each "against" also survives Holm ("against, Holm") or not ("against, 2 SE").
+  **mixed** if the primary is supported and some comparison is against; **not reproduced** if the primary
+  is not supported and some comparison is against; otherwise **inconclusive at this scale**; **not
+  measured yet** while the primary comparison is not measured.
 
-Under a null claim (equal results plus noise) "reproduced" needs the primary comparison to be rejected
-by Holm, which happens with probability at most ``ALPHA``; ``tests/test_reproduction.py`` checks this on
+Under a null claim (equal results plus noise) "reproduced" needs the primary comparison's own test to
+reject, which happens with probability at most ``ALPHA``; ``tests/test_reproduction.py`` checks this on
 synthetic null results through the whole report pipeline.
 """
 
@@ -92,6 +91,8 @@ class Comparison:
     margin: float | None = None
     dof: float | None = None
     detail: str = ""
+    #: measured on data drawn before the primary comparisons were declared: it cannot open the gate
+    prior: bool = False
 
     @property
     def measured(self) -> bool:
@@ -151,20 +152,28 @@ class ClaimResult:
 
 
 def claim_verdict(comparisons: list[Comparison], primary: int | None, alpha: float = ALPHA) -> ClaimResult:
-    """The verdict of a claim from its family of comparisons (see the module docstring); ``primary`` is
-    the index of the primary comparison (None: not measured yet)."""
+    """The verdict of a claim from its comparisons (see the module docstring): the primary comparison
+    (index ``primary``; None: not measured yet) is tested alone at ``alpha``; only if it is supported (the
+    gate opens) are the others tested, by Holm at ``alpha`` (serial gatekeeping: the family-wise error
+    rate stays at ``alpha``). A primary measured on data seen before it was declared (``prior``) keeps
+    the gate shut."""
+    n = len(comparisons)
     measured = [i for i, c in enumerate(comparisons) if c.measured]
-    supported, against = [False] * len(comparisons), [c.against for c in comparisons]
-    against_holm = [False] * len(comparisons)
-    for i, ok in zip(measured, holm([comparisons[i].p_value for i in measured], alpha), strict=True):
-        supported[i] = ok
+    supported, against = [False] * n, [c.against for c in comparisons]
+    against_holm = [False] * n
     for i, ok in zip(measured, holm([comparisons[i].p_worse for i in measured], alpha), strict=True):
         against_holm[i] = ok and against[i]
     if primary is None or not comparisons[primary].measured:
         return ClaimResult(MISSING, supported, against, against_holm)
+    first = comparisons[primary]
+    if not first.prior and first.p_value <= alpha:
+        supported[primary] = True
+        rest = [i for i in measured if i != primary]
+        for i, ok in zip(rest, holm([comparisons[i].p_value for i in rest], alpha), strict=True):
+            supported[i] = ok
     if supported[primary] and not any(against):
         verdict = REPRODUCED
-    elif any(supported) and any(against):
+    elif supported[primary]:
         verdict = MIXED
     elif any(against):
         verdict = NOT_REPRODUCED
@@ -256,6 +265,7 @@ class Curve:
     remasking: str | None
     points: list  # (entropy, log gen-PPL, entropy SE, log gen-PPL SE), sorted by entropy
     seconds: float = 0.0
+    min_samples: int = 0  # the fewest samples of any of its points
 
     @property
     def name(self) -> str:
@@ -290,6 +300,8 @@ def curves_of(rows: list[dict]) -> list[Curve]:
         key = (Path(r["run"]).name, r["sampler"], int(r["nfe"]) if r["nfe"] else None, r["temperature_on"],
                corrector["selection"] if corrector else None, remasking["kind"] if remasking else None)
         curve = groups.setdefault(key, Curve(*key, points=[]))
+        samples = int(r.get("num_samples") or 0)
+        curve.min_samples = samples if not curve.points and not curve.seconds else min(curve.min_samples, samples)
         h, ppl = float(r["entropy"]), float(r["gen_ppl"])
         curve.seconds += float(r["seconds"] or 0.0)
         if math.isfinite(h) and math.isfinite(ppl) and ppl > 0:

@@ -98,6 +98,10 @@ FRONTIER_SAMPLES = 128
 #: samples of a top-up: the points of a comparison whose z = difference / SE sits near a decision
 #: threshold (``near_threshold``) are drawn again with this many samples, and the report uses them
 TOPUP_SAMPLES = 256
+#: sampling seed of the frontier points: 1, so that the 128-sample points are fresh draws (the first
+#: study's 64-sample points, seen before the primary comparisons were declared, used seed 0; with the
+#: same seed the new points would repeat their first 64 samples)
+FRONTIER_SEED = 1
 #: |z| range of "near a threshold" around Z = 2 (the "better"/"against" line; Holm's thresholds of a
 #: family of up to 12 one-sided tests lie between z = 1.64 and 2.87)
 NEAR = (1.0, 3.5)
@@ -177,7 +181,7 @@ class FrontierCall:
         """The full ``ddlm frontier`` arguments (without ``--no-progress``)."""
         return ["frontier", *(rel_run(r) for r in self.runs), "--labels", *self.runs, *self.options,
                 "--nfe", *(str(n) for n in nfe), "--temperature", *(f"{t:g}" for t in temperatures),
-                "--judge", judge, "--num-samples", str(num_samples), "--seed", "0",
+                "--judge", judge, "--num-samples", str(num_samples), "--seed", str(FRONTIER_SEED),
                 "--out", f"results/frontier/{self.comparison}"]
 
     def option(self, flag: str) -> str | None:
@@ -286,7 +290,7 @@ def row_matches(row: dict, run: str, step: int, call: FrontierCall, nfe, tempera
         "selection": call.option("--corrector-selection")}
     return (row["run"] == rel_run(run) and row["step"] == str(step) and row["sampler"] == sampler
             and row["nfe"] == ("" if ar else str(nfe)) and float(row["temperature"]) == temperature
-            and float(row["top_p"]) == 1.0 and row["seed"] == "0"
+            and float(row["top_p"]) == 1.0 and row["seed"] == str(FRONTIER_SEED)
             and row["temperature_on"] == ("" if ar else (call.option("--temperature-on") or ""))
             and (corrector and {k: corrector[k] for k in ("sweeps", "k", "selection")}) == want_corrector
             and (remasking or {}).get("kind") == (None if ar else call.option("--remasking"))

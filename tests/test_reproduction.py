@@ -103,13 +103,21 @@ def test_claim_verdict_reaches_every_verdict():
              ([strong, bad], 0, V.MIXED),           # the primary holds, another is worse by > 2 SE
              ([flat, bad], 0, V.NOT_REPRODUCED),
              ([weak, flat], 0, V.INCONCLUSIVE),     # p = 0.067 > 0.05
-             ([_cmp(-0.2, 0.1), flat, flat], 0, V.INCONCLUSIVE),  # p = 0.023 alone, not after Holm over 3
+             ([_cmp(-0.2, 0.1), flat, flat], 0, V.REPRODUCED),  # p = 0.023: the primary is tested alone
+             ([V.Comparison("c", -0.5, 0.1, prior=True), flat], 0, V.INCONCLUSIVE),  # seen before: gate shut
              ([_cmp(None, None), strong], 0, V.MISSING), ([strong], None, V.MISSING)]
     for comparisons, primary, want in cases:
         assert V.claim_verdict(comparisons, primary).verdict == want, (comparisons, primary)
     r = V.claim_verdict([strong, bad, _cmp(None, None)], 0)
     assert r.supported == [True, False, False] and r.against == [False, True, False]
     assert r.against_holm == [False, True, False]  # 5 SE worse: survives Holm
+    # the gate: secondaries are tested (Holm over them) only once the primary is supported
+    r = V.claim_verdict([_cmp(-0.15, 0.1), _cmp(-0.5, 0.1)], 0)
+    assert r.supported == [False, False] and r.verdict == V.INCONCLUSIVE
+    r = V.claim_verdict([_cmp(-0.3, 0.1), _cmp(-0.19, 0.1), _cmp(-0.19, 0.1)], 0)
+    assert r.supported == [True, False, False]  # each secondary p = 0.029 > 0.05 / 2: Holm over the two
+    r = V.claim_verdict([_cmp(-0.3, 0.1), _cmp(-0.5, 0.1), _cmp(-0.19, 0.1)], 0)
+    assert r.supported == [True, True, True]  # 0.029 <= 0.05 once the other is rejected
     weak = V.claim_verdict([flat, _cmp(0.21, 0.1), flat, flat, flat], 0)  # 2.1 SE worse among five
     assert weak.verdict == V.NOT_REPRODUCED and weak.against[1] and not weak.against_holm[1]
 
@@ -274,7 +282,7 @@ def _null_curve(rng, run, nfe, se_y=0.1, se_h=0.03, **extra):
     for t in TEMPS:
         h = 2.3 + 0.8 * t
         rows.append(_row(run, nfe, t, h + rng.gauss(0, se_h), 3 + 2 * (h - 2.8) + rng.gauss(0, se_y), se_y, se_h,
-                         **extra))
+                         **{"num_samples": str(P.FRONTIER_SAMPLES), **extra}))
     return rows
 
 
@@ -315,10 +323,14 @@ def _old_rule(parts, claim):
                             and not any(c.outcome == V.WORSE for c in family)) else "other"
 
 
+@pytest.mark.slow
 def test_null_claims_are_reproduced_in_at_most_5_percent_of_draws():
+    """3,000 null studies (about 20 s): the primary is tested at 5%, so the expected rate of "reproduced"
+    is just under 5% (the primary's 5% times the chance that nothing is against); enough draws that the
+    observed rate (3.6%, 3.9%, 1.2% for claims 1-3) is not at the threshold by chance."""
     import random
 
-    rng, draws = random.Random(1234), 600
+    rng, draws = random.Random(1234), 3000
     new = {1: 0, 2: 0, 3: 0}
     old = {1: 0, 2: 0, 3: 0}
     strong = {1: 0, 2: 0, 3: 0}
@@ -356,7 +368,8 @@ def test_frontier_calls_cover_every_comparison():
 def test_missing_points_counts_points_not_in_the_csv():
     call = P.FrontierCall("mdm-remdm", ("mdm",), ("--sampler", "remdm", "--remasking", "cap"))
     row = {"run": "runs/mdm", "step": "10", "sampler": "remdm", "nfe": "16", "temperature": "1.0", "top_p": "1.0",
-           "seed": "0", "temperature_on": "", "corrector": "", "remasking": json.dumps({"kind": "cap", "eta": 0.008}),
+           "seed": str(P.FRONTIER_SEED), "temperature_on": "", "corrector": "",
+           "remasking": json.dumps({"kind": "cap", "eta": 0.008}),
            "num_samples": "64"}
     assert P.missing_points(call, [row], {"mdm": 10}, [16], [1.0], 64) == 0
     assert P.missing_points(call, [row], {"mdm": 10}, [16, 64], [0.9, 1.0], 64) == 3
@@ -372,7 +385,8 @@ def test_reuse_points_copies_only_identical_points(tmp_path):
     judge = "SmolLM2-135M-Instruct (test)"
     base = {f: "" for f in FIELDS}
     base.update(run="runs/udm-loo-ce", label="udm-loo-ce", checkpoint="runs/udm-loo-ce/checkpoints/step_000010",
-                step="10", process="udm", sampler="ancestral", nfe="16", temperature="1.0", top_p="1.0", seed="0",
+                step="10", process="udm", sampler="ancestral", nfe="16", temperature="1.0", top_p="1.0",
+                seed=str(P.FRONTIER_SEED),
                 num_samples="64", judge=judge, gen_ppl="99.0")
     rows = [base, dict(base, nfe="64", samples_file="samples/a.jsonl"),
             dict(base, run="runs/mdm", label="mdm", process="mdm"),  # another run
