@@ -124,8 +124,9 @@ level ALPHA = {ALPHA:g}, Z = {Z:g}):
   is not supported and some comparison is against; **inconclusive at this scale** otherwise; **not
   measured yet** while the primary comparison is not measured. Under a null claim (equal results plus
   noise) "reproduced" needs the primary's own test to reject, which happens in at most {100 * ALPHA:g}%
-  of draws; `tests/test_reproduction.py` checks this on synthetic null results through this report's
-  code (and that the previous rules, "some part better and none worse", fail that check).
+  of draws; `tests/test_reproduction.py` checks this on 3,000 synthetic null studies run through this
+  report's code (reproduced: 3.6%, 3.9% and 1.2% of them for claims 1-3), and that the previous rules,
+  "some part better and none worse", fail that check (15.5%, 15.8%, 7.0%).
 - **Weight of "not reproduced".** The 2-SE "against" is deliberately not corrected for multiplicity (it
   guards "reproduced"), so under a null claim with 9-12 comparisons one of them is 2 SE "worse" by
   chance fairly often and the claim reads "not reproduced" (in about 17-22% of the calibration test's
@@ -426,9 +427,10 @@ def verdict_section(res: Results) -> str:
     differ = [f"- **claim {c}**: {r.verdict}." for c, r in results.items()
               if r.verdict in (NOT_REPRODUCED, INCONCLUSIVE, MIXED)]
     return "\n".join(["## Verdicts", "",
-                      "A part's verdict says which of its comparisons Holm supports within the claim's family and "
-                      "which count against the claim (A worse by more than Z SE); numbers are A - B on a "
-                      "lower-is-better scale with their SE and one-sided p-value.", "",
+                      "A part's verdict says which of its comparisons are supported (the claim's primary tested "
+                      "alone, the others by Holm once the primary is supported) and which count against the claim "
+                      "(A worse by more than Z SE); numbers are A - B on a lower-is-better scale with their SE and "
+                      "one-sided p-value.", "",
                       table("verdicts", ["claim / part", "verdict", "evidence", "role"], rows), "",
                       "The rules are spelled out at the end of this page.", "",
                       "Where this scale does not confirm the paper (not reproduced: some comparison is against it, "
