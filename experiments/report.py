@@ -405,9 +405,6 @@ def sudoku_section(res: Results) -> str:
                          "cell accuracy"], rows), "", "Commands:", "", command_block(cmds) if cmds else "(none yet)"])
 
 
-PRIMARY_KEY = PRIMARY
-
-
 def verdict_section(res: Results) -> str:
     parts = parts_of(res)
     results, sizes = claim_results(parts), family_sizes(parts)
@@ -423,7 +420,7 @@ def verdict_section(res: Results) -> str:
             rows.append([f"claim {c}", f"**{r.verdict}** (provisional)",
                          f"{how}; {measured} of its {len(counted)} parts measured so far", ""])
     rows += [[p.label, p.verdict, p.evidence, "primary" if any(
-        (p.key, cmp.label) == PRIMARY_KEY[p.claim] for cmp in p.comparisons) else ""] for p in parts]
+        (p.key, cmp.label) == PRIMARY[p.claim] for cmp in p.comparisons) else ""] for p in parts]
     differ = [f"- **claim {c}**: {r.verdict}." for c, r in results.items()
               if r.verdict in (NOT_REPRODUCED, INCONCLUSIVE, MIXED)]
     return "\n".join(["## Verdicts", "",

@@ -265,7 +265,7 @@ class Curve:
     remasking: str | None
     points: list  # (entropy, log gen-PPL, entropy SE, log gen-PPL SE), sorted by entropy
     seconds: float = 0.0
-    min_samples: int = 0  # the fewest samples of any of its points
+    min_samples: int | None = None  # the fewest samples of any of its rows (None before the first)
 
     @property
     def name(self) -> str:
@@ -301,7 +301,7 @@ def curves_of(rows: list[dict]) -> list[Curve]:
                corrector["selection"] if corrector else None, remasking["kind"] if remasking else None)
         curve = groups.setdefault(key, Curve(*key, points=[]))
         samples = int(r.get("num_samples") or 0)
-        curve.min_samples = samples if not curve.points and not curve.seconds else min(curve.min_samples, samples)
+        curve.min_samples = samples if curve.min_samples is None else min(curve.min_samples, samples)
         h, ppl = float(r["entropy"]), float(r["gen_ppl"])
         curve.seconds += float(r["seconds"] or 0.0)
         if math.isfinite(h) and math.isfinite(ppl) and ppl > 0:

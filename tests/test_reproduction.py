@@ -604,3 +604,16 @@ def test_a_run_retrained_to_other_weights_is_refused(tmp_path, monkeypatch):
     (ckpt / "trainer.json").write_text(json.dumps({"metrics": {"val_nll": 2.6, "train_minutes": 1.0}}))
     with pytest.raises(P.StudyError, match="trained again to other weights"):
         S.write_train_record("mdm", study)
+
+
+def test_a_frontier_primary_drawn_before_the_declaration_cannot_open_the_gate():
+    def rows(run, offset, samples):
+        return [_row(run, 64, t, 2.3 + 0.8 * t, 3 + 2 * (2.3 + 0.8 * t) + offset, 0.02, 0.0, num_samples=samples)
+                for t in TEMPS]
+
+    for samples, prior in ((str(P.FRONTIER_SAMPLES // 2), True), (str(P.FRONTIER_SAMPLES), False)):
+        curves = V.curves_of(rows("audm", -0.5, samples) + rows("mdm", 0.0, str(P.FRONTIER_SAMPLES)))
+        assert {c.run: c.min_samples for c in curves}["audm"] == int(samples)
+        (c,) = C.frontier_part("3b", "3b", 3, curves, curves, "audm", "mdm", {}, {}, True).comparisons
+        assert c.prior is prior and c.outcome == V.BETTER
+        assert V.claim_verdict([c], 0).verdict == (V.INCONCLUSIVE if prior else V.REPRODUCED)
