@@ -115,8 +115,11 @@ level ALPHA = {ALPHA:g}, Z = {Z:g}):
   then. The primary is tested alone at level {ALPHA:g}; only if it is *supported* are the claim's other
   comparisons tested, by Holm-Bonferroni at {ALPHA:g} over them. The family-wise error rate of a claim
   stays at {ALPHA:g}. A frontier primary measured on points drawn before the declaration (fewer than
-  {P.FRONTIER_SAMPLES} samples: the first study's, sampling seed 0; the plan's points use seed
-  {P.FRONTIER_SEED}, fresh draws) cannot open the gate.
+  {P.FRONTIER_SAMPLES} samples: the first study's, sampling seed 0 on the seed-0 runs) cannot open the
+  gate. The plan's points are fresh on two counts: sampling seed {P.FRONTIER_SEED}, and drawn from each
+  configuration's training-seed-{P.FRONTIER_TRAINING_SEED} replicate (`study_plan.frontier_run`), models
+  nobody had sampled when the primaries were declared. A comparison uses the replicates' curves when
+  both of its curves exist there, else the seed-0 runs' curves, never one of each.
 - **Against.** A comparison in which A is worse than B by more than Z SE counts *against* its claim,
   for a match claim too (a significantly worse A is not called a match even inside the margin).
 - **Claim verdict.** **reproduced**: the primary comparison is supported and no comparison is against;
@@ -268,10 +271,11 @@ def frontier_commands(comparison: str, rows: list[dict]) -> list[list[str]]:
     the CSV."""
     runs = [n for n in P.RUNS if any(Path(r["run"]).name == n for r in rows)]
     if comparison == "ancestral":
-        calls = P.frontier_calls([n for n in P.TEXT_RUNS if n in runs], None, False, False)
+        calls = P.frontier_calls([n for n in runs if P.RUNS[n][2] == "text"], None, None, None)
     else:
-        calls = [c for run in runs for c in P.frontier_calls([], run if run in P.UDM_RUNS else None,
-                                                              run == "audm", run == "mdm")]
+        calls = [c for run in runs for c in P.frontier_calls(
+            [], run if P.base_run(run) in P.UDM_RUNS else None, run if P.base_run(run) == "audm" else None,
+            run if P.base_run(run) == "mdm" else None)]
     calls = [c for c in calls if c.comparison == comparison]
     judge = _judge_arg(rows[0]["judge"])
     temps = sorted({float(r["temperature"]) for r in rows})

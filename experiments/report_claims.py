@@ -207,13 +207,25 @@ def interaction_part(res: Results) -> Part:
     return part
 
 
+def frontier_pair(curves_a: list[Curve], curves_b: list[Curve], run_a: str, run_b: str, nfe: int, want_a: dict,
+                  want_b: dict) -> tuple[Curve | None, Curve | None]:
+    """Curves A and B of two configurations at one NFE: those of the runs the frontier stage samples
+    (``study_plan.frontier_run``, training seed 1) when both exist, else those of the seed-0 runs (the
+    first study's points); never one of each."""
+    for ra, rb in ((P.frontier_run(run_a), P.frontier_run(run_b)), (run_a, run_b)):
+        a, b = pick(curves_a, ra, nfe, **want_a), pick(curves_b, rb, nfe, **want_b)
+        if a is not None and b is not None:
+            return a, b
+    return None, None
+
+
 def frontier_part(key: str, label: str, claim: int, curves_a: list[Curve], curves_b: list[Curve], run_a: str,
                   run_b: str, want_a: dict, want_b: dict, match: bool, counted: bool = True) -> Part:
     """Curve A vs curve B at every NFE both have, at matched entropy (margin 0 for a match: no seed spread
     of frontiers is measured)."""
     part = Part(claim, key, label, counted=counted, missing="curves not measured yet")
     for n in sorted(set(nfes_of(curves_a)) | set(nfes_of(curves_b))):
-        a, b = pick(curves_a, run_a, n, **want_a), pick(curves_b, run_b, n, **want_b)
+        a, b = frontier_pair(curves_a, curves_b, run_a, run_b, n, want_a, want_b)
         cmp = compare_curves(f"NFE {n}", a, b, 0.0 if match else None)
         if cmp is not None:
             # points drawn before the primary comparisons were declared (fewer samples than the plan's)
@@ -267,11 +279,15 @@ def sudoku_part(res: Results) -> Part:
 
 
 def best_udm(res: Results) -> str | None:
-    """The UDM run with the lowest bound (seed 0, the runs the frontiers sample), None until the four
+    """The UDM configuration with the lowest bound averaged over its seeds, None until the four seed-0
     bounds exist (the rule of ``study_plan.best_udm_run``, on the loaded results)."""
     if any(n not in res.bound for n in P.UDM_RUNS):
         return None
-    return min(P.UDM_RUNS, key=lambda n: res.bound[n]["nats_per_token"])
+
+    def mean(n):
+        values = [res.bound[r]["nats_per_token"] for r in P.replicates(n) if r in res.bound]
+        return sum(values) / len(values)
+    return min(P.UDM_RUNS, key=mean)
 
 
 def parts_of(res: Results) -> list[Part]:

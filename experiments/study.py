@@ -49,9 +49,11 @@ from study_plan import (
     UDM_RUNS,
     FrontierCall,
     StudyError,
+    base_run,
     best_udm_run,
     bound_command,
     frontier_calls,
+    frontier_run,
     judge_matches,
     judge_spec,
     missing_points,
@@ -275,20 +277,21 @@ def stage_bound(study: Study) -> None:
 def stage_frontier(study: Study) -> None:
     """Every comparison of ``frontier_calls`` whose points are not all in its CSV yet."""
     judge = judge_spec(study.judge)
-    text = study.ready([n for n in TEXT_RUNS if n in study.runs], "frontier")
+    text = study.ready([r for r in (frontier_run(n) for n in TEXT_RUNS) if r in study.runs], "frontier")
     best = None
-    if all(study.finished(n) for n in UDM_RUNS):
-        best = best_udm_run(RESULTS)
-        study.log(f"frontier: best UDM run by bound: {best}")
-        if best not in study.runs:
-            study.log(f"frontier: {best} is not among --runs: comparisons udm-pc, udm-temperature and "
-                      "udm-ablation skipped")
+    if all((RESULTS / "bound" / f"{n}.json").exists() for n in UDM_RUNS):
+        best = frontier_run(best_udm_run(RESULTS))
+        study.log(f"frontier: best UDM configuration by bound: {base_run(best)} (sampled: run {best})")
+        if best not in text:
+            study.log(f"frontier: {best} is not among --runs or not trained: comparisons udm-pc, udm-temperature "
+                      "and udm-ablation skipped")
             best = None
     else:
-        study.log("frontier udm-pc, udm-temperature, udm-ablation: skipped until the four UDM runs are trained "
-                  "(the best of them by bound is compared)")
+        study.log("frontier udm-pc, udm-temperature, udm-ablation: skipped until the bounds of the four UDM runs "
+                  "exist (the best of them by bound is compared)")
     steps = {n: last_step(run_dir(n)) for n in text}
-    calls = [c for c in frontier_calls(text, best, "audm" in text, "mdm" in text)
+    audm, mdm = frontier_run("audm"), frontier_run("mdm")
+    calls = [c for c in frontier_calls(text, best, audm if audm in text else None, mdm if mdm in text else None)
              if c.comparison in study.comparisons]
     for call in calls:
         folder = RESULTS / "frontier" / call.comparison
@@ -312,7 +315,7 @@ def stage_frontier(study: Study) -> None:
 
 def topup_calls(study: Study) -> list[tuple[FrontierCall, int]]:
     """(call, NFE) of every frontier comparison of the report whose z sits near a decision threshold
-    (``near_threshold``) and whose points at that NFE do not all have ``TOPUP_SAMPLES`` samples yet."""
+    (``near_threshold``), measured on the plan's points (not ``prior``)."""
     from report_claims import best_udm, load_results, parts_of
 
     res = load_results(RESULTS)
@@ -320,8 +323,8 @@ def topup_calls(study: Study) -> list[tuple[FrontierCall, int]]:
     out = []
     for part in parts_of(res):
         for c in part.comparisons:
-            if not c.measured or not near_threshold(c.diff / c.se) or not c.label.startswith("NFE "):
-                continue
+            if not c.measured or c.prior or not near_threshold(c.diff / c.se) or not c.label.startswith("NFE "):
+                continue  # (a prior comparison: the first study's points, not the plan's, are not topped up)
             nfe = int(c.label.split()[1])
             for call in part_calls(part.key, best):
                 if (call, nfe) not in out:

@@ -77,6 +77,12 @@ def replicates(name: str) -> tuple[str, ...]:
     return tuple(replicate(name, s) for s in SEEDS) if name in SEEDED_RUNS else (name,)
 
 
+def frontier_run(name: str) -> str:
+    """The run the frontier stage samples for the configuration ``name``: its replicate with training seed
+    ``FRONTIER_TRAINING_SEED`` (``name`` itself for a run that is not replicated, e.g. the AR run)."""
+    return replicate(name, FRONTIER_TRAINING_SEED) if name in SEEDED_RUNS else name
+
+
 def base_run(name: str) -> str:
     """The run a replicate repeats (``name`` itself for a seed-0 run)."""
     head, sep, tail = name.rpartition("-seed")
@@ -90,6 +96,11 @@ RUNS.update({r: (RUNS[base_run(r)][0], [*RUNS[base_run(r)][1], f"seed={r.rpartit
 
 #: bound stage: passes over the validation split (diffusion runs; the AR run's exact NLL gets one)
 BOUND_PASSES = 4
+#: training seed of the runs the frontier stage samples: 1, so that the 128-sample frontiers are drawn from
+#: models and with sampling draws that nobody had seen when the primary comparisons were declared (the
+#: first study's 64-sample frontiers sampled the seed-0 runs; their points stay in the CSVs, and the report
+#: compares seed-0 curves only where a comparison has no seed-1 curves)
+FRONTIER_TRAINING_SEED = 1
 #: frontier stage defaults (the issue's grid)
 FRONTIER_NFE = (16, 64, 256)
 FRONTIER_TEMPERATURES = (0.6, 0.7, 0.8, 0.9, 1.0, 1.1)
@@ -189,13 +200,15 @@ class FrontierCall:
         return self.options[self.options.index(flag) + 1] if flag in self.options else None
 
 
-def frontier_calls(text_runs: list[str], best_udm: str | None, audm: bool, mdm: bool) -> list[FrontierCall]:
+def frontier_calls(text_runs: list[str], best_udm: str | None, audm: str | None,
+                   mdm: str | None) -> list[FrontierCall]:
     """Every ``ddlm frontier`` invocation of the stage.
 
     Args:
         text_runs: finished text runs for the all-runs ancestral comparison (AR included).
-        best_udm: the UDM run with the lowest bound, or None to leave out its comparisons.
-        audm, mdm: include the AUDM/ReAUDM and MDM/ReMDM comparisons.
+        best_udm: the run sampled for the UDM configuration with the lowest bound, or None to leave out
+            its comparisons.
+        audm, mdm: the AUDM and MDM runs of the AUDM/ReAUDM and MDM/ReMDM comparisons (None: left out).
     """
     calls = []
     if text_runs:
@@ -211,12 +224,12 @@ def frontier_calls(text_runs: list[str], best_udm: str | None, audm: bool, mdm: 
         calls.append(FrontierCall("udm-temperature", b, ("--temperature-on", "denoiser")))
         calls.append(FrontierCall("udm-ablation", b))
         calls.append(FrontierCall("udm-ablation", b, ("--sampler", "bridge_raw_denoiser")))
-    if audm:
-        calls.append(FrontierCall("audm-reaudm", ("audm",)))
-        calls.append(FrontierCall("audm-reaudm", ("audm",), ("--sampler", "reaudm")))
-    if mdm:
-        calls.append(FrontierCall("mdm-remdm", ("mdm",)))
-        calls.append(FrontierCall("mdm-remdm", ("mdm",), ("--sampler", "remdm", "--remasking", REMASKING)))
+    if audm is not None:
+        calls.append(FrontierCall("audm-reaudm", (audm,)))
+        calls.append(FrontierCall("audm-reaudm", (audm,), ("--sampler", "reaudm")))
+    if mdm is not None:
+        calls.append(FrontierCall("mdm-remdm", (mdm,)))
+        calls.append(FrontierCall("mdm-remdm", (mdm,), ("--sampler", "remdm", "--remasking", REMASKING)))
     return calls
 
 
@@ -227,17 +240,19 @@ def near_threshold(z: float) -> bool:
 
 def part_calls(key: str, best: str | None) -> list[FrontierCall]:
     """The ``ddlm frontier`` calls (one per curve of A and of B) behind a frontier part of the report
-    (``report_claims.parts_of`` keys); [] for a part that is not a frontier or needs the best UDM run."""
+    (``report_claims.parts_of`` keys), on the runs the frontier stage samples (``frontier_run``); ``best``
+    is the best UDM configuration; [] for a part that is not a frontier or needs the best UDM run."""
     pc = ("--corrector-sweeps", str(CORRECTOR_SWEEPS), "--corrector-k", str(CORRECTOR_K), "--corrector-selection")
-    fixed = {"1c": [FrontierCall("ancestral", ("udm-loo-elbo", "udm-denoiser-elbo"))],
-             "3b": [FrontierCall("ancestral", ("audm", "mdm"))],
-             "3c": [FrontierCall("audm-reaudm", ("audm",), ("--sampler", "reaudm")),
-                    FrontierCall("mdm-remdm", ("mdm",), ("--sampler", "remdm", "--remasking", REMASKING))]}
+    f = frontier_run
+    fixed = {"1c": [FrontierCall("ancestral", (f("udm-loo-elbo"), f("udm-denoiser-elbo")))],
+             "3b": [FrontierCall("ancestral", (f("audm"), f("mdm")))],
+             "3c": [FrontierCall("audm-reaudm", (f("audm"),), ("--sampler", "reaudm")),
+                    FrontierCall("mdm-remdm", (f("mdm"),), ("--sampler", "remdm", "--remasking", REMASKING))]}
     if key in fixed:
         return fixed[key]
     if best is None:
         return []
-    b = (best,)
+    b = (f(best),)
     if key.startswith("2a-"):
         return [FrontierCall("udm-pc", b, (*pc, key[3:])), FrontierCall("udm-pc", b)]
     raw = ("--sampler", "bridge_raw_denoiser")
@@ -247,7 +262,8 @@ def part_calls(key: str, best: str | None) -> list[FrontierCall]:
 
 
 def best_udm_run(results: Path) -> str:
-    """The UDM run with the lowest validation bound (nats/token) in ``results/bound``.
+    """The UDM configuration with the lowest validation bound (nats/token) in ``results/bound``, averaged
+    over its training seeds that have a bound (seed 0's bound is required).
 
     Raises:
         StudyError: a bound of the four UDM runs is missing (the files are named).
@@ -257,7 +273,11 @@ def best_udm_run(results: Path) -> str:
     if missing:
         raise StudyError(f"the best UDM run is chosen by the bounds of {', '.join(UDM_RUNS)}, but {missing} "
                          "do not exist; run the bound stage first (--stage bound)")
-    bounds = {n: read_result(folder / f"{n}.json")["nats_per_token"] for n in UDM_RUNS}
+    bounds = {}
+    for n in UDM_RUNS:
+        values = [read_result(folder / f"{r}.json")["nats_per_token"] for r in replicates(n)
+                  if (folder / f"{r}.json").exists()]
+        bounds[n] = sum(values) / len(values)
     return min(bounds, key=bounds.get)
 
 

@@ -354,7 +354,7 @@ def test_null_claims_are_reproduced_in_at_most_5_percent_of_draws():
 # ---- study helpers ------------------------------------------------------------------------------------
 
 def test_frontier_calls_cover_every_comparison():
-    calls = P.frontier_calls(list(P.TEXT_RUNS), "udm-loo-ce", True, True)
+    calls = P.frontier_calls(list(P.TEXT_RUNS), "udm-loo-ce", "audm", "mdm")
     assert {c.comparison for c in calls} == set(P.COMPARISONS)
     pc = [c for c in calls if c.comparison == "udm-pc"]
     assert [c.option("--corrector-selection") for c in pc] == [None, *P.SELECTIONS, None]
@@ -437,6 +437,37 @@ def test_best_udm_needs_the_four_bounds(tmp_path):
     assert P.best_udm_run(tmp_path) == P.UDM_RUNS[1]
 
 
+def test_best_udm_averages_the_seeds_with_a_bound(tmp_path):
+    (tmp_path / "bound").mkdir()
+    for name, nats in zip(P.UDM_RUNS, (2.3, 2.1, 2.2, 2.4), strict=True):
+        (tmp_path / "bound" / f"{name}.json").write_text(json.dumps({"nats_per_token": nats}))
+    # seed 0 alone would pick UDM_RUNS[1]; its replicates pull its mean above UDM_RUNS[2]'s
+    for seed, nats in ((1, 2.3), (2, 2.3)):
+        path = tmp_path / "bound" / f"{P.replicate(P.UDM_RUNS[1], seed)}.json"
+        path.write_text(json.dumps({"nats_per_token": nats}))
+    assert P.best_udm_run(tmp_path) == P.UDM_RUNS[2]
+    res = C.Results(tmp_path, bound={p.stem: json.loads(p.read_text()) for p in (tmp_path / "bound").glob("*.json")})
+    assert C.best_udm(res) == P.UDM_RUNS[2]
+
+
+def test_frontier_runs_are_the_seed_1_replicates():
+    assert P.frontier_run("mdm") == "mdm-seed1" and P.frontier_run("udm-loo-ce") == "udm-loo-ce-seed1"
+    assert P.frontier_run("ar") == "ar" and P.frontier_run("sudoku-mdm") == "sudoku-mdm"
+    assert all(P.frontier_run(n) in P.RUNS for n in P.TEXT_RUNS)
+
+
+def test_frontier_part_uses_the_replicates_curves_never_one_of_each():
+    old = _frontier_rows("audm", 0.5, 0.0, num_samples="64") + _frontier_rows("mdm", 0.0, 0.0, num_samples="64")
+    new = _frontier_rows("audm-seed1", -0.3, 0.0, nfes=(16,), num_samples="128")
+    new += _frontier_rows("mdm-seed1", 0.0, 0.0, num_samples="128")
+    curves = V.curves_of(old + new)
+    part = C.frontier_part("3b", "3b", 3, curves, curves, "audm", "mdm", {}, {}, True)
+    by_nfe = {c.label: c for c in part.comparisons}
+    # NFE 16: both replicates' curves (fresh); NFE 64: audm-seed1 has none, so both seed-0 curves (prior)
+    assert by_nfe["NFE 16"].diff == pytest.approx(-0.3) and not by_nfe["NFE 16"].prior
+    assert by_nfe["NFE 64"].diff == pytest.approx(0.5) and by_nfe["NFE 64"].prior
+
+
 def test_bound_uses_four_passes_except_for_the_exact_ar_nll():
     assert P.bound_command("mdm")[:4] == ["eval", "runs/mdm", "--passes", "4"]
     assert P.bound_command("ar")[:4] == ["eval", "runs/ar", "--passes", "1"]
@@ -484,7 +515,8 @@ def test_study_end_to_end_and_resume(tmp_path):
     assert bounds["ar"]["estimator"] == "exact_nll" and bounds["ar"]["num_batches"] == 2
     assert bounds["udm-loo-elbo"]["num_batches"] == 4 * math.ceil(bounds["udm-loo-elbo"]["blocks"] / 32)
     rows = P.read_frontier(results / "frontier" / "ancestral")
-    assert sorted((r["run"], r["nfe"]) for r in rows) == [("runs/ar", ""), ("runs/udm-loo-elbo", "2")]
+    # the frontier samples each configuration's seed-1 replicate (the AR run is not replicated)
+    assert sorted((r["run"], r["nfe"]) for r in rows) == [("runs/ar", ""), ("runs/udm-loo-elbo-seed1", "2")]
     assert (results / "frontier" / "ancestral" / "frontier.png").exists()
     probe = json.loads((results / "probe" / "probe.json").read_text())
     assert [r["run"] for r in probe["runs"]] == ["runs/udm-loo-elbo"]
@@ -493,10 +525,10 @@ def test_study_end_to_end_and_resume(tmp_path):
     report = work / "reproduction.md"
     assert report.read_text() == R.render(results, report)
     tables = R.tables_in(report.read_text())
-    assert "| udm-loo-elbo | 4 |" in tables["bound"] and "udm-loo-elbo, ancestral" in tables["frontier-ancestral"]
+    assert "| udm-loo-elbo | 4 |" in tables["bound"] and "udm-loo-elbo-seed1, ancestral" in tables["frontier-ancestral"]
     assert "| udm-loo-elbo | 2 |" in tables["bound-seeds"]  # seeds 0 and 1 averaged
     assert "`ddlm frontier` commands" in tables["compute"]
-    assert "skipped until the four UDM runs are trained" in first.stdout
+    assert "skipped until the bounds of the four UDM runs exist" in first.stdout
 
     before = _mtimes(work)
     second = subprocess.run(cmd, capture_output=True, text=True, env=env, timeout=600)
@@ -551,14 +583,16 @@ def test_topup_targets_the_comparisons_near_a_threshold(tmp_path, monkeypatch):
     assert [c.options for c in P.part_calls("2a-lowest_maxprob", "udm-loo-ce")] == [
         ("--corrector-sweeps", "1", "--corrector-k", "4", "--corrector-selection", "lowest_maxprob"), ()]
     assert P.part_calls("2b", None) == [] and P.part_calls("1a", "udm-loo-ce") == []
-    assert [c.runs for c in P.part_calls("3c", None)] == [("audm",), ("mdm",)]
+    assert [c.runs for c in P.part_calls("3c", None)] == [("audm-seed1",), ("mdm-seed1",)]
+    assert [c.runs for c in P.part_calls("1e", "udm-loo-ce")] == [("udm-loo-ce-seed1",)] * 2
     # ancestral curves: AUDM 0.12 better than MDM at NFE 16 (SE 0.05: z = -2.4, near), equal at NFE 64 (z = 0)
     rows = []
     for nfe, offset in ((16, -0.12), (64, 0.0)):
         for t in TEMPS:
             h = 2.3 + 0.8 * t
-            rows.append(_row("audm", nfe, t, h, 3 + 2 * h + offset, 0.05, 0.0, num_samples="128"))
-            rows.append(_row("mdm", nfe, t, h, 3 + 2 * h, 0.05, 0.0, num_samples="128"))
+            for seed, samples in (("", "64"), ("-seed1", "128")):  # the seed-0 runs' prior points: not topped up
+                rows.append(_row("audm" + seed, nfe, t, h, 3 + 2 * h + offset, 0.05, 0.0, num_samples=samples))
+                rows.append(_row("mdm" + seed, nfe, t, h, 3 + 2 * h, 0.05, 0.0, num_samples=samples))
     (tmp_path / "frontier" / "ancestral").mkdir(parents=True)
     with open(tmp_path / "frontier" / "ancestral" / "frontier.csv", "w", newline="") as f:
         import csv
@@ -568,7 +602,7 @@ def test_topup_targets_the_comparisons_near_a_threshold(tmp_path, monkeypatch):
         writer.writerows(rows)
     monkeypatch.setattr(S, "RESULTS", tmp_path)
     calls = S.topup_calls(S.Study(runs=list(P.RUNS), log=lambda msg: None))
-    assert calls == [(P.FrontierCall("ancestral", ("audm", "mdm")), 16)]
+    assert calls == [(P.FrontierCall("ancestral", ("audm-seed1", "mdm-seed1")), 16)]
     argv = calls[0][0].argv([16], list(TEMPS), "smollm2", P.TOPUP_SAMPLES)
     assert argv[argv.index("--num-samples") + 1] == "256"
     assert argv[argv.index("--nfe") + 1:][:2] == ["16", "--temperature"]
