@@ -266,9 +266,9 @@ def _judge_arg(name: str) -> str:
 
 
 def frontier_commands(comparison: str, rows: list[dict]) -> list[list[str]]:
-    """The study's ``ddlm frontier`` calls that made this comparison's points, one group per number of
-    samples (the grid, then the top-ups of points near a threshold), with the NFEs and temperatures in
-    the CSV."""
+    """The study's ``ddlm frontier`` calls that made this comparison's points, one group per sampling seed
+    and number of samples (the first study's seed-0 grid, the plan's grid, then the top-ups of points near a
+    threshold), with the NFEs and temperatures in the CSV."""
     runs = [n for n in P.RUNS if any(Path(r["run"]).name == n for r in rows)]
     if comparison == "ancestral":
         calls = P.frontier_calls([n for n in runs if P.RUNS[n][2] == "text"], None, None, None)
@@ -280,8 +280,8 @@ def frontier_commands(comparison: str, rows: list[dict]) -> list[list[str]]:
     judge = _judge_arg(rows[0]["judge"])
     temps = sorted({float(r["temperature"]) for r in rows})
     out = []
-    for samples in sorted({int(r["num_samples"]) for r in rows}):
-        sub = [r for r in rows if int(r["num_samples"]) == samples]
+    for samples, seed in sorted({(int(r["num_samples"]), int(r["seed"])) for r in rows}, key=lambda k: (k[1], k[0])):
+        sub = [r for r in rows if int(r["num_samples"]) == samples and int(r["seed"]) == seed]
         steps = {Path(r["run"]).name: int(r["step"]) for r in sub}
         for call in calls:
             runs_here = tuple(n for n in call.runs if n in steps)
@@ -290,11 +290,11 @@ def frontier_commands(comparison: str, rows: list[dict]) -> list[list[str]]:
             call = P.FrontierCall(call.comparison, runs_here, call.options)
             nfes = sorted({int(r["nfe"]) for r in sub if r["nfe"] and P.row_matches(
                 r, Path(r["run"]).name, steps[Path(r["run"]).name], call, int(r["nfe"]), float(r["temperature"]),
-                samples)})
+                samples, seed)})
             ar_rows = any(P.row_matches(r, Path(r["run"]).name, steps[Path(r["run"]).name], call, None,
-                                        float(r["temperature"]), samples) for r in sub if not r["nfe"])
+                                        float(r["temperature"]), samples, seed) for r in sub if not r["nfe"])
             if nfes or ar_rows:
-                out.append(call.argv(nfes or list(P.FRONTIER_NFE), temps, judge, samples))
+                out.append(call.argv(nfes or list(P.FRONTIER_NFE), temps, judge, samples, seed))
     return out
 
 
@@ -316,8 +316,8 @@ def frontier_table(comparison: str, curves: list[Curve]) -> str:
     """gen-PPL of every curve at each NFE's matched entropy (common to the curves with that NFE)."""
     nfes = nfes_of(curves)
     hs = {n: matched_entropy([c for c in curves if c.nfe == n]) for n in nfes}
-    header = ["curve"] + [f"NFE {n}" for n in nfes]
-    rows = [["matched entropy H* (nats)"] + [f"{hs[n]:.3f}" if hs[n] is not None else "—" for n in nfes]]
+    header = ["curve"] + [f"NFE {n}" for n in nfes] + ["samples per point"]
+    rows = [["matched entropy H* (nats)"] + [f"{hs[n]:.3f}" if hs[n] is not None else "—" for n in nfes] + [""]]
     names = []
     for c in curves:
         if c.name not in names:
@@ -328,7 +328,9 @@ def frontier_table(comparison: str, curves: list[Curve]) -> str:
             c = next((c for c in curves if c.name == name and c.nfe in (n, None)), None)
             v = interpolate(c.points, hs[n]) if c is not None and hs[n] is not None else None
             cells.append(f"{math.exp(v[0]):.2f}" if v is not None else "—")
-        rows.append([name] + cells)
+        counts = sorted({c.min_samples for c in curves if c.name == name and c.min_samples})
+        rows.append([name] + cells + ["-".join(str(k) for k in (counts[0], counts[-1]) if counts)
+                                      if len(counts) > 1 else str(counts[0]) if counts else "—"])
     if not nfes:  # only NFE-less curves (the AR run): show their points' range
         rows = [[c.name] for c in curves]
     return table(f"frontier-{comparison}", header, rows)

@@ -188,11 +188,11 @@ class FrontierCall:
     runs: tuple[str, ...]
     options: tuple[str, ...] = ()
 
-    def argv(self, nfe, temperatures, judge: str, num_samples: int) -> list[str]:
-        """The full ``ddlm frontier`` arguments (without ``--no-progress``)."""
+    def argv(self, nfe, temperatures, judge: str, num_samples: int, seed: int = FRONTIER_SEED) -> list[str]:
+        """The full ``ddlm frontier`` arguments (without ``--no-progress``); ``seed`` the sampling seed."""
         return ["frontier", *(rel_run(r) for r in self.runs), "--labels", *self.runs, *self.options,
                 "--nfe", *(str(n) for n in nfe), "--temperature", *(f"{t:g}" for t in temperatures),
-                "--judge", judge, "--num-samples", str(num_samples), "--seed", str(FRONTIER_SEED),
+                "--judge", judge, "--num-samples", str(num_samples), "--seed", str(seed),
                 "--out", f"results/frontier/{self.comparison}"]
 
     def option(self, flag: str) -> str | None:
@@ -299,8 +299,8 @@ def judge_matches(spec: str, name: str) -> bool:
 
 
 def row_matches(row: dict, run: str, step: int, call: FrontierCall, nfe, temperature: float,
-                 num_samples: int) -> bool:
-    """Whether a frontier CSV row is the point (run, nfe, temperature) of ``call``."""
+                num_samples: int, seed: int = FRONTIER_SEED) -> bool:
+    """Whether a frontier CSV row is the point (run, nfe, temperature) of ``call`` with this sampling seed."""
     ar = autoregressive(run)
     sampler = "ancestral" if ar else (call.option("--sampler") or "ancestral")
     corrector = json.loads(row["corrector"]) if row["corrector"] else None
@@ -310,7 +310,7 @@ def row_matches(row: dict, run: str, step: int, call: FrontierCall, nfe, tempera
         "selection": call.option("--corrector-selection")}
     return (row["run"] == rel_run(run) and row["step"] == str(step) and row["sampler"] == sampler
             and row["nfe"] == ("" if ar else str(nfe)) and float(row["temperature"]) == temperature
-            and float(row["top_p"]) == 1.0 and row["seed"] == str(FRONTIER_SEED)
+            and float(row["top_p"]) == 1.0 and row["seed"] == str(seed)
             and row["temperature_on"] == ("" if ar else (call.option("--temperature-on") or ""))
             and (corrector and {k: corrector[k] for k in ("sweeps", "k", "selection")}) == want_corrector
             and (remasking or {}).get("kind") == (None if ar else call.option("--remasking"))

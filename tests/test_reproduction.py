@@ -468,6 +468,16 @@ def test_frontier_part_uses_the_replicates_curves_never_one_of_each():
     assert by_nfe["NFE 64"].diff == pytest.approx(0.5) and by_nfe["NFE 64"].prior
 
 
+def test_report_commands_name_each_points_seed_and_samples():
+    judge = "SmolLM2-135M-Instruct (test)"
+    rows = [_row(run, 16, t, 3.0, 4.0, 0.1, top_p="1.0", seed=seed, num_samples=n, judge=judge)
+            for run, seed, n in (("mdm", "0", "64"), ("mdm-seed1", "1", "128")) for t in (0.8, 1.0)]
+    cmds = R.frontier_commands("mdm-remdm", rows)
+    assert [(c[1], c[c.index("--seed") + 1], c[c.index("--num-samples") + 1]) for c in cmds] == [
+        ("runs/mdm", "0", "64"), ("runs/mdm-seed1", "1", "128")]
+    assert all(c[c.index("--nfe") + 1:c.index("--temperature")] == ["16"] for c in cmds)
+
+
 def test_bound_uses_four_passes_except_for_the_exact_ar_nll():
     assert P.bound_command("mdm")[:4] == ["eval", "runs/mdm", "--passes", "4"]
     assert P.bound_command("ar")[:4] == ["eval", "runs/ar", "--passes", "1"]
