@@ -168,6 +168,10 @@ level ALPHA = {ALPHA:g}, Z = {Z:g}):
   floor was added after the MDM run solved 0 of 400 and before the AUDM run was trained."""
 
 
+#: the frontier parts of the verdicts (with the "2a-" ones)
+FRONTIER_PARTS = ("1c", "1e", "2b", "3b", "3c")
+
+
 def status_section(res: Results) -> str:
     """What of the study's plan the results hold so far (the verdicts rest on that)."""
     reps = [r for r in P.REPLICATES if r in res.bound]
@@ -177,9 +181,22 @@ def status_section(res: Results) -> str:
     if samples:
         short = sum(int(r["num_samples"]) < P.FRONTIER_SAMPLES for rows in res.frontier.values() for r in rows)
         lines.append(f"- Frontier points: {', '.join(map(str, samples))} samples each"
-                     + (f"; {short} points have fewer than the plan's {P.FRONTIER_SAMPLES} (drawn by the first study, "
-                        "before the plan asked for more)" if short else "") + ".")
-    done = not any(r not in res.bound for r in P.REPLICATES) and samples and min(samples) >= P.FRONTIER_SAMPLES
+                     + (f"; {short} points have fewer than the plan's {P.FRONTIER_SAMPLES} (the first study's, on the "
+                        "seed-0 runs)" if short else "") + ".")
+    frontier = [p for p in parts_of(res) if p.key in FRONTIER_PARTS or p.key.startswith("2a-")]
+    prior = [f"{p.key} {c.label}" for p in frontier for c in p.comparisons if c.prior]
+    unmeasured = [p.key for p in frontier if {c.label for c in p.comparisons} != {f"NFE {n}" for n in P.FRONTIER_NFE}]
+    lines.append(f"- Frontier comparisons on the plan's points (>= {P.FRONTIER_SAMPLES} samples, seed-"
+                 f"{P.FRONTIER_TRAINING_SEED} replicates): {sum(len(p.comparisons) for p in frontier) - len(prior)}"
+                 + (f"; on the first study's points: {', '.join(prior)}" if prior else "")
+                 + (f"; parts without a comparison at every NFE: {', '.join(unmeasured)}" if unmeasured else "") + ".")
+    topup = [f"{p.key} {c.label}" for p in frontier for c in p.comparisons if c.measured and not c.prior
+             and P.near_threshold(c.diff / c.se) and c.samples < P.TOPUP_SAMPLES]
+    if topup:
+        lines.append(f"- Near a threshold (|z| in [{P.NEAR[0]:g}, {P.NEAR[1]:g}]) and not yet topped up to "
+                     f"{P.TOPUP_SAMPLES} samples (`--stage topup`): {', '.join(topup)}.")
+    done = (not any(r not in res.bound for r in P.REPLICATES) and bool(frontier) and not prior and not unmeasured
+            and not topup)
     lines.append("- The study is complete: every verdict rests on the planned evidence." if done else
                  "- The study is not complete: verdicts may change as the missing evidence comes in.")
     return "\n".join(["## Status", ""] + lines)

@@ -229,7 +229,8 @@ def frontier_part(key: str, label: str, claim: int, curves_a: list[Curve], curve
         cmp = compare_curves(f"NFE {n}", a, b, 0.0 if match else None)
         if cmp is not None:
             # points drawn before the primary comparisons were declared (fewer samples than the plan's)
-            cmp.prior = min(a.min_samples or 0, b.min_samples or 0) < P.FRONTIER_SAMPLES
+            cmp.samples = min(a.min_samples or 0, b.min_samples or 0)
+            cmp.prior = cmp.samples < P.FRONTIER_SAMPLES
             part.comparisons.append(cmp)
     if part.comparisons:
         part.head = "Δ log gen-PPL (A - B) at matched entropy" + (", margin 0" if match else "")

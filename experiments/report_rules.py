@@ -93,6 +93,8 @@ class Comparison:
     detail: str = ""
     #: measured on data drawn before the primary comparisons were declared: it cannot open the gate
     prior: bool = False
+    #: fewest samples per point of the data compared (frontiers; None elsewhere)
+    samples: int | None = None
 
     @property
     def measured(self) -> bool:

@@ -62,6 +62,52 @@ def test_report_of_no_results_is_all_not_measured(tmp_path):
         assert f"| {v} |" not in verdicts and f"**{v}**" not in verdicts
 
 
+def _planned_study(near_offset=0.0, near_samples="128"):
+    """Results of a whole study on the plan's points (seed-1 replicates, 128 samples), every frontier
+    comparison a tie except 3b, whose AUDM curve is ``near_offset`` worse (its two curves: ``near_samples``
+    samples per point)."""
+    res = C.Results(Path("."))
+    for name, bpc in zip(P.SEEDED_RUNS, (2.9, 3.2, 2.8, 2.9, 2.8, 2.8), strict=True):
+        _seeded(res, name, [bpc] * 3)
+    f = P.frontier_run
+    pc = {"sweeps": 1, "k": 4, "selection": None}
+    kw = {"num_samples": "128", "seed": "1", "nfes": P.FRONTIER_NFE}
+    ancestral = [r for n in ("udm-loo-elbo", "udm-denoiser-elbo") for r in _frontier_rows(f(n), 0.0, 0.0, **kw)]
+    ancestral += _frontier_rows(f("audm"), near_offset, 0.0, **dict(kw, num_samples=near_samples))
+    ancestral += _frontier_rows(f("mdm"), 0.0, 0.0, **dict(kw, num_samples=near_samples))
+    best = f("udm-loo-ce")
+    res.frontier = {
+        "ancestral": ancestral,
+        "udm-pc": _frontier_rows(best, 0.0, 0.0, **kw) + [
+            r for rule in P.SELECTIONS
+            for r in _frontier_rows(best, 0.0, 0.0, corrector=json.dumps(dict(pc, selection=rule)), **kw)],
+        "udm-temperature": [r for view in ("loo", "denoiser")
+                            for r in _frontier_rows(best, 0.0, 0.0, temperature_on=view, **kw)],
+        "udm-ablation": [r for sampler in ("ancestral", "bridge_raw_denoiser")
+                         for r in _frontier_rows(best, 0.0, 0.0, sampler=sampler, **kw)],
+        "audm-reaudm": _frontier_rows(f("audm"), 0.0, 0.0, sampler="reaudm", **kw),
+        "mdm-remdm": _frontier_rows(f("mdm"), 0.0, 0.0, sampler="remdm", remasking=json.dumps({"kind": "cap"}), **kw),
+    }
+    return res
+
+
+def test_status_says_complete_only_once_the_near_comparisons_are_topped_up():
+    status = R.status_section(_planned_study())
+    assert "on the plan's points (>= 128 samples, seed-1 replicates): 27." in status, status
+    assert "The study is complete" in status and "Near a threshold" not in status
+    near = R.status_section(_planned_study(near_offset=0.14))  # z = 0.14 / 0.05 = 2.8
+    assert "not yet topped up to 256 samples (`--stage topup`): 3b NFE 16, 3b NFE 64, 3b NFE 256." in near, near
+    assert "The study is not complete" in near
+    done = R.status_section(_planned_study(near_offset=0.14, near_samples="256"))
+    assert "The study is complete" in done and "Near a threshold" not in done
+    old = _planned_study()
+    old.frontier["ancestral"] = [dict(r, run=r["run"].replace("-seed1", ""), num_samples="64", seed="0")
+                                 for r in old.frontier["ancestral"]]
+    prior = R.status_section(old)
+    assert "on the first study's points: 1c NFE 16, 1c NFE 64, 1c NFE 256, 3b NFE 16," in prior, prior
+    assert "The study is not complete" in prior
+
+
 # ---- (b) verdict rules --------------------------------------------------------------------------------
 
 def test_t_distribution_matches_tabulated_quantiles():
