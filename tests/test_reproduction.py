@@ -341,19 +341,20 @@ def _null_results(rng, seed_sd=0.03, mc_se=0.015):
     means = {**{n: 2.9 for n in P.UDM_RUNS}, "mdm": 2.8, "audm": 2.8 + sd}
     for name, mean in means.items():
         _seeded(res, name, [mean + rng.gauss(0, seed_sd) + rng.gauss(0, mc_se) for _ in P.SEEDS], mc_se)
-    best = min(P.UDM_RUNS, key=lambda n: res.bound[n]["nats_per_token"])
+    f = P.frontier_run  # the frontiers sample the seed-1 replicates, as the plan does
+    best = f(C.best_udm(res))
     pc, anc, temp, abl, reaudm, remdm = [], [], [], [], [], []
     for nfe in P.FRONTIER_NFE:
         for run in ("udm-loo-elbo", "udm-denoiser-elbo", "audm", "mdm"):
-            anc += _null_curve(rng, run, nfe)
+            anc += _null_curve(rng, f(run), nfe)
         pc += _null_curve(rng, best, nfe)
         for rule in P.SELECTIONS:
             pc += _null_curve(rng, best, nfe, corrector=json.dumps({"sweeps": 1, "k": 4, "selection": rule}))
         for view in ("loo", "denoiser"):
             temp += _null_curve(rng, best, nfe, temperature_on=view)
         abl += _null_curve(rng, best, nfe) + _null_curve(rng, best, nfe, sampler="bridge_raw_denoiser")
-        reaudm += _null_curve(rng, "audm", nfe, sampler="reaudm")
-        remdm += _null_curve(rng, "mdm", nfe, sampler="remdm", remasking=json.dumps({"kind": "cap"}))
+        reaudm += _null_curve(rng, f("audm"), nfe, sampler="reaudm")
+        remdm += _null_curve(rng, f("mdm"), nfe, sampler="remdm", remasking=json.dumps({"kind": "cap"}))
     res.frontier = {"ancestral": anc, "udm-pc": pc, "udm-temperature": temp, "udm-ablation": abl,
                     "audm-reaudm": reaudm, "mdm-remdm": remdm}
     tv = [0.08 + rng.gauss(0, 0.004) for _ in range(2)]
