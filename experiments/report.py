@@ -168,10 +168,6 @@ level ALPHA = {ALPHA:g}, Z = {Z:g}):
   floor was added after the MDM run solved 0 of 400 and before the AUDM run was trained."""
 
 
-#: the frontier parts of the verdicts (with the "2a-" ones)
-FRONTIER_PARTS = ("1c", "1e", "2b", "3b", "3c")
-
-
 def status_section(res: Results) -> str:
     """What of the study's plan the results hold so far (the verdicts rest on that)."""
     reps = [r for r in P.REPLICATES if r in res.bound]
@@ -183,7 +179,7 @@ def status_section(res: Results) -> str:
         lines.append(f"- Frontier points: {', '.join(map(str, samples))} samples each"
                      + (f"; {short} points have fewer than the plan's {P.FRONTIER_SAMPLES} (the first study's, on the "
                         "seed-0 runs)" if short else "") + ".")
-    frontier = [p for p in parts_of(res) if p.key in FRONTIER_PARTS or p.key.startswith("2a-")]
+    frontier = [p for p in parts_of(res) if p.frontier]
     prior = [f"{p.key} {c.label}" for p in frontier for c in p.comparisons if c.prior]
     unmeasured = [p.key for p in frontier if {c.label for c in p.comparisons} != {f"NFE {n}" for n in P.FRONTIER_NFE}]
     lines.append(f"- Frontier comparisons on the plan's points (>= {P.FRONTIER_SAMPLES} samples, seed-"
@@ -346,8 +342,8 @@ def frontier_table(comparison: str, curves: list[Curve]) -> str:
             v = interpolate(c.points, hs[n]) if c is not None and hs[n] is not None else None
             cells.append(f"{math.exp(v[0]):.2f}" if v is not None else "—")
         counts = sorted({c.min_samples for c in curves if c.name == name and c.min_samples})
-        rows.append([name] + cells + ["-".join(str(k) for k in (counts[0], counts[-1]) if counts)
-                                      if len(counts) > 1 else str(counts[0]) if counts else "—"])
+        samples = f"{counts[0]}-{counts[-1]}" if len(counts) > 1 else str(counts[0]) if counts else "—"
+        rows.append([name] + cells + [samples])
     if not nfes:  # only NFE-less curves (the AR run): show their points' range
         rows = [[c.name] for c in curves]
     return table(f"frontier-{comparison}", header, rows)

@@ -134,6 +134,7 @@ class Part:
     head: str = ""
     counted: bool = True
     missing: str = ""  # what is needed when nothing is measured
+    frontier: bool = False  # compared on frontier curves (one comparison per NFE)
     verdict: str = MISSING
     evidence: str = ""
 
@@ -223,7 +224,7 @@ def frontier_part(key: str, label: str, claim: int, curves_a: list[Curve], curve
                   run_b: str, want_a: dict, want_b: dict, match: bool, counted: bool = True) -> Part:
     """Curve A vs curve B at every NFE both have, at matched entropy (margin 0 for a match: no seed spread
     of frontiers is measured)."""
-    part = Part(claim, key, label, counted=counted, missing="curves not measured yet")
+    part = Part(claim, key, label, counted=counted, missing="curves not measured yet", frontier=True)
     for n in sorted(set(nfes_of(curves_a)) | set(nfes_of(curves_b))):
         a, b = frontier_pair(curves_a, curves_b, run_a, run_b, n, want_a, want_b)
         cmp = compare_curves(f"NFE {n}", a, b, 0.0 if match else None)
@@ -284,11 +285,7 @@ def best_udm(res: Results) -> str | None:
     bounds exist (the rule of ``study_plan.best_udm_run``, on the loaded results)."""
     if any(n not in res.bound for n in P.UDM_RUNS):
         return None
-
-    def mean(n):
-        values = [res.bound[r]["nats_per_token"] for r in P.replicates(n) if r in res.bound]
-        return sum(values) / len(values)
-    return min(P.UDM_RUNS, key=mean)
+    return P.best_udm_config({r: rec["nats_per_token"] for r, rec in res.bound.items()})
 
 
 def parts_of(res: Results) -> list[Part]:
@@ -300,7 +297,7 @@ def parts_of(res: Results) -> list[Part]:
 
     def best_part(key, label, comparison, want_a, want_b, counted=True):
         if best is None:
-            return Part(int(key[0]), key, label, counted=counted, missing=need_best)
+            return Part(int(key[0]), key, label, counted=counted, missing=need_best, frontier=True)
         c = _curves(res, comparison)
         return frontier_part(key, label, int(key[0]), c, c, best, best, want_a, want_b, False, counted)
 
@@ -332,7 +329,8 @@ def parts_of(res: Results) -> list[Part]:
     ]
     judges = {r["judge"] for comp in ("audm-reaudm", "mdm-remdm") for r in res.frontier.get(comp, [])}
     if len(judges) > 1:  # gen-PPLs of different judges are not comparable
-        parts[-2] = Part(3, "3c", parts[-2].label, missing=f"the two folders have different judges {sorted(judges)}")
+        parts[-2] = Part(3, "3c", parts[-2].label, missing=f"the two folders have different judges {sorted(judges)}",
+                         frontier=True)
     evaluate(parts)
     return parts
 

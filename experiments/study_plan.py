@@ -261,6 +261,15 @@ def part_calls(key: str, best: str | None) -> list[FrontierCall]:
                    FrontierCall("udm-temperature", b, ("--temperature-on", "denoiser"))]}.get(key, [])
 
 
+def best_udm_config(nats: dict[str, float]) -> str:
+    """The UDM configuration with the lowest bound averaged over its seeds, from ``nats`` (run name ->
+    nats/token, the seed-0 runs of ``UDM_RUNS`` required, replicates where present)."""
+    def mean(n):
+        values = [nats[r] for r in replicates(n) if r in nats]
+        return sum(values) / len(values)
+    return min(UDM_RUNS, key=mean)
+
+
 def best_udm_run(results: Path) -> str:
     """The UDM configuration with the lowest validation bound (nats/token) in ``results/bound``, averaged
     over its training seeds that have a bound (seed 0's bound is required).
@@ -273,12 +282,8 @@ def best_udm_run(results: Path) -> str:
     if missing:
         raise StudyError(f"the best UDM run is chosen by the bounds of {', '.join(UDM_RUNS)}, but {missing} "
                          "do not exist; run the bound stage first (--stage bound)")
-    bounds = {}
-    for n in UDM_RUNS:
-        values = [read_result(folder / f"{r}.json")["nats_per_token"] for r in replicates(n)
-                  if (folder / f"{r}.json").exists()]
-        bounds[n] = sum(values) / len(values)
-    return min(bounds, key=bounds.get)
+    return best_udm_config({r: read_result(folder / f"{r}.json")["nats_per_token"] for n in UDM_RUNS
+                            for r in replicates(n) if (folder / f"{r}.json").exists()})
 
 
 def judge_spec(judge: str) -> str:
